@@ -1,0 +1,5 @@
+import sys
+
+from circuitbox.cli import main
+
+sys.exit(main())
