@@ -1,0 +1,124 @@
+"""Running the proxy: the stdio and HTTP front ends, the metrics endpoint and bearer-token auth."""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import anyio
+from mcp.server import Server
+from mcp.server.stdio import stdio_server
+from mcp.server.transport_security import TransportSecuritySettings
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route
+
+from circuitbox.observability.collector import MetricsCollector
+from circuitbox.observability.http import metrics_app, start_metrics_server
+from circuitbox.server.config import ProxyConfig
+from circuitbox.server.proxy import Proxy
+
+logger = logging.getLogger("circuitbox")
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+
+
+def build_proxy(config: ProxyConfig, **kwargs: Any) -> tuple[Proxy, MetricsCollector]:
+    """A proxy whose breakers feed a metrics collector on its own Prometheus registry (never the global one)."""
+    collector = MetricsCollector(CollectorRegistry())
+    proxy = Proxy(
+        config,
+        on_new_breaker=lambda breaker, server, tool: collector.bind(breaker.name, server=server, tool=tool),
+        tool_stats=lambda breaker: collector.tool_stats(breaker.name),
+        **kwargs,
+    )
+    collector.attach(proxy.registry)
+    proxy.on_catalog_change(lambda old, new: _forget_vanished(proxy, collector, old, new))
+    return proxy, collector
+
+
+def _forget_vanished(proxy: Proxy, collector: MetricsCollector, old: Any, new: Any) -> None:
+    """Series and breakers of tools that vanished from a downstream go away, so cardinality stays bounded."""
+    gone = {route for route, _ in old.tools.values()} - {route for route, _ in new.tools.values()}
+    for route in gone:
+        breaker = proxy.find_breaker(route.server, route.name)
+        if breaker is not None:
+            collector.forget(breaker.name)
+            proxy.guard.forget(route.server, route.name)
+
+
+def advertise_list_changed(server: Server[Any], proxy: Proxy) -> None:
+    # The HTTP session manager builds initialization options with defaults, which advertise listChanged=False.
+    options = proxy.initialization_options(server)
+    server.create_initialization_options = functools.partial(lambda *_a, **_k: options)  # type: ignore[method-assign]
+
+
+class BearerAuth:
+    """Rejects every request without `Authorization: Bearer <token>` (constant-time comparison)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers") or [])
+            if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"text/plain"), (b"www-authenticate", b"Bearer")]})
+                await send({"type": "http.response.body", "body": b"401 Unauthorized: a valid bearer token is "
+                            b"required\n"})
+                return
+        await self.app(scope, receive, send)
+
+
+def http_app(proxy: Proxy, collector: MetricsCollector, host: str, token: str | None) -> ASGIApp:
+    server = proxy.build_server()
+    advertise_list_changed(server, proxy)
+    allowed = {f"{host}:*", "127.0.0.1:*", "localhost:*", "[::1]:*"}
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=sorted(allowed),
+        allowed_origins=sorted(f"http://{h}" for h in allowed),
+    )
+    mcp_app = server.streamable_http_app(streamable_http_path="/mcp", host=host, transport_security=security)
+    app = Starlette(
+        routes=[Route("/metrics", metrics_app(collector.registry)), Mount("/", app=mcp_app)],
+        lifespan=lambda _: mcp_app.router.lifespan_context(mcp_app),
+    )
+    return BearerAuth(app, token) if token else app
+
+
+async def serve(
+    config: ProxyConfig,
+    transport: str = "stdio",
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    metrics_port: int | None = None,
+    token: str | None = None,
+) -> None:
+    proxy, collector = build_proxy(config)
+    async with anyio.create_task_group() as tg:
+        await proxy.start(tg)
+        if transport == "http":
+            await _serve_http(http_app(proxy, collector, host, token), host, port)
+        else:
+            port_ = metrics_port if metrics_port is not None else config.metrics_port
+            if port_ is not None:
+                tg.start_soon(start_metrics_server, collector.registry, config.metrics_host, port_)
+            server = proxy.build_server()
+            async with stdio_server() as (read, write):
+                await server.run(read, write, proxy.initialization_options(server))
+        tg.cancel_scope.cancel()
+
+
+async def _serve_http(app: ASGIApp, host: str, port: int) -> None:
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    logger.info("circuitbox listening on http://%s:%d/mcp", host, port)
+    await uvicorn.Server(config).serve()

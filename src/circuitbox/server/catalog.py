@@ -1,0 +1,123 @@
+"""The merged catalog: every downstream's tools and prompts under `{namespace}__{name}`, and resources by URI.
+
+Rebuilt from the downstreams' latest listings whenever one changes; a downstream that disconnects keeps its last
+listing, so its tools stay visible and answer with a clear error until it is back. Collisions are resolved by the
+order of the servers in the config file (the first one wins) with a warning; circuitbox's own tools always win.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import mcp_types as types
+
+from circuitbox.server.downstream import Listing
+
+logger = logging.getLogger("circuitbox.catalog")
+
+SEPARATOR = "__"
+
+
+def published_name(namespace: str, name: str) -> str:
+    return f"{namespace}{SEPARATOR}{name}" if namespace else name
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a published tool or prompt lives: the server's config key and the name the downstream uses."""
+
+    server: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Catalog:
+    tools: Mapping[str, tuple[Route, types.Tool]] = field(default_factory=dict)
+    prompts: Mapping[str, tuple[Route, types.Prompt]] = field(default_factory=dict)
+    resources: Mapping[str, tuple[str, types.Resource]] = field(default_factory=dict)
+    templates: tuple[tuple[re.Pattern[str], str, types.ResourceTemplate], ...] = ()
+
+    def tool_list(self) -> list[types.Tool]:
+        return [tool for _, tool in self.tools.values()]
+
+    def prompt_list(self) -> list[types.Prompt]:
+        return [prompt for _, prompt in self.prompts.values()]
+
+    def resource_list(self) -> list[types.Resource]:
+        return [resource for _, resource in self.resources.values()]
+
+    def template_list(self) -> list[types.ResourceTemplate]:
+        return [template for _, _, template in self.templates]
+
+    def tools_of(self, server: str) -> list[str]:
+        return [route.name for route, _ in self.tools.values() if route.server == server]
+
+    def resource_server(self, uri: str) -> str | None:
+        """The one server a read of `uri` may go to: the server that listed it, else the only template match.
+
+        Returns None when no server offers it or when several templates match (guessing could send a read to the
+        wrong server).
+        """
+        listed = self.resources.get(uri)
+        if listed is not None:
+            return listed[0]
+        matches = {server for pattern, server, _ in self.templates if pattern.fullmatch(uri)}
+        return matches.pop() if len(matches) == 1 else None
+
+
+def build_catalog(
+    listings: Iterable[tuple[str, str, Listing]], reserved: Collection[str] = ()
+) -> Catalog:
+    """Merge `(server, namespace, listing)` triples, in config order."""
+    tools: dict[str, tuple[Route, types.Tool]] = {}
+    prompts: dict[str, tuple[Route, types.Prompt]] = {}
+    resources: dict[str, tuple[str, types.Resource]] = {}
+    templates: list[tuple[re.Pattern[str], str, types.ResourceTemplate]] = []
+    for server, namespace, listing in listings:
+        for tool in listing.tools:
+            name = published_name(namespace, tool.name)
+            if _claim(name, server, tools, reserved, "tool"):
+                tools[name] = (Route(server, tool.name), tool.model_copy(update={"name": name}))
+        for prompt in listing.prompts:
+            name = published_name(namespace, prompt.name)
+            if _claim(name, server, prompts, (), "prompt"):
+                prompts[name] = (Route(server, prompt.name), prompt.model_copy(update={"name": name}))
+        for resource in listing.resources:
+            if _claim(str(resource.uri), server, resources, (), "resource"):
+                resources[str(resource.uri)] = (server, resource)
+        for template in listing.templates:
+            templates.append((template_pattern(template.uri_template), server, template))
+    return Catalog(tools, prompts, resources, tuple(templates))
+
+
+def _claim(name: str, server: str, taken: Mapping[str, object], reserved: Collection[str], kind: str) -> bool:
+    if name in reserved:
+        logger.warning("%s %r of server %r is hidden: circuitbox's own tool has that name", kind, name, server)
+        return False
+    if name in taken:
+        owner = taken[name]
+        first = owner[0] if isinstance(owner, tuple) else owner
+        first_server = first.server if isinstance(first, Route) else first
+        logger.warning("%s %r of server %r is hidden: server %r already publishes it", kind, name, server,
+                       first_server)
+        return False
+    return True
+
+
+_EXPRESSION = re.compile(r"\{([+#./;?&]?)([^}]*)\}")
+
+
+def template_pattern(template: str) -> re.Pattern[str]:
+    """A regex for the URIs an RFC 6570 template can produce (simple and reserved expansions)."""
+    parts: list[str] = []
+    last = 0
+    for match in _EXPRESSION.finditer(template):
+        parts.append(re.escape(template[last : match.start()]))
+        operator = match.group(1)
+        parts.append(".+" if operator in ("+", "#") else "[^/?#]+" if operator == "" else ".*")
+        last = match.end()
+    parts.append(re.escape(template[last:]))
+    return re.compile("".join(parts))

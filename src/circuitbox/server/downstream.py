@@ -1,0 +1,250 @@
+"""One downstream MCP server, owned by one long-lived task.
+
+The owner task connects (stdio, streamable HTTP or SSE), initializes, fetches the tool, prompt and resource lists,
+then waits until the connection ends and reconnects with backoff; a dead stdio child is respawned that way. The SDK
+requires the task that entered a transport's context managers to exit them too, so nothing but `run()` ever enters
+or leaves them. Callers only borrow `session` while it is connected.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import anyio
+import mcp_types as types
+from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.client.session import IncomingMessage
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from pydantic import BaseModel
+
+from circuitbox.server._watched import WatchedStream
+from circuitbox.server.config import ServerConfig
+
+logger = logging.getLogger("circuitbox.downstream")
+
+T = TypeVar("T", bound=BaseModel)
+ProgressCallback = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+class Connection(StrEnum):
+    STARTING = "starting"
+    CONNECTED = "connected"
+    RESTARTING = "restarting"
+    DOWN = "down"
+
+
+class DownstreamUnavailableError(Exception):
+    """The downstream is not connected right now (starting, restarting or down)."""
+
+    def __init__(self, server: str, state: Connection, last_error: str | None) -> None:
+        detail = f": {last_error}" if last_error else ""
+        super().__init__(f"server '{server}' is {state.value}{detail}")
+        self.server = server
+        self.state = state
+
+
+@dataclass
+class Backoff:
+    """Reconnect delays: exponential with full jitter, reset once a connection has stayed up for `stable_after`."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    multiplier: float = 2.0
+    stable_after: float = 30.0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, failures: int) -> float:
+        base = min(self.maximum, self.initial * self.multiplier ** max(0, failures - 1))
+        return base * (0.5 + 0.5 * self.rng.random())
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What one downstream offers, as of its last successful list."""
+
+    tools: tuple[types.Tool, ...] = ()
+    prompts: tuple[types.Prompt, ...] = ()
+    resources: tuple[types.Resource, ...] = ()
+    templates: tuple[types.ResourceTemplate, ...] = ()
+
+
+class Downstream:
+    """A downstream server: its connection state, its latest listing and the borrowed session."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        on_listing: Callable[[Downstream], Awaitable[None]] | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.state = Connection.STARTING
+        self.last_error: str | None = None
+        self.listing = Listing()
+        self.session: ClientSession | None = None
+        self.connects = 0
+        self.first_attempt_done = anyio.Event()
+        self._on_listing = on_listing
+        self._backoff = backoff or Backoff()
+        self._refresh = anyio.Event()
+        self._stopped = False
+
+    # -- the owner task -------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect: until cancelled."""
+        failures = 0
+        while True:
+            began = anyio.current_time()
+            try:
+                await self._connect_and_serve()
+                self.last_error = self.last_error or "connection closed"
+            except Exception as exc:  # every failure of a downstream stays inside its owner
+                self.last_error = _describe(exc)
+            self.session = None
+            self.first_attempt_done.set()
+            if anyio.current_time() - began - self._backoff.initial >= self._backoff.stable_after:
+                failures = 0
+            failures += 1
+            self.state = Connection.RESTARTING
+            delay = self._backoff.delay(failures)
+            logger.warning("server %r disconnected (%s); reconnecting in %.1fs", self.name, self.last_error, delay)
+            await anyio.sleep(delay)
+
+    async def _connect_and_serve(self) -> None:
+        closed = anyio.Event()
+        startup = anyio.CancelScope(deadline=anyio.current_time() + self.config.startup_timeout)
+        with startup:
+            async with self._transport() as (read, write):
+                watched = WatchedStream(read, closed)
+                async with ClientSession(watched, write, message_handler=self._on_message) as session:
+                    await session.initialize()
+                    self.listing = await self._fetch_listing(session)
+                    startup.deadline = math.inf
+                    self.session, self.state, self.last_error = session, Connection.CONNECTED, None
+                    self.connects += 1
+                    logger.info("server %r connected with %d tools", self.name, len(self.listing.tools))
+                    self.first_attempt_done.set()
+                    await self._announce()
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._refresh_loop, session)
+                        await closed.wait()
+                        tg.cancel_scope.cancel()
+        if startup.cancelled_caught:
+            raise TimeoutError(f"did not start within {self.config.startup_timeout:g}s")
+
+    def _transport(self) -> AbstractAsyncContextManager[tuple[Any, Any]]:
+        cfg = self.config
+        if cfg.transport == "stdio":
+            assert cfg.command is not None
+            params = StdioServerParameters(command=cfg.command, args=list(cfg.args), env=dict(cfg.env) or None,
+                                           cwd=cfg.cwd)
+            return stdio_client(params)
+        assert cfg.url is not None
+        if cfg.transport == "sse":
+            return sse_client(cfg.url, headers=dict(cfg.headers) or None)
+        return _http_transport(cfg.url, dict(cfg.headers))
+
+    async def _on_message(self, message: IncomingMessage) -> None:
+        if isinstance(message, Exception):
+            logger.warning("server %r sent something that is not MCP: %s", self.name, _describe(message))
+        elif isinstance(
+            message,
+            types.ToolListChangedNotification | types.PromptListChangedNotification
+            | types.ResourceListChangedNotification,
+        ):
+            self._refresh.set()
+
+    async def _refresh_loop(self, session: ClientSession) -> None:
+        while True:
+            await self._refresh.wait()
+            self._refresh = anyio.Event()
+            try:
+                self.listing = await self._fetch_listing(session)
+            except Exception as exc:
+                logger.warning("server %r: refreshing its lists failed: %s", self.name, _describe(exc))
+                continue
+            await self._announce()
+
+    async def _announce(self) -> None:
+        if self._on_listing is not None:
+            await self._on_listing(self)
+
+    async def _fetch_listing(self, session: ClientSession) -> Listing:
+        caps = session.server_capabilities
+        tools = prompts = resources = templates = ()
+        if caps is None or caps.tools is not None:
+            tools = await _paginate(session, types.ListToolsRequest, types.ListToolsResult, "tools")
+        if caps is not None and caps.prompts is not None:
+            prompts = await _paginate(session, types.ListPromptsRequest, types.ListPromptsResult, "prompts")
+        if caps is not None and caps.resources is not None:
+            resources = await _paginate(session, types.ListResourcesRequest, types.ListResourcesResult, "resources")
+            templates = await _paginate(
+                session, types.ListResourceTemplatesRequest, types.ListResourceTemplatesResult, "resource_templates"
+            )
+        return Listing(tools, prompts, resources, templates)
+
+    # -- what callers use ------------------------------------------------------------------------------------------
+
+    def connected_session(self) -> ClientSession:
+        """The live session.
+
+        Raises:
+            DownstreamUnavailableError: not connected right now.
+        """
+        session = self.session
+        if session is None:
+            raise DownstreamUnavailableError(self.name, self.state, self.last_error)
+        return session
+
+    async def request(self, request: Any, result_type: type[T], progress: ProgressCallback | None = None) -> T:
+        """Send one request on the live session (no deadline: the caller owns it).
+
+        Raises:
+            DownstreamUnavailableError: not connected right now.
+            mcp.MCPError: the downstream answered with an error or the connection closed.
+        """
+        session = self.connected_session()
+        return await session.send_request(request, result_type, progress_callback=progress)
+
+
+async def _paginate(session: ClientSession, request_type: Any, result_type: Any, attr: str) -> tuple[Any, ...]:
+    items: list[Any] = []
+    cursor: str | None = None
+    for _ in range(10_000):  # a downstream that never stops paginating must not hang its owner forever
+        params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+        page = await session.send_request(request_type(params=params), result_type)
+        items.extend(getattr(page, attr))
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    return tuple(items)
+
+
+@asynccontextmanager
+async def _http_transport(url: str, headers: dict[str, str]) -> AsyncIterator[tuple[Any, Any]]:
+    async with (
+        create_mcp_http_client(headers=headers or None) as client,
+        streamable_http_client(url, http_client=client) as streams,
+    ):
+        yield streams[0], streams[1]
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line description of an error, unwrapping the exception groups the SDK's task groups produce."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name

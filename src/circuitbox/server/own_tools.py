@@ -1,0 +1,206 @@
+"""circuitbox's own tools: circuit_status and circuit_metrics always; circuit_reset and circuit_force with admin.
+
+Each answers with readable text and `structuredContent` matching its `outputSchema`. None of them ever shows a
+downstream's env or headers: they only read breaker snapshots and connection states.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import mcp_types as types
+from mcp import MCPError
+
+from circuitbox.breakers import CircuitState
+
+if TYPE_CHECKING:
+    from circuitbox.server.proxy import Proxy
+
+Handler = Callable[["Proxy", dict[str, Any]], Awaitable[types.CallToolResult]]
+
+_FILTERS = {
+    "server": {"type": "string", "description": "only this server (its config key)"},
+    "tool": {"type": "string", "description": "only this tool, as the downstream names it"},
+}
+_SNAPSHOT = {
+    "type": "object",
+    "properties": {
+        "server": {"type": "string"},
+        "tool": {"type": "string"},
+        "name": {"type": "string"},
+        "state": {"type": "string"},
+        "calls": {"type": "integer"},
+        "failures": {"type": "integer"},
+        "failure_rate": {"type": "number"},
+        "retry_after": {"type": ["number", "null"]},
+        "last_error": {"type": ["string", "null"]},
+        "health_score": {"type": "number"},
+    },
+    "required": ["server", "tool", "state"],
+}
+_SERVER = {
+    "type": "object",
+    "properties": {
+        "server": {"type": "string"},
+        "connection": {"enum": ["connected", "starting", "restarting", "down"]},
+        "tools": {"type": "integer"},
+        "last_error": {"type": ["string", "null"]},
+    },
+    "required": ["server", "connection", "tools"],
+}
+_SUMMARY = {"type": "object"}
+_STATUS_OUTPUT = {
+    "type": "object",
+    "properties": {"breakers": {"type": "array", "items": _SNAPSHOT}, "servers": {"type": "array", "items": _SERVER},
+                   "summary": _SUMMARY},
+    "required": ["breakers", "servers", "summary"],
+}
+_METRICS_OUTPUT = {
+    "type": "object",
+    "properties": {"tools": {"type": "array", "items": {"type": "object"}}, "servers": {"type": "array"},
+                   "health_score": {"type": "number"}, "summary": _SUMMARY},
+    "required": ["tools", "servers", "health_score", "summary"],
+}
+_CHANGED_OUTPUT = {
+    "type": "object",
+    "properties": {"changed": {"type": "array", "items": _SNAPSHOT}},
+    "required": ["changed"],
+}
+
+
+def _tool(name: str, description: str, properties: dict[str, Any], output: dict[str, Any],
+          required: list[str] | None = None, read_only: bool = True) -> types.Tool:
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+    if required:
+        schema["required"] = required
+    return types.Tool(name=name, description=description, input_schema=schema, output_schema=output,
+                      annotations=types.ToolAnnotations(read_only_hint=read_only, idempotent_hint=True,
+                                                        open_world_hint=False))
+
+
+STATUS = _tool(
+    "circuit_status",
+    "Circuit breaker state of every downstream tool circuitbox guards, and the connection state of every server. "
+    "Filter by server, tool or state.",
+    {**_FILTERS, "state": {"type": "string", "enum": [s.value for s in CircuitState]}},
+    _STATUS_OUTPUT,
+)
+METRICS = _tool(
+    "circuit_metrics",
+    "Call counters, latency percentiles, fallback activations and health scores per tool and per server.",
+    dict(_FILTERS),
+    _METRICS_OUTPUT,
+)
+RESET = _tool(
+    "circuit_reset",
+    "Close circuit breakers and clear their history (admin). Give a server, and optionally a tool.",
+    dict(_FILTERS),
+    _CHANGED_OUTPUT,
+    required=["server"],
+    read_only=False,
+)
+FORCE = _tool(
+    "circuit_force",
+    "Force circuit breakers into a state (admin): open (reject every call), disabled (pass everything, record "
+    "nothing), metrics_only (record, never reject) or auto (back to normal operation).",
+    {**_FILTERS, "state": {"type": "string", "enum": ["open", "disabled", "metrics_only", "auto"]}},
+    _CHANGED_OUTPUT,
+    required=["server", "state"],
+    read_only=False,
+)
+
+
+def _filtered(proxy: Proxy, args: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    server, tool, state = args.get("server"), args.get("tool"), args.get("state")
+    if server is not None and server not in proxy.downstreams:
+        raise MCPError(code=types.INVALID_PARAMS, message=f"unknown server {server!r}; "
+                       f"known: {', '.join(proxy.downstreams) or 'none'}")
+    rows = []
+    for srv, name, breaker in proxy.all_breakers():
+        if (server is None or srv == server) and (tool is None or name == tool):
+            snap = breaker.snapshot()
+            if state is None or snap.state == state:
+                rows.append((srv, name, snap))
+    return rows
+
+
+def _row(server: str, tool: str, snapshot: Any) -> dict[str, Any]:
+    return {"server": server, "tool": tool, **snapshot.to_dict()}
+
+
+def _answer(text: str, data: dict[str, Any]) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=data)
+
+
+async def circuit_status(proxy: Proxy, args: dict[str, Any]) -> types.CallToolResult:
+    breakers = [_row(*row) for row in _filtered(proxy, args)]
+    servers = [proxy.server_status(name) for name in proxy.downstreams if args.get("server") in (None, name)]
+    data = {"breakers": breakers, "servers": servers, "summary": proxy.registry.summary()}
+    lines = [f"{s['server']}: {s['connection']}, {s['tools']} tools"
+             + (f" (last error: {s['last_error']})" if s["last_error"] else "") for s in servers]
+    lines += [f"{b['server']}/{b['tool']}: {b['state']}, {b['calls']} calls, failure rate {b['failure_rate']:.0%}"
+              + (f", retry in {b['retry_after']:.1f}s" if b.get("retry_after") else "") for b in breakers]
+    if not breakers:
+        lines.append("No tool has been called yet, so no breaker exists yet (all circuits closed).")
+    return _answer("\n".join(lines), data)
+
+
+async def circuit_metrics(proxy: Proxy, args: dict[str, Any]) -> types.CallToolResult:
+    rows = _filtered(proxy, args)
+    tools = [{**_row(srv, tool, snap), **proxy.tool_stats(srv, tool)} for srv, tool, snap in rows]
+    per_server: dict[str, list[float]] = {}
+    for entry in tools:
+        per_server.setdefault(entry["server"], []).append(entry["health_score"])
+    servers = [{"server": s, "health_score": sum(v) / len(v), "breakers": len(v)} for s, v in per_server.items()]
+    overall = sum(t["health_score"] for t in tools) / len(tools) if tools else 1.0
+    data = {"tools": tools, "servers": servers, "health_score": overall, "summary": proxy.registry.summary()}
+    return _answer(json.dumps(data, indent=1, default=str), data)
+
+
+async def circuit_reset(proxy: Proxy, args: dict[str, Any]) -> types.CallToolResult:
+    changed = []
+    for server, tool, snap in _filtered(proxy, args):
+        breaker = proxy.find_breaker(server, tool)
+        if breaker is not None:
+            breaker.reset()
+            proxy.audit("reset", server, tool, str(snap.state), "closed")
+            changed.append(_row(server, tool, breaker.snapshot()))
+    return _answer(f"Reset {len(changed)} breaker(s).", {"changed": changed})
+
+
+_FORCE_STATES = {"open": CircuitState.FORCED_OPEN, "disabled": CircuitState.DISABLED,
+                 "metrics_only": CircuitState.METRICS_ONLY}
+
+
+async def circuit_force(proxy: Proxy, args: dict[str, Any]) -> types.CallToolResult:
+    target = args.get("state")
+    if target not in (*_FORCE_STATES, "auto"):
+        raise MCPError(code=types.INVALID_PARAMS, message="state must be one of open, disabled, metrics_only, auto")
+    server, tool = args["server"], args.get("tool")
+    if server not in proxy.downstreams:
+        raise MCPError(code=types.INVALID_PARAMS, message=f"unknown server {server!r}")
+    names = [tool] if tool else proxy.tools_of(server)
+    changed = []
+    for name in names:
+        breaker = proxy.breaker(server, name)
+        before = str(breaker.state)
+        if target == "auto":
+            breaker.reset()
+        else:
+            breaker.force(_FORCE_STATES[target])
+        proxy.audit("force", server, name, before, str(breaker.state))
+        changed.append(_row(server, name, breaker.snapshot()))
+    return _answer(f"{len(changed)} breaker(s) now {target}.", {"changed": changed})
+
+
+def own_tools(admin: bool) -> dict[str, tuple[types.Tool, Handler]]:
+    tools: dict[str, tuple[types.Tool, Handler]] = {
+        STATUS.name: (STATUS, circuit_status),
+        METRICS.name: (METRICS, circuit_metrics),
+    }
+    if admin:
+        tools[RESET.name] = (RESET, circuit_reset)
+        tools[FORCE.name] = (FORCE, circuit_force)
+    return tools

@@ -1,0 +1,275 @@
+"""The proxy: downstream owners + catalog + guard, behind one low-level MCP `Server`.
+
+Data flows one way: config -> policies -> breakers; a call flows catalog -> guard -> downstream owner, and its
+outcome flows back into the breaker, whose events feed the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import mcp_types as types
+from mcp import MCPError
+from mcp.server import NotificationOptions, Server
+from mcp.server.context import ServerRequestContext
+from mcp.server.models import InitializationOptions
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    PromptsListChanged,
+    ResourcesListChanged,
+    ToolsListChanged,
+)
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from circuitbox import __version__
+from circuitbox.breakers import BreakerRegistry, CircuitBreaker, Rejection
+from circuitbox.server.catalog import Catalog, build_catalog
+from circuitbox.server.config import ProxyConfig
+from circuitbox.server.downstream import Backoff, Downstream
+from circuitbox.server.guard import Guard, error_result, rejection_result
+from circuitbox.server.own_tools import own_tools
+from circuitbox.server.policy import TextFallback, ToolFallback
+
+logger = logging.getLogger("circuitbox.proxy")
+audit_log = logging.getLogger("circuitbox.audit")
+
+# How long a first tools/list waits for downstreams that are still starting: long enough for a Python or Node
+# server to come up, short enough that one stuck downstream cannot stall the agent's start.
+FIRST_LIST_WAIT = 10.0
+
+INSTRUCTIONS = (
+    "circuitbox fronts several MCP servers. Their tools are named '<server>__<tool>'. Each tool has a circuit "
+    "breaker: when a server keeps failing, its tools answer at once with isError and a note saying when to retry, "
+    "instead of hanging. Call circuit_status to see which servers and tools are healthy."
+)
+
+
+class Proxy:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        registry: BreakerRegistry | None = None,
+        backoff: Callable[[], Backoff] | None = None,
+        on_new_breaker: Callable[[CircuitBreaker, str, str], None] | None = None,
+        tool_stats: Callable[[CircuitBreaker], dict[str, Any]] | None = None,
+    ) -> None:
+        self.config = config
+        self.registry = registry if registry is not None else BreakerRegistry()
+        self.guard = Guard(config, self.registry, on_new_breaker=on_new_breaker)
+        self.downstreams = {
+            name: Downstream(server, on_listing=self._listing_changed, backoff=backoff() if backoff else None)
+            for name, server in config.servers.items()
+            if server.enabled
+        }
+        self.own = own_tools(config.admin_enabled)
+        self.catalog = Catalog()
+        self._tool_stats = tool_stats
+        self._bus = InMemorySubscriptionBus()
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._catalog_listeners: list[Callable[[Catalog, Catalog], None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------------
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        """Start every downstream's owner task; returns at once (nothing waits for a downstream here)."""
+        for downstream in self.downstreams.values():
+            tg.start_soon(downstream.run, name=f"downstream {downstream.name}")
+
+    async def wait_first_attempts(self, limit: float = FIRST_LIST_WAIT) -> None:
+        with anyio.move_on_after(limit):
+            for downstream in self.downstreams.values():
+                await downstream.first_attempt_done.wait()
+
+    def on_catalog_change(self, listener: Callable[[Catalog, Catalog], None]) -> None:
+        self._catalog_listeners.append(listener)
+
+    async def _listing_changed(self, _: Downstream) -> None:
+        old = self.catalog
+        self.catalog = build_catalog(
+            ((d.name, d.config.namespace, d.listing) for d in self.downstreams.values()), reserved=self.own
+        )
+        for listener in self._catalog_listeners:
+            listener(old, self.catalog)
+        await self._relay_changes(old, self.catalog)
+
+    async def _relay_changes(self, old: Catalog, new: Catalog) -> None:
+        events: list[tuple[Any, types.ServerNotification]] = []
+        if old.tool_list() != new.tool_list():
+            events.append((ToolsListChanged(), types.ToolListChangedNotification()))
+        if old.prompt_list() != new.prompt_list():
+            events.append((PromptsListChanged(), types.PromptListChangedNotification()))
+        if old.resource_list() != new.resource_list() or old.template_list() != new.template_list():
+            events.append((ResourcesListChanged(), types.ResourceListChangedNotification()))
+        for event, notification in events:
+            await self._bus.publish(event)  # 2026-era clients listening on subscriptions/listen
+            data = notification.model_dump(by_alias=True, mode="json", exclude_none=True)
+            for connection in list(self._connections):  # handshake-era clients
+                try:
+                    await connection.outbound.notify(data["method"], data.get("params"))
+                except Exception as exc:
+                    logger.debug("could not notify a client of a list change: %s", exc)
+
+    def _remember(self, ctx: ServerRequestContext[Any, Any]) -> None:
+        # Handshake-era clients learn of list changes through their connection's standalone channel. The lowlevel
+        # context only exposes the connection through the session, hence the private attribute.
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            connection = getattr(ctx.session, "_connection", None)
+            if connection is not None:
+                self._connections.add(connection)
+
+    # -- what own tools read ------------------------------------------------------------------------------------------
+
+    def all_breakers(self) -> list[tuple[str, str, CircuitBreaker]]:
+        return self.guard.known()
+
+    def find_breaker(self, server: str, tool: str) -> CircuitBreaker | None:
+        return self.guard.find(server, tool)
+
+    def breaker(self, server: str, tool: str) -> CircuitBreaker:
+        return self.guard.breaker(server, tool)[0]
+
+    def tools_of(self, server: str) -> list[str]:
+        return self.catalog.tools_of(server)
+
+    def tool_stats(self, server: str, tool: str) -> dict[str, Any]:
+        breaker = self.guard.find(server, tool)
+        if breaker is None or self._tool_stats is None:
+            return {}
+        return self._tool_stats(breaker)
+
+    def server_status(self, name: str) -> dict[str, Any]:
+        downstream = self.downstreams[name]
+        return {"server": name, "connection": downstream.state.value, "tools": len(downstream.listing.tools),
+                "last_error": downstream.last_error, "connects": downstream.connects,
+                "transport": downstream.config.transport}
+
+    def audit(self, action: str, server: str, tool: str, before: str, after: str) -> None:
+        audit_log.warning("admin %s: %s/%s %s -> %s", action, server, tool, before, after)
+
+    # -- the MCP server -------------------------------------------------------------------------------------------
+
+    def build_server(self) -> Server[Any]:
+        return Server(
+            "circuitbox",
+            version=__version__,
+            instructions=INSTRUCTIONS,
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+            on_list_prompts=self._list_prompts,
+            on_get_prompt=self._get_prompt,
+            on_list_resources=self._list_resources,
+            on_list_resource_templates=self._list_templates,
+            on_read_resource=self._read_resource,
+            on_subscriptions_listen=ListenHandler(self._bus),
+        )
+
+    def initialization_options(self, server: Server[Any]) -> InitializationOptions:
+        changed = NotificationOptions(tools_changed=True, prompts_changed=True, resources_changed=True)
+        return server.create_initialization_options(changed)
+
+    async def _list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
+        self._remember(ctx)
+        await self.wait_first_attempts()
+        return types.ListToolsResult(tools=[tool for tool, _ in self.own.values()] + self.catalog.tool_list())
+
+    async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        self._remember(ctx)
+        own = self.own.get(params.name)
+        if own is not None:
+            return await own[1](self, dict(params.arguments or {}))
+        return await self.call(params.name, params.arguments, _progress_relay(ctx))
+
+    async def call(self, name: str, arguments: dict[str, Any] | None, progress: Any = None,
+                   *, fallback_depth: int = 0) -> types.CallToolResult:
+        """Route a published tool name through its breaker, serving the fallback when the circuit is open.
+
+        Raises:
+            MCPError: unknown tool, or the downstream rejected the arguments.
+        """
+        found = self.catalog.tools.get(name)
+        if found is None:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name!r}. Call tools/list to see "
+                           "the tools circuitbox publishes.")
+        route, _ = found
+        downstream = self.downstreams[route.server]
+        outcome = await self.guard.call(downstream, route.name, arguments, progress)
+        if not isinstance(outcome, Rejection):
+            return outcome
+        breaker, policy = self.guard.breaker(route.server, route.name)
+        fallback = policy.fallback
+        if isinstance(fallback, TextFallback):
+            breaker.record_fallback()
+            return types.CallToolResult(content=[types.TextContent(text=fallback.text)],
+                                        _meta={"circuitbox/fallback": True,
+                                               **(rejection_result(route.server, route.name, name, outcome).meta
+                                                  or {})})
+        if isinstance(fallback, ToolFallback) and fallback_depth == 0 and fallback.tool in self.catalog.tools:
+            breaker.record_fallback()
+            return await self.call(fallback.tool, arguments, progress, fallback_depth=1)
+        return rejection_result(route.server, route.name, name, outcome)
+
+    async def _list_prompts(self, ctx: Any, params: Any) -> types.ListPromptsResult:
+        self._remember(ctx)
+        await self.wait_first_attempts()
+        return types.ListPromptsResult(prompts=self.catalog.prompt_list())
+
+    async def _get_prompt(self, ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+        found = self.catalog.prompts.get(params.name)
+        if found is None:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {params.name!r}")
+        route, _ = found
+        request = types.GetPromptRequest(params=types.GetPromptRequestParams(name=route.name,
+                                                                             arguments=params.arguments))
+        return await self._forward(route.server, request, types.GetPromptResult)
+
+    async def _list_resources(self, ctx: Any, params: Any) -> types.ListResourcesResult:
+        self._remember(ctx)
+        await self.wait_first_attempts()
+        return types.ListResourcesResult(resources=self.catalog.resource_list())
+
+    async def _list_templates(self, ctx: Any, params: Any) -> types.ListResourceTemplatesResult:
+        await self.wait_first_attempts()
+        return types.ListResourceTemplatesResult(resource_templates=self.catalog.template_list())
+
+    async def _read_resource(self, ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+        server = self.catalog.resource_server(str(params.uri))
+        if server is None:
+            raise MCPError(code=-32002, message=f"Resource not found: {params.uri} (no single server offers it)")
+        request = types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri=params.uri))
+        return await self._forward(server, request, types.ReadResourceResult)
+
+    async def _forward(self, server: str, request: Any, result_type: Any) -> Any:
+        """Prompts and resources are not guarded by breakers, but still bounded and never left unanswered."""
+        downstream = self.downstreams[server]
+        timeout = self.config.policy(server).call_timeout
+        try:
+            with anyio.fail_after(timeout):
+                return await downstream.request(request, result_type)
+        except TimeoutError:
+            raise MCPError(code=types.INTERNAL_ERROR, message=f"server {server!r} did not answer in {timeout:g}s")
+        except MCPError:
+            raise
+        except Exception as exc:
+            raise MCPError(code=types.INTERNAL_ERROR, message=f"server {server!r}: {exc}") from exc
+
+
+def _progress_relay(ctx: Any) -> Any:
+    meta = ctx.meta
+    if meta is None or meta.get("progress_token") is None:
+        return None
+    session = ctx.session
+
+    async def relay(progress: float, total: float | None, message: str | None) -> None:
+        await session.report_progress(progress, total, message)
+
+    return relay
+
+
+__all__ = ["Proxy", "error_result"]
