@@ -1,0 +1,296 @@
+"""The Prometheus collector: breaker events in, the circuit_breaker_* families out.
+
+Counters and the histogram are event-driven: each event does a dict lookup and a few integer updates on
+a `Series` (no prometheus_client metric objects, no locks on the hot path). Families are built only when
+scraped.
+
+The two gauges that describe *current* condition (state and health score) are read from the breakers the
+collector knows at scrape time: the state from `breaker.state` (a plain read, never a transition) and the
+health score from `breaker.snapshot()`. Health changes with every call through the sliding window, so an
+event-driven gauge would need a snapshot per call; one per breaker per scrape is cheaper and always exact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from circuitbox.breakers import (
+    BreakerRegistry,
+    CallFailed,
+    CallIgnored,
+    CallRejected,
+    CallSucceeded,
+    CircuitBreaker,
+    FallbackUsed,
+    StateTransition,
+)
+
+from ._series import FAILURE_TYPES, Series, failure_type
+
+LABELS = ("server", "tool")
+
+# circuit_breaker_state values (DESIGN.md). disabled and metrics_only pass every call, so they read as closed.
+STATE_VALUES = {"closed": 0, "open": 1, "forced_open": 1, "half_open": 2, "disabled": 0, "metrics_only": 0}
+# States in which the circuit does not pass calls normally: the "open for too long" clock runs through them.
+_UNAVAILABLE = frozenset({"open", "forced_open", "half_open"})
+
+
+def _on_success(s: Series, e: Any) -> None:
+    s.requests["success"] += 1
+    s.observe(e.duration)
+    if e.slow:
+        s.failures["slow"] += 1
+
+
+def _on_failure(s: Series, e: Any) -> None:
+    s.requests["failure"] += 1
+    s.failures[failure_type(e.kind)] += 1
+    s.observe(e.duration)
+    if e.slow:  # a slow failure counts under its kind and under "slow", like the engine records it
+        s.failures["slow"] += 1
+
+
+def _on_rejected(s: Series, e: Any) -> None:
+    s.requests["rejected"] += 1
+
+
+def _on_ignored(s: Series, e: Any) -> None:
+    s.requests["ignored"] += 1
+    s.observe(e.duration)
+
+
+def _on_fallback(s: Series, e: Any) -> None:
+    s.fallbacks += 1
+
+
+def _on_transition(s: Series, e: Any) -> None:
+    key = (str(e.from_state), str(e.to_state))
+    s.transitions[key] = s.transitions.get(key, 0) + 1
+    s.state = key[1]
+
+
+_HANDLERS: dict[type, Callable[[Series, Any], None]] = {
+    CallSucceeded: _on_success,
+    CallFailed: _on_failure,
+    CallRejected: _on_rejected,
+    CallIgnored: _on_ignored,
+    FallbackUsed: _on_fallback,
+    StateTransition: _on_transition,
+}
+
+
+class MetricsCollector(Collector):
+    """All circuit_breaker_* families for the breakers it hears about, registered on `registry`.
+
+    Feed it with `attach(breaker_registry_or_breaker)` (or `add_listener(collector.on_event)` yourself,
+    which gives everything but the health gauge). Label a breaker with `bind(name, server=..., tool=...)`;
+    an unbound breaker named X is `server="X", tool=""`. `forget(name)` drops every series of a breaker
+    that is gone.
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry
+        self._clock = clock
+        self._series: dict[str, Series] = {}
+        self._bindings: dict[str, tuple[str, str]] = {}
+        # Names forgotten and not bound again: a late outcome of an in-flight call must not resurrect them
+        # (under an unbound label, which would leak a series per removed tool).
+        self._forgotten: set[str] = set()
+        self._registries: list[BreakerRegistry] = []
+        self._breakers: dict[str, CircuitBreaker] = {}
+        registry.register(self)
+
+    # -- feeding --
+
+    def on_event(self, event: object) -> None:
+        """Breaker listener: count one event. Unknown event types are ignored (forward compatibility)."""
+        handler = _HANDLERS.get(type(event))
+        if handler is None:
+            return
+        name: str = event.breaker  # type: ignore[attr-defined]
+        series = self._series.get(name)
+        if series is None:
+            if name in self._forgotten:
+                return
+            series = self._series[name] = Series(*self.labels_for(name))
+        handler(series, event)
+
+    def attach(self, target: BreakerRegistry | CircuitBreaker) -> None:
+        """Listen to a registry (its breakers now and later) or to one breaker, and read gauges from it."""
+        if isinstance(target, CircuitBreaker):
+            self._breakers[target.name] = target
+            breakers: Iterable[CircuitBreaker] = [target]
+        else:
+            self._registries.append(target)
+            breakers = list(_breakers_of(target))
+        for breaker in breakers:
+            self._ensure(breaker.name)
+        target.add_listener(self.on_event)
+
+    def bind(self, breaker_name: str, *, server: str, tool: str) -> None:
+        """Give a breaker its `server`/`tool` labels (and create its series at zero)."""
+        self._bindings[breaker_name] = (server, tool)
+        self._forgotten.discard(breaker_name)
+        series = self._ensure(breaker_name)
+        series.server, series.tool = server, tool
+
+    def forget(self, breaker_name: str) -> None:
+        """Remove every series of a breaker (its tool is gone); `bind` it again to count it again."""
+        self._series.pop(breaker_name, None)
+        self._bindings.pop(breaker_name, None)
+        self._breakers.pop(breaker_name, None)
+        self._forgotten.add(breaker_name)
+
+    def labels_for(self, breaker_name: str) -> tuple[str, str]:
+        """The (server, tool) label pair of a breaker: its binding, else (name, "")."""
+        return self._bindings.get(breaker_name, (breaker_name, ""))
+
+    def names(self) -> list[str]:
+        """The breakers that currently have series."""
+        return list(self._series)
+
+    def _ensure(self, name: str) -> Series:
+        series = self._series.get(name)
+        if series is None:
+            series = self._series[name] = Series(*self.labels_for(name))
+        return series
+
+    def _breaker(self, name: str) -> CircuitBreaker | None:
+        breaker = self._breakers.get(name)
+        if breaker is None:
+            for registry in self._registries:
+                breaker = registry.get(name)
+                if breaker is not None:
+                    break
+        return breaker
+
+    # -- reading --
+
+    def tool_stats(self, breaker_name: str) -> dict[str, Any]:
+        """Counters, recent latency percentiles and fallback count of one breaker, JSON-ready.
+
+        A name without series (never called, or forgotten) gets zeros; no series is created for it.
+        """
+        s = self._series.get(breaker_name) or Series(*self.labels_for(breaker_name))
+        return {
+            "breaker": breaker_name,
+            "server": s.server,
+            "tool": s.tool,
+            "requests": {**s.requests, "total": sum(s.requests.values())},
+            "failures_by_type": dict(s.failures),
+            "fallback_activations": s.fallbacks,
+            "state_transitions": sum(s.transitions.values()),
+            "latency_seconds": {
+                **s.percentiles(),
+                "mean": s.duration_sum / s.duration_count if s.duration_count else None,
+            },
+        }
+
+    def describe(self) -> Iterator[Metric]:
+        # Family names without samples: lets the registry refuse a second collector with the same names.
+        yield from _families()
+
+    def collect(self) -> Iterator[Metric]:
+        f = _families()
+        state, requests, failures, transitions, response, fallbacks, health, timeout, duration = f
+        now = self._clock()
+        for name, s in list(self._series.items()):
+            labels = [s.server, s.tool]
+            breaker = self._breaker(name)
+            current = str(breaker.state) if breaker is not None else s.state
+            state.add_metric(labels, STATE_VALUES.get(current, 0))
+            for result, n in s.requests.items():
+                requests.add_metric([*labels, result], n)
+            for kind in FAILURE_TYPES:
+                failures.add_metric([*labels, kind], s.failures[kind])
+            for (src, dst), n in list(s.transitions.items()):
+                transitions.add_metric([*labels, src, dst], n)
+            response.add_metric(
+                labels,
+                buckets=[(floatToGoString(b), c) for b, c in s.cumulative_buckets()],
+                sum_value=s.duration_sum,
+            )
+            fallbacks.add_metric(labels, s.fallbacks)
+            if current in _UNAVAILABLE:
+                if s.unavailable_since is None:  # first seen while open (or event missed): count from now
+                    s.unavailable_since = now
+                duration.add_metric(labels, now - s.unavailable_since)
+            else:
+                s.unavailable_since = None
+                duration.add_metric(labels, 0.0)
+            if breaker is not None:
+                health.add_metric(labels, breaker.snapshot().health_score)
+                timeout.add_metric(labels, breaker.config.timeout)
+        yield from f
+
+
+def _breakers_of(registry: BreakerRegistry) -> Iterator[CircuitBreaker]:
+    for item in registry:
+        breaker = registry.get(item) if isinstance(item, str) else item
+        if breaker is not None:
+            yield breaker
+
+
+def _families() -> tuple[
+    GaugeMetricFamily,
+    CounterMetricFamily,
+    CounterMetricFamily,
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    GaugeMetricFamily,
+    GaugeMetricFamily,
+]:
+    lb = list(LABELS)
+    return (
+        GaugeMetricFamily(
+            "circuit_breaker_state", "Circuit state: 0 closed, 1 open or forced_open, 2 half_open.", labels=lb
+        ),
+        CounterMetricFamily(
+            "circuit_breaker_requests",
+            "Calls by result: success, failure, rejected, ignored.",
+            labels=[*lb, "result"],
+        ),
+        CounterMetricFamily(
+            "circuit_breaker_failures",
+            "Failures by type: timeout, transport, protocol, tool_error, slow (slow counts in addition).",
+            labels=[*lb, "failure_type"],
+        ),
+        CounterMetricFamily(
+            "circuit_breaker_state_transitions",
+            "State transitions.",
+            labels=[*lb, "from_state", "to_state"],
+        ),
+        HistogramMetricFamily(
+            "circuit_breaker_response_time_seconds", "Duration of calls that ran (not rejected).", labels=lb
+        ),
+        CounterMetricFamily(
+            "circuit_breaker_fallback_activations", "Rejected calls answered by a fallback.", labels=lb
+        ),
+        GaugeMetricFamily(
+            "circuit_breaker_health_score", "Health score 0..1 (0 when open; see DESIGN.md).", labels=lb
+        ),
+        GaugeMetricFamily(
+            "circuit_breaker_open_timeout_seconds",
+            "Configured base open period (the breaker's timeout); not part of the contract.",
+            labels=lb,
+        ),
+        GaugeMetricFamily(
+            "circuit_breaker_open_duration_seconds",
+            "Seconds since the circuit stopped passing calls (open/half_open), 0 when closed; not contract.",
+            labels=lb,
+        ),
+    )
