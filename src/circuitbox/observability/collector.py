@@ -12,6 +12,7 @@ event-driven gauge would need a snapshot per call; one per breaker per scrape is
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -24,7 +25,6 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from circuitbox.breakers import (
     BreakerRegistry,
@@ -75,19 +75,12 @@ def _on_fallback(s: Series, e: Any) -> None:
     s.fallbacks += 1
 
 
-def _on_transition(s: Series, e: Any) -> None:
-    key = (str(e.from_state), str(e.to_state))
-    s.transitions[key] = s.transitions.get(key, 0) + 1
-    s.state = key[1]
-
-
 _HANDLERS: dict[type, Callable[[Series, Any], None]] = {
     CallSucceeded: _on_success,
     CallFailed: _on_failure,
     CallRejected: _on_rejected,
     CallIgnored: _on_ignored,
     FallbackUsed: _on_fallback,
-    StateTransition: _on_transition,
 }
 
 
@@ -117,7 +110,7 @@ class MetricsCollector(Collector):
     def on_event(self, event: object) -> None:
         """Breaker listener: count one event. Unknown event types are ignored (forward compatibility)."""
         handler = _HANDLERS.get(type(event))
-        if handler is None:
+        if handler is None and not isinstance(event, StateTransition):
             return
         name: str = event.breaker  # type: ignore[attr-defined]
         series = self._series.get(name)
@@ -125,7 +118,22 @@ class MetricsCollector(Collector):
             if name in self._forgotten:
                 return
             series = self._series[name] = Series(*self.labels_for(name))
-        handler(series, event)
+        if handler is not None:
+            handler(series, event)
+        else:
+            self._on_transition(series, event)  # type: ignore[arg-type]
+
+    def _on_transition(self, s: Series, e: StateTransition) -> None:
+        key = (str(e.from_state), str(e.to_state))
+        s.transitions[key] = s.transitions.get(key, 0) + 1
+        s.state = key[1]
+        # The "open for too long" clock starts when the circuit stops passing calls and runs through
+        # open <-> half_open flips until it closes (or an operator disables it / makes it metrics_only).
+        if key[1] in _UNAVAILABLE:
+            if s.unavailable_since is None:
+                s.unavailable_since = self._clock()
+        else:
+            s.unavailable_since = None
 
     def attach(self, target: BreakerRegistry | CircuitBreaker) -> None:
         """Listen to a registry (its breakers now and later) or to one breaker, and read gauges from it."""
@@ -219,7 +227,7 @@ class MetricsCollector(Collector):
                 transitions.add_metric([*labels, src, dst], n)
             response.add_metric(
                 labels,
-                buckets=[(floatToGoString(b), c) for b, c in s.cumulative_buckets()],
+                buckets=[("+Inf" if b == math.inf else repr(float(b)), c) for b, c in s.cumulative_buckets()],
                 sum_value=s.duration_sum,
             )
             fallbacks.add_metric(labels, s.fallbacks)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 import anyio
 import anyio.abc
@@ -28,10 +29,20 @@ _MAX_REQUEST_HEAD = 16 * 1024
 _READ_TIMEOUT = 10.0
 
 
-def render(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
-    """The exposition for one scrape: OpenMetrics when `accept` asks for it, else the text format 0.0.4."""
+def render(
+    registry: CollectorRegistry, accept: str | None, names: list[str] | None = None
+) -> tuple[bytes, str]:
+    """The exposition for one scrape: OpenMetrics when `accept` asks for it, else the text format 0.0.4.
+
+    `names` (the `name[]` query parameters Prometheus' federation and debugging use) restricts the output
+    to those sample names.
+    """
     encoder, content_type = choose_encoder(accept or "")
-    return encoder(registry), content_type
+    return encoder(registry.restricted_registry(names) if names else registry), content_type
+
+
+def _names(query: str) -> list[str]:
+    return [v for k, v in parse_qsl(query) if k == "name[]"]
 
 
 class MetricsApp:
@@ -55,7 +66,8 @@ class MetricsApp:
             (v.decode("latin-1") for k, v in scope.get("headers", ()) if k.lower() == b"accept"),
             None,
         )
-        body, content_type = render(self.registry, accept)
+        query = scope.get("query_string", b"").decode("latin-1")
+        body, content_type = render(self.registry, accept, _names(query))
         await _asgi_reply(send, 200, b"" if method == "HEAD" else body, content_type, length=len(body))
 
 
@@ -137,7 +149,8 @@ def _respond(registry: CollectorRegistry, head: bytes, path: str) -> bytes:
     if len(parts) != 3:
         return _http(400, b"bad request\n", "text/plain; charset=utf-8")
     method, target, _version = parts
-    if target.split("?", 1)[0] != path:
+    target_path, _, query = target.partition("?")
+    if target_path != path:
         return _http(404, b"not found; metrics are at " + path.encode() + b"\n", "text/plain; charset=utf-8")
     if method not in ("GET", "HEAD"):
         return _http(405, b"method not allowed\n", "text/plain; charset=utf-8", extra="Allow: GET, HEAD\r\n")
@@ -146,7 +159,7 @@ def _respond(registry: CollectorRegistry, head: bytes, path: str) -> bytes:
         name, _, value = line.partition(":")
         if name.strip().lower() == "accept":
             accept = value.strip()
-    body, content_type = render(registry, accept)
+    body, content_type = render(registry, accept, _names(query))
     return _http(200, body, content_type, head_only=method == "HEAD")
 
 
