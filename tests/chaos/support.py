@@ -79,7 +79,7 @@ async def stats(session: ClientSession) -> dict[str, Any]:
     result = await session.call_tool("chaos_control", {"action": "stats"})
     assert not result.is_error
     assert result.structured_content is not None
-    return result.structured_content
+    return dict(result.structured_content)
 
 
 async def wait_for_stat(session: ClientSession, tool: str, key: str, value: int) -> dict[str, Any]:

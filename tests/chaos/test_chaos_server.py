@@ -16,8 +16,8 @@ from tests.chaos.support import memory_session, stats, text, wait_for_stat
 pytestmark = pytest.mark.anyio
 
 
-def state(seed: int | None = 1, **tools: str) -> ChaosState:
-    return ChaosState({name: parse_behaviour(spec) for name, spec in tools.items()}, seed=seed)
+def state(**tools: str) -> ChaosState:
+    return ChaosState({name: parse_behaviour(spec) for name, spec in tools.items()}, seed=1)
 
 
 class FakeWire:

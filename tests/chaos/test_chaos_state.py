@@ -72,7 +72,7 @@ def test_set_star_switches_every_tool() -> None:
 
 def test_a_tool_sequence_depends_only_on_the_seed_and_its_name() -> None:
     def sequence(state: ChaosState, interleave: bool) -> list[str]:
-        kinds = []
+        kinds: list[str] = []
         for _ in range(40):
             if interleave:
                 state.begin("other")

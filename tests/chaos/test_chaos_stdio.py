@@ -39,13 +39,13 @@ async def test_healthy_error_protocol_error_and_latency_over_a_real_process() ->
         started = time.monotonic()
         assert not (await session.call_tool("slow", {})).is_error
         assert 0.3 <= time.monotonic() - started < 5
-        progress: list[float] = []
+        seen: list[float] = []
 
-        async def on_progress(p: float, total: float | None, message: str | None) -> None:
-            progress.append(p)
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            seen.append(progress)
 
         await session.call_tool("work", {}, progress_callback=on_progress)
-        assert progress == [1, 2, 3]
+        assert seen == [1, 2, 3]
         counters = (await stats(session))["tools"]
         assert [counters[t]["calls"] for t in ("echo", "boom", "broken", "slow", "stuck")] == [1, 1, 1, 1, 0]
 
