@@ -12,18 +12,12 @@ event-driven gauge would need a snapshot per call; one per breaker per scrape is
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from circuitbox.breakers import (
@@ -37,12 +31,9 @@ from circuitbox.breakers import (
     StateTransition,
 )
 
-from ._series import FAILURE_TYPES, Series, failure_type
+from ._families import Families
+from ._series import Series, failure_type
 
-LABELS = ("server", "tool")
-
-# circuit_breaker_state values (DESIGN.md). disabled and metrics_only pass every call, so they read as closed.
-STATE_VALUES = {"closed": 0, "open": 1, "forced_open": 1, "half_open": 2, "disabled": 0, "metrics_only": 0}
 # States in which the circuit does not pass calls normally: the "open for too long" clock runs through them.
 _UNAVAILABLE = frozenset({"open", "forced_open", "half_open"})
 
@@ -208,40 +199,24 @@ class MetricsCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         # Family names without samples: lets the registry refuse a second collector with the same names.
-        yield from _families()
+        yield from Families()
 
     def collect(self) -> Iterator[Metric]:
-        f = _families()
-        state, requests, failures, transitions, response, fallbacks, health, timeout, duration = f
+        families = Families()
         now = self._clock()
         for name, s in list(self._series.items()):
-            labels = [s.server, s.tool]
             breaker = self._breaker(name)
-            current = str(breaker.state) if breaker is not None else s.state
-            state.add_metric(labels, STATE_VALUES.get(current, 0))
-            for result, n in s.requests.items():
-                requests.add_metric([*labels, result], n)
-            for kind in FAILURE_TYPES:
-                failures.add_metric([*labels, kind], s.failures[kind])
-            for (src, dst), n in list(s.transitions.items()):
-                transitions.add_metric([*labels, src, dst], n)
-            response.add_metric(
-                labels,
-                buckets=[("+Inf" if b == math.inf else repr(float(b)), c) for b, c in s.cumulative_buckets()],
-                sum_value=s.duration_sum,
-            )
-            fallbacks.add_metric(labels, s.fallbacks)
-            if current in _UNAVAILABLE:
-                if s.unavailable_since is None:  # first seen while open (or event missed): count from now
-                    s.unavailable_since = now
-                duration.add_metric(labels, now - s.unavailable_since)
-            else:
+            state = str(breaker.state) if breaker is not None else s.state
+            if state not in _UNAVAILABLE:
                 s.unavailable_since = None
-                duration.add_metric(labels, 0.0)
-            if breaker is not None:
-                health.add_metric(labels, breaker.snapshot().health_score)
-                timeout.add_metric(labels, breaker.config.timeout)
-        yield from f
+            elif s.unavailable_since is None:  # first seen while open (attached late): count from now
+                s.unavailable_since = now
+            open_for = 0.0 if s.unavailable_since is None else now - s.unavailable_since
+            if breaker is None:
+                families.add(s, state, open_for)
+            else:
+                families.add(s, state, open_for, breaker.snapshot().health_score, breaker.config.timeout)
+        yield from families
 
 
 def _breakers_of(registry: BreakerRegistry) -> Iterator[CircuitBreaker]:
@@ -249,56 +224,3 @@ def _breakers_of(registry: BreakerRegistry) -> Iterator[CircuitBreaker]:
         breaker = registry.get(item) if isinstance(item, str) else item
         if breaker is not None:
             yield breaker
-
-
-def _families() -> tuple[
-    GaugeMetricFamily,
-    CounterMetricFamily,
-    CounterMetricFamily,
-    CounterMetricFamily,
-    HistogramMetricFamily,
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    GaugeMetricFamily,
-    GaugeMetricFamily,
-]:
-    lb = list(LABELS)
-    return (
-        GaugeMetricFamily(
-            "circuit_breaker_state", "Circuit state: 0 closed, 1 open or forced_open, 2 half_open.", labels=lb
-        ),
-        CounterMetricFamily(
-            "circuit_breaker_requests",
-            "Calls by result: success, failure, rejected, ignored.",
-            labels=[*lb, "result"],
-        ),
-        CounterMetricFamily(
-            "circuit_breaker_failures",
-            "Failures by type: timeout, transport, protocol, tool_error, slow (slow counts in addition).",
-            labels=[*lb, "failure_type"],
-        ),
-        CounterMetricFamily(
-            "circuit_breaker_state_transitions",
-            "State transitions.",
-            labels=[*lb, "from_state", "to_state"],
-        ),
-        HistogramMetricFamily(
-            "circuit_breaker_response_time_seconds", "Duration of calls that ran (not rejected).", labels=lb
-        ),
-        CounterMetricFamily(
-            "circuit_breaker_fallback_activations", "Rejected calls answered by a fallback.", labels=lb
-        ),
-        GaugeMetricFamily(
-            "circuit_breaker_health_score", "Health score 0..1 (0 when open; see DESIGN.md).", labels=lb
-        ),
-        GaugeMetricFamily(
-            "circuit_breaker_open_timeout_seconds",
-            "Configured base open period (the breaker's timeout); not part of the contract.",
-            labels=lb,
-        ),
-        GaugeMetricFamily(
-            "circuit_breaker_open_duration_seconds",
-            "Seconds since the circuit stopped passing calls (open/half_open), 0 when closed; not contract.",
-            labels=lb,
-        ),
-    )
