@@ -48,8 +48,8 @@ mkdir -p "$dest"
 rm -rf "$dest/root"
 dpkg -x "$deb" "$dest/root"
 mkdir -p "$bin"
-ln -sf "$dest/root/usr/bin/prometheus" "$bin/prometheus"
-ln -sf "$dest/root/usr/bin/promtool" "$bin/promtool"
+ln -sf ../root/usr/bin/prometheus "$bin/prometheus"  # relative: survives moving the folder
+ln -sf ../root/usr/bin/promtool "$bin/promtool"
 
 "$bin/promtool" --version >&2
 echo "installed prometheus into $bin" >&2
