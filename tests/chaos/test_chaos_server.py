@@ -8,9 +8,11 @@ import time
 import anyio
 import mcp_types as types
 import pytest
-from mcp import MCPError
+from mcp import Client, MCPError
+from mcp.server.subscriptions import ToolsListChanged
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from circuitbox.chaos import ChaosState, parse_behaviour
+from circuitbox.chaos import ChaosState, build_server, parse_behaviour
 from tests.chaos.support import memory_session, stats, text, wait_for_stat
 
 pytestmark = pytest.mark.anyio
@@ -217,3 +219,14 @@ async def test_a_prompt_and_resources_are_served_for_merging_tests() -> None:
         assert caught.value.code == -32002
         with pytest.raises(MCPError):
             await session.get_prompt("nope")
+
+
+async def test_a_2026_era_client_hears_of_list_changes_on_its_listen_stream() -> None:
+    async with Client(build_server(state(echo="healthy"))) as client:
+        assert client.protocol_version in MODERN_PROTOCOL_VERSIONS
+        async with client.listen(tools_list_changed=True) as subscription:
+            await client.call_tool("chaos_control", {"action": "add_tool", "tool": "fresh"})
+            with anyio.fail_after(5):
+                event = await anext(aiter(subscription))
+        assert isinstance(event, ToolsListChanged)
+        assert "fresh" in {t.name for t in (await client.list_tools()).tools}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import mcp_types as types
@@ -62,7 +63,13 @@ def _behaviour_arg(args: dict[str, Any], default: str | None = None) -> str:
     return spec
 
 
-async def _apply(ctx: ServerRequestContext[Any], state: ChaosState, args: dict[str, Any]) -> dict[str, Any]:
+Announce = Callable[[ServerRequestContext[Any]], Awaitable[None]]
+"""Tells clients the tool list changed (in whichever way the connection's protocol era delivers it)."""
+
+
+async def _apply(
+    ctx: ServerRequestContext[Any], state: ChaosState, args: dict[str, Any], announce: Announce
+) -> dict[str, Any]:
     action = args.get("action")
     notify = args.get("notify", True) is not False
     changed = False
@@ -91,18 +98,17 @@ async def _apply(ctx: ServerRequestContext[Any], state: ChaosState, args: dict[s
     else:
         raise _ControlError(f"unknown action {action!r}; known: {', '.join(ACTIONS)}")
     if changed and notify:
-        # Connection-scoped (not tied to this request), as a real server announces a list change.
-        await ctx.session.send_tool_list_changed()
+        await announce(ctx)
     out["notified"] = changed and notify
     return out
 
 
 async def control(
-    ctx: ServerRequestContext[Any], state: ChaosState, args: dict[str, Any]
+    ctx: ServerRequestContext[Any], state: ChaosState, args: dict[str, Any], announce: Announce
 ) -> types.CallToolResult:
     """Apply one `chaos_control` call; a bad request is an isError result naming the problem."""
     try:
-        return _result(await _apply(ctx, state, args))
+        return _result(await _apply(ctx, state, args, announce))
     except (_ControlError, BehaviourError) as exc:
         message = str(exc)
     except UnknownToolError as exc:

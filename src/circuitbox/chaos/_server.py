@@ -18,6 +18,8 @@ import mcp_types as types
 from mcp import MCPError
 from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.models import InitializationOptions
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from circuitbox.chaos._behaviours import SYNTAX, Behaviour
 from circuitbox.chaos._control import CONTROL_TOOL, CONTROL_TOOL_DEF, control
@@ -139,6 +141,14 @@ def build_server(
     state: ChaosState, wire: Wire | None = None, *, name: str = "circuitbox-chaos"
 ) -> ChaosServer:
     """A chaos server over `state`; `wire` is the stdio protocol stream (garbage goes there)."""
+    bus = InMemorySubscriptionBus()
+
+    async def announce(ctx: Ctx) -> None:
+        # 2026-07-28 clients hear of changes on their subscriptions/listen streams; handshake-era clients
+        # get a connection-scoped notifications/tools/list_changed, as a real server would send.
+        await bus.publish(ToolsListChanged())
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            await ctx.session.send_tool_list_changed()
 
     async def list_tools(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         return types.ListToolsResult(tools=[*(tool_def(e) for e in state.tools.values()), CONTROL_TOOL_DEF])
@@ -146,7 +156,7 @@ def build_server(
     async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
         args = params.arguments or {}
         if params.name == CONTROL_TOOL:
-            return await control(ctx, state, args)
+            return await control(ctx, state, args, announce)
         try:
             entry, behaviour = state.begin(params.name)
         except UnknownToolError:
@@ -207,4 +217,5 @@ def build_server(
         on_get_prompt=get_prompt,
         on_list_resources=list_resources,
         on_read_resource=read_resource,
+        on_subscriptions_listen=ListenHandler(bus),
     )
