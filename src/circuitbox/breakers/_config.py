@@ -1,0 +1,152 @@
+"""`CircuitBreakerConfig`: one breaker's policy, validated once at construction."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+
+def _range(
+    field: str,
+    value: float,
+    *,
+    low: float,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    bad = (
+        value != value
+        or value < low
+        or (low_open and value == low)
+        or value > high
+        or (high_open and value == high)
+    )
+    if bad:
+        if high == math.inf:
+            allowed = f"{'>' if low_open else '>='} {low:g}"
+        else:
+            allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{field} must be {allowed}, got {value!r}")
+
+
+class CircuitBreakerConfig(BaseModel):
+    """The policy of one circuit breaker. Durations are seconds; every range is checked at construction.
+
+    Raises:
+        pydantic.ValidationError: a value is out of range (the message names the field and the allowed range),
+            an unknown key was given, or two fields contradict each other.
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", arbitrary_types_allowed=True, use_attribute_docstrings=True
+    )
+
+    name: str = "default"
+    """The breaker's name (the registry replaces it by the name it is registered under)."""
+    failure_threshold: int = 5
+    """Consecutive failures that open the circuit (>= 1)."""
+    success_threshold: int = 3
+    """Successful probes in half-open that close it (>= 1)."""
+    timeout: float = 60.0
+    """Seconds the circuit stays open before it lets probes through (> 0)."""
+    half_open_max_calls: int = 3
+    """Probes allowed in flight at once in half-open (>= 1); the rest are rejected at once."""
+    failure_rate_threshold: float = 0.5
+    """Failure fraction of the window that opens the circuit once `minimum_calls` are in it (0 < x <= 1)."""
+    minimum_calls: int = 10
+    """Calls in the window before the failure and slow rates count (>= 1)."""
+    sliding_window_size: int = 100
+    """Calls (count window) or seconds (time window) the rates are computed over (>= 1)."""
+    sliding_window_type: Literal["count", "time"] = "count"
+    """`count`: the last N calls; `time`: the calls of the last N seconds."""
+    window_bucket_seconds: float = 1.0
+    """Bucket width of a time window (> 0, <= sliding_window_size); calls age out one bucket at a time."""
+    slow_call_duration: float | None = None
+    """A call that takes at least this long is slow (> 0); None: no call is slow."""
+    slow_call_rate_threshold: float = 1.0
+    """Slow fraction of the window that opens the circuit (0 < x <= 1; 1.0: only when every call is slow)."""
+    timeout_multiplier: float = 2.0
+    """Factor the open period grows by each time a probe fails (>= 1)."""
+    max_timeout: float = 300.0
+    """Cap of the open period (>= timeout)."""
+    jitter: float = 0.1
+    """The open period is drawn uniformly from [p * (1 - jitter), p] (0 <= x < 1), so probes do not align."""
+    half_open_timeout: float | None = None
+    """A probe that has not answered after this long counts as failed (> 0); None: `call_timeout`."""
+    call_timeout: float = 30.0
+    """Per-call deadline the proxy applies (> 0); also the default `half_open_timeout`."""
+    excluded_exceptions: tuple[type[BaseException], ...] = ()
+    """Exception types that count neither way (re-raised, recorded as ignored)."""
+    fallback: Callable[[], Any] | None = None
+    """Called (and awaited if needed) instead of raising `CircuitOpenError` when a call is rejected."""
+
+    @field_validator(
+        "failure_threshold",
+        "success_threshold",
+        "half_open_max_calls",
+        "minimum_calls",
+        "sliding_window_size",
+    )
+    @classmethod
+    def _at_least_one(cls, value: int, info: Any) -> int:
+        _range(info.field_name, value, low=1)
+        return value
+
+    @field_validator("timeout", "call_timeout", "window_bucket_seconds")
+    @classmethod
+    def _positive(cls, value: float, info: Any) -> float:
+        _range(info.field_name, value, low=0, low_open=True)
+        return value
+
+    @field_validator("slow_call_duration", "half_open_timeout")
+    @classmethod
+    def _positive_or_none(cls, value: float | None, info: Any) -> float | None:
+        if value is not None:
+            _range(info.field_name, value, low=0, low_open=True)
+        return value
+
+    @field_validator("failure_rate_threshold", "slow_call_rate_threshold")
+    @classmethod
+    def _fraction(cls, value: float, info: Any) -> float:
+        _range(info.field_name, value, low=0, high=1, low_open=True)
+        return value
+
+    @field_validator("timeout_multiplier")
+    @classmethod
+    def _multiplier(cls, value: float) -> float:
+        _range("timeout_multiplier", value, low=1)
+        return value
+
+    @field_validator("jitter")
+    @classmethod
+    def _jitter(cls, value: float) -> float:
+        _range("jitter", value, low=0, high=1, high_open=True)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CircuitBreakerConfig:
+        if not self.max_timeout >= self.timeout:
+            raise ValueError(f"max_timeout must be >= timeout ({self.timeout:g}), got {self.max_timeout!r}")
+        if self.sliding_window_type == "count" and self.minimum_calls > self.sliding_window_size:
+            raise ValueError(
+                f"minimum_calls must be <= sliding_window_size ({self.sliding_window_size}) for a count "
+                f"window, got {self.minimum_calls}"
+            )
+        if self.sliding_window_type == "time":
+            _range(
+                "window_bucket_seconds",
+                self.window_bucket_seconds,
+                low=0,
+                high=self.sliding_window_size,
+                low_open=True,
+            )
+        return self
+
+    @property
+    def effective_half_open_timeout(self) -> float:
+        """`half_open_timeout`, or `call_timeout` when it is None."""
+        return self.call_timeout if self.half_open_timeout is None else self.half_open_timeout
