@@ -92,17 +92,18 @@ def answer(entry: ToolEntry, args: dict[str, Any]) -> types.CallToolResult:
     """The healthy answer: a sum for an add tool, else an echo."""
     if entry.shape == "add":
         a, b = args.get("a"), args.get("b")
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b)):
-            # Worded like the SDK's own validation failure, so a proxy can classify it as a caller mistake.
-            return _text("Input validation error: 'a' and 'b' must be numbers", error=True)
-        total = a + b  # type: ignore[operator]
-        return _text(str(total), data={"sum": total})
+        if isinstance(a, int | float) and isinstance(b, int | float) and bool not in (type(a), type(b)):
+            return _text(str(a + b), data={"sum": a + b})
+        # Worded like the SDK's own validation failure, so a proxy can classify it as a caller mistake.
+        return _text("Input validation error: 'a' and 'b' must be numbers", error=True)
     message = args.get("message")
     text = message if isinstance(message, str) else json.dumps(args, sort_keys=True)
     return _text(text, data={"tool": entry.name, "arguments": args, "call": entry.stats.calls})
 
 
-async def perform(ctx: Ctx, entry: ToolEntry, b: Behaviour, args: dict[str, Any], wire: Wire | None) -> Any:
+async def perform(
+    ctx: Ctx, entry: ToolEntry, b: Behaviour, args: dict[str, Any], wire: Wire | None
+) -> types.CallToolResult:
     """Act out one resolved behaviour.
 
     Raises:
@@ -163,7 +164,7 @@ def build_server(
             raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}") from None
         outcome: Outcome = "protocol_errors"  # anything raised becomes a JSON-RPC error
         try:
-            result: types.CallToolResult = await perform(ctx, entry, behaviour, args, wire)
+            result = await perform(ctx, entry, behaviour, args, wire)
             outcome = "errors" if result.is_error else "ok"
             return result
         except anyio.get_cancelled_exc_class():
