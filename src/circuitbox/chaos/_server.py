@@ -21,6 +21,7 @@ from mcp.server.models import InitializationOptions
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from circuitbox import __version__
 from circuitbox.chaos._behaviours import SYNTAX, Behaviour
 from circuitbox.chaos._control import CONTROL_TOOL, CONTROL_TOOL_DEF, control
 from circuitbox.chaos._state import ChaosState, Outcome, ToolEntry, UnknownToolError
@@ -210,7 +211,7 @@ def build_server(
 
     return ChaosServer(
         name,
-        version="1",
+        version=__version__,
         instructions="Fault-injecting MCP server; see the chaos_control tool.",
         on_list_tools=list_tools,
         on_call_tool=call_tool,
