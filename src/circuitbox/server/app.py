@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import anyio
+from circuitbox.server.config import ProxyConfig
 from mcp.server import Server
 from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
@@ -18,7 +19,6 @@ from starlette.routing import Mount, Route
 
 from circuitbox.observability.collector import MetricsCollector
 from circuitbox.observability.http import metrics_app, start_metrics_server
-from circuitbox.server.config import ProxyConfig
 from circuitbox.server.proxy import Proxy
 
 logger = logging.getLogger("circuitbox")
@@ -27,8 +27,10 @@ Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
 
-def build_proxy(config: ProxyConfig, **kwargs: Any) -> tuple[Proxy, MetricsCollector]:
+def build_proxy(config: ProxyConfig, *, metrics: bool = True, **kwargs: Any) -> tuple[Proxy, MetricsCollector | None]:
     """A proxy whose breakers feed a metrics collector on its own Prometheus registry (never the global one)."""
+    if not metrics:
+        return Proxy(config, **kwargs), None
     collector = MetricsCollector(CollectorRegistry())
     proxy = Proxy(
         config,
@@ -68,15 +70,24 @@ class BearerAuth:
         if scope["type"] == "http":
             headers = dict(scope.get("headers") or [])
             if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
-                await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"text/plain"), (b"www-authenticate", b"Bearer")]})
-                await send({"type": "http.response.body", "body": b"401 Unauthorized: a valid bearer token is "
-                            b"required\n"})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [(b"content-type", b"text/plain"), (b"www-authenticate", b"Bearer")],
+                    }
+                )
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"401 Unauthorized: a valid bearer token is required\n",
+                    }
+                )
                 return
         await self.app(scope, receive, send)
 
 
-def http_app(proxy: Proxy, collector: MetricsCollector, host: str, token: str | None) -> ASGIApp:
+def http_app(proxy: Proxy, collector: MetricsCollector | None, host: str, token: str | None) -> ASGIApp:
     server = proxy.build_server()
     advertise_list_changed(server, proxy)
     allowed = {f"{host}:*", "127.0.0.1:*", "localhost:*", "[::1]:*"}
@@ -86,8 +97,11 @@ def http_app(proxy: Proxy, collector: MetricsCollector, host: str, token: str | 
         allowed_origins=sorted(f"http://{h}" for h in allowed),
     )
     mcp_app = server.streamable_http_app(streamable_http_path="/mcp", host=host, transport_security=security)
+    routes: list[Route | Mount] = [Mount("/", app=mcp_app)]
+    if collector is not None:
+        routes.insert(0, Route("/metrics", metrics_app(collector.registry)))
     app = Starlette(
-        routes=[Route("/metrics", metrics_app(collector.registry)), Mount("/", app=mcp_app)],
+        routes=routes,
         lifespan=lambda _: mcp_app.router.lifespan_context(mcp_app),
     )
     return BearerAuth(app, token) if token else app
@@ -100,15 +114,17 @@ async def serve(
     port: int = 8765,
     metrics_port: int | None = None,
     token: str | None = None,
+    *,
+    metrics: bool = True,
 ) -> None:
-    proxy, collector = build_proxy(config)
+    proxy, collector = build_proxy(config, metrics=metrics)
     async with anyio.create_task_group() as tg:
         await proxy.start(tg)
         if transport == "http":
             await _serve_http(http_app(proxy, collector, host, token), host, port)
         else:
             port_ = metrics_port if metrics_port is not None else config.metrics_port
-            if port_ is not None:
+            if port_ is not None and collector is not None:
                 tg.start_soon(start_metrics_server, collector.registry, config.metrics_host, port_)
             server = proxy.build_server()
             async with stdio_server() as (read, write):

@@ -68,9 +68,7 @@ class Catalog:
         return matches.pop() if len(matches) == 1 else None
 
 
-def build_catalog(
-    listings: Iterable[tuple[str, str, Listing]], reserved: Collection[str] = ()
-) -> Catalog:
+def build_catalog(listings: Iterable[tuple[str, str, Listing]], reserved: Collection[str] = ()) -> Catalog:
     """Merge `(server, namespace, listing)` triples, in config order."""
     tools: dict[str, tuple[Route, types.Tool]] = {}
     prompts: dict[str, tuple[Route, types.Prompt]] = {}
@@ -101,8 +99,7 @@ def _claim(name: str, server: str, taken: Mapping[str, object], reserved: Collec
         owner = taken[name]
         first = owner[0] if isinstance(owner, tuple) else owner
         first_server = first.server if isinstance(first, Route) else first
-        logger.warning("%s %r of server %r is hidden: server %r already publishes it", kind, name, server,
-                       first_server)
+        logger.warning("%s %r of server %r is hidden: server %r already publishes it", kind, name, server, first_server)
         return False
     return True
 

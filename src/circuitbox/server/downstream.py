@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import mcp_types as types
-from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp.client.session import IncomingMessage
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
@@ -27,7 +27,9 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from pydantic import BaseModel
 
 from circuitbox.server._watched import WatchedStream
-from circuitbox.server.config import ServerConfig
+
+if TYPE_CHECKING:
+    from circuitbox.server.config import ServerConfig
 
 logger = logging.getLogger("circuitbox.downstream")
 
@@ -148,8 +150,9 @@ class Downstream:
         cfg = self.config
         if cfg.transport == "stdio":
             assert cfg.command is not None
-            params = StdioServerParameters(command=cfg.command, args=list(cfg.args), env=dict(cfg.env) or None,
-                                           cwd=cfg.cwd)
+            params = StdioServerParameters(
+                command=cfg.command, args=list(cfg.args), env=dict(cfg.env) or None, cwd=cfg.cwd
+            )
             return stdio_client(params)
         assert cfg.url is not None
         if cfg.transport == "sse":
@@ -161,7 +164,8 @@ class Downstream:
             logger.warning("server %r sent something that is not MCP: %s", self.name, _describe(message))
         elif isinstance(
             message,
-            types.ToolListChangedNotification | types.PromptListChangedNotification
+            types.ToolListChangedNotification
+            | types.PromptListChangedNotification
             | types.ResourceListChangedNotification,
         ):
             self._refresh.set()
@@ -191,7 +195,10 @@ class Downstream:
         if caps is not None and caps.resources is not None:
             resources = await _paginate(session, types.ListResourcesRequest, types.ListResourcesResult, "resources")
             templates = await _paginate(
-                session, types.ListResourceTemplatesRequest, types.ListResourceTemplatesResult, "resource_templates"
+                session,
+                types.ListResourceTemplatesRequest,
+                types.ListResourceTemplatesResult,
+                "resource_templates",
             )
         return Listing(tools, prompts, resources, templates)
 
@@ -224,7 +231,13 @@ async def _paginate(session: ClientSession, request_type: Any, result_type: Any,
     cursor: str | None = None
     for _ in range(10_000):  # a downstream that never stops paginating must not hang its owner forever
         params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
-        page = await session.send_request(request_type(params=params), result_type)
+        try:
+            page = await session.send_request(request_type(params=params), result_type)
+        except MCPError as exc:
+            # Servers that advertise a capability but not every list in it (templates, often) say so this way.
+            if exc.error.code == types.METHOD_NOT_FOUND:
+                return tuple(items)
+            raise
         items.extend(getattr(page, attr))
         cursor = page.next_cursor
         if not cursor:

@@ -13,13 +13,13 @@ from typing import Any
 
 import anyio
 import mcp_types as types
+from circuitbox.server.config import ProxyConfig
+from circuitbox.server.policy import ToolPolicy
 from mcp import MCPError
 
 from circuitbox.breakers import BreakerRegistry, CircuitBreaker, Rejection
 from circuitbox.server.classify import CALLER_MISTAKES, Outcome, Verdict, classify_error, classify_result
-from circuitbox.server.config import ProxyConfig
 from circuitbox.server.downstream import Downstream, DownstreamUnavailableError, ProgressCallback
-from circuitbox.server.policy import ToolPolicy
 
 logger = logging.getLogger("circuitbox.guard")
 
@@ -109,8 +109,10 @@ class Guard:
         except Exception as exc:  # a bug or a malformed answer: still one failure, still an answer
             logger.exception("call to %s/%s failed unexpectedly", downstream.name, tool)
             permit.failure("protocol", f"{type(exc).__name__}: {exc}")
-            return error_result(f"Tool '{tool}' of server '{downstream.name}' sent an answer circuitbox could not "
-                                f"read ({type(exc).__name__}).")
+            return error_result(
+                f"Tool '{tool}' of server '{downstream.name}' sent an answer circuitbox could not "
+                f"read ({type(exc).__name__})."
+            )
         except BaseException:
             permit.release()  # cancelled by the agent or by shutdown: neither success nor failure
             raise
@@ -142,5 +144,11 @@ def rejection_result(server: str, tool: str, published: str, rejection: Rejectio
         f"{state.replace('_', '-')}, so circuitbox is failing fast instead of waiting on a failing server;"
         f" {when}.{last} Try again later or use another tool."
     )
-    data = {"state": state, "retry_after": retry, "last_error": rejection.last_error, "server": server, "tool": tool}
+    data = {
+        "state": state,
+        "retry_after": retry,
+        "last_error": rejection.last_error,
+        "server": server,
+        "tool": tool,
+    }
     return error_result(text, {META_KEY: data})

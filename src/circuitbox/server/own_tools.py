@@ -53,14 +53,21 @@ _SERVER = {
 _SUMMARY = {"type": "object"}
 _STATUS_OUTPUT = {
     "type": "object",
-    "properties": {"breakers": {"type": "array", "items": _SNAPSHOT}, "servers": {"type": "array", "items": _SERVER},
-                   "summary": _SUMMARY},
+    "properties": {
+        "breakers": {"type": "array", "items": _SNAPSHOT},
+        "servers": {"type": "array", "items": _SERVER},
+        "summary": _SUMMARY,
+    },
     "required": ["breakers", "servers", "summary"],
 }
 _METRICS_OUTPUT = {
     "type": "object",
-    "properties": {"tools": {"type": "array", "items": {"type": "object"}}, "servers": {"type": "array"},
-                   "health_score": {"type": "number"}, "summary": _SUMMARY},
+    "properties": {
+        "tools": {"type": "array", "items": {"type": "object"}},
+        "servers": {"type": "array"},
+        "health_score": {"type": "number"},
+        "summary": _SUMMARY,
+    },
     "required": ["tools", "servers", "health_score", "summary"],
 }
 _CHANGED_OUTPUT = {
@@ -70,14 +77,24 @@ _CHANGED_OUTPUT = {
 }
 
 
-def _tool(name: str, description: str, properties: dict[str, Any], output: dict[str, Any],
-          required: list[str] | None = None, read_only: bool = True) -> types.Tool:
+def _tool(
+    name: str,
+    description: str,
+    properties: dict[str, Any],
+    output: dict[str, Any],
+    required: list[str] | None = None,
+    read_only: bool = True,
+) -> types.Tool:
     schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
     if required:
         schema["required"] = required
-    return types.Tool(name=name, description=description, input_schema=schema, output_schema=output,
-                      annotations=types.ToolAnnotations(read_only_hint=read_only, idempotent_hint=True,
-                                                        open_world_hint=False))
+    return types.Tool(
+        name=name,
+        description=description,
+        input_schema=schema,
+        output_schema=output,
+        annotations=types.ToolAnnotations(read_only_hint=read_only, idempotent_hint=True, open_world_hint=False),
+    )
 
 
 STATUS = _tool(
@@ -115,8 +132,10 @@ FORCE = _tool(
 def _filtered(proxy: Proxy, args: dict[str, Any]) -> list[tuple[str, str, Any]]:
     server, tool, state = args.get("server"), args.get("tool"), args.get("state")
     if server is not None and server not in proxy.downstreams:
-        raise MCPError(code=types.INVALID_PARAMS, message=f"unknown server {server!r}; "
-                       f"known: {', '.join(proxy.downstreams) or 'none'}")
+        raise MCPError(
+            code=types.INVALID_PARAMS,
+            message=f"unknown server {server!r}; known: {', '.join(proxy.downstreams) or 'none'}",
+        )
     rows = []
     for srv, name, breaker in proxy.all_breakers():
         if (server is None or srv == server) and (tool is None or name == tool):
@@ -138,10 +157,16 @@ async def circuit_status(proxy: Proxy, args: dict[str, Any]) -> types.CallToolRe
     breakers = [_row(*row) for row in _filtered(proxy, args)]
     servers = [proxy.server_status(name) for name in proxy.downstreams if args.get("server") in (None, name)]
     data = {"breakers": breakers, "servers": servers, "summary": proxy.registry.summary()}
-    lines = [f"{s['server']}: {s['connection']}, {s['tools']} tools"
-             + (f" (last error: {s['last_error']})" if s["last_error"] else "") for s in servers]
-    lines += [f"{b['server']}/{b['tool']}: {b['state']}, {b['calls']} calls, failure rate {b['failure_rate']:.0%}"
-              + (f", retry in {b['retry_after']:.1f}s" if b.get("retry_after") else "") for b in breakers]
+    lines = [
+        f"{s['server']}: {s['connection']}, {s['tools']} tools"
+        + (f" (last error: {s['last_error']})" if s["last_error"] else "")
+        for s in servers
+    ]
+    lines += [
+        f"{b['server']}/{b['tool']}: {b['state']}, {b['calls']} calls, failure rate {b['failure_rate']:.0%}"
+        + (f", retry in {b['retry_after']:.1f}s" if b.get("retry_after") else "")
+        for b in breakers
+    ]
     if not breakers:
         lines.append("No tool has been called yet, so no breaker exists yet (all circuits closed).")
     return _answer("\n".join(lines), data)
@@ -170,8 +195,11 @@ async def circuit_reset(proxy: Proxy, args: dict[str, Any]) -> types.CallToolRes
     return _answer(f"Reset {len(changed)} breaker(s).", {"changed": changed})
 
 
-_FORCE_STATES = {"open": CircuitState.FORCED_OPEN, "disabled": CircuitState.DISABLED,
-                 "metrics_only": CircuitState.METRICS_ONLY}
+_FORCE_STATES = {
+    "open": CircuitState.FORCED_OPEN,
+    "disabled": CircuitState.DISABLED,
+    "metrics_only": CircuitState.METRICS_ONLY,
+}
 
 
 async def circuit_force(proxy: Proxy, args: dict[str, Any]) -> types.CallToolResult:

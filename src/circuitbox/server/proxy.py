@@ -14,6 +14,8 @@ from typing import Any
 import anyio
 import anyio.abc
 import mcp_types as types
+from circuitbox.server.config import ProxyConfig
+from circuitbox.server.policy import TextFallback, ToolFallback
 from mcp import MCPError
 from mcp.server import NotificationOptions, Server
 from mcp.server.context import ServerRequestContext
@@ -30,11 +32,9 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from circuitbox import __version__
 from circuitbox.breakers import BreakerRegistry, CircuitBreaker, Rejection
 from circuitbox.server.catalog import Catalog, build_catalog
-from circuitbox.server.config import ProxyConfig
 from circuitbox.server.downstream import Backoff, Downstream
 from circuitbox.server.guard import Guard, error_result, rejection_result
 from circuitbox.server.own_tools import own_tools
-from circuitbox.server.policy import TextFallback, ToolFallback
 
 logger = logging.getLogger("circuitbox.proxy")
 audit_log = logging.getLogger("circuitbox.audit")
@@ -146,9 +146,14 @@ class Proxy:
 
     def server_status(self, name: str) -> dict[str, Any]:
         downstream = self.downstreams[name]
-        return {"server": name, "connection": downstream.state.value, "tools": len(downstream.listing.tools),
-                "last_error": downstream.last_error, "connects": downstream.connects,
-                "transport": downstream.config.transport}
+        return {
+            "server": name,
+            "connection": downstream.state.value,
+            "tools": len(downstream.listing.tools),
+            "last_error": downstream.last_error,
+            "connects": downstream.connects,
+            "transport": downstream.config.transport,
+        }
 
     def audit(self, action: str, server: str, tool: str, before: str, after: str) -> None:
         audit_log.warning("admin %s: %s/%s %s -> %s", action, server, tool, before, after)
@@ -186,8 +191,9 @@ class Proxy:
             return await own[1](self, dict(params.arguments or {}))
         return await self.call(params.name, params.arguments, _progress_relay(ctx))
 
-    async def call(self, name: str, arguments: dict[str, Any] | None, progress: Any = None,
-                   *, fallback_depth: int = 0) -> types.CallToolResult:
+    async def call(
+        self, name: str, arguments: dict[str, Any] | None, progress: Any = None, *, fallback_depth: int = 0
+    ) -> types.CallToolResult:
         """Route a published tool name through its breaker, serving the fallback when the circuit is open.
 
         Raises:
@@ -195,8 +201,10 @@ class Proxy:
         """
         found = self.catalog.tools.get(name)
         if found is None:
-            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name!r}. Call tools/list to see "
-                           "the tools circuitbox publishes.")
+            raise MCPError(
+                code=types.INVALID_PARAMS,
+                message=f"Unknown tool: {name!r}. Call tools/list to see the tools circuitbox publishes.",
+            )
         route, _ = found
         downstream = self.downstreams[route.server]
         outcome = await self.guard.call(downstream, route.name, arguments, progress)
@@ -206,10 +214,13 @@ class Proxy:
         fallback = policy.fallback
         if isinstance(fallback, TextFallback):
             breaker.record_fallback()
-            return types.CallToolResult(content=[types.TextContent(text=fallback.text)],
-                                        _meta={"circuitbox/fallback": True,
-                                               **(rejection_result(route.server, route.name, name, outcome).meta
-                                                  or {})})
+            return types.CallToolResult(
+                content=[types.TextContent(text=fallback.text)],
+                _meta={
+                    "circuitbox/fallback": True,
+                    **(rejection_result(route.server, route.name, name, outcome).meta or {}),
+                },
+            )
         if isinstance(fallback, ToolFallback) and fallback_depth == 0 and fallback.tool in self.catalog.tools:
             breaker.record_fallback()
             return await self.call(fallback.tool, arguments, progress, fallback_depth=1)
@@ -225,8 +236,9 @@ class Proxy:
         if found is None:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {params.name!r}")
         route, _ = found
-        request = types.GetPromptRequest(params=types.GetPromptRequestParams(name=route.name,
-                                                                             arguments=params.arguments))
+        request = types.GetPromptRequest(
+            params=types.GetPromptRequestParams(name=route.name, arguments=params.arguments)
+        )
         return await self._forward(route.server, request, types.GetPromptResult)
 
     async def _list_resources(self, ctx: Any, params: Any) -> types.ListResourcesResult:
@@ -253,7 +265,9 @@ class Proxy:
             with anyio.fail_after(timeout):
                 return await downstream.request(request, result_type)
         except TimeoutError:
-            raise MCPError(code=types.INTERNAL_ERROR, message=f"server {server!r} did not answer in {timeout:g}s")
+            raise MCPError(
+                code=types.INTERNAL_ERROR, message=f"server {server!r} did not answer in {timeout:g}s"
+            ) from None
         except MCPError:
             raise
         except Exception as exc:

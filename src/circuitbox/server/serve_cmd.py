@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import logging
 import os
@@ -16,14 +17,16 @@ LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="config file (default: $CIRCUITBOX_CONFIG, ./circuitbox.json, "
-                        "./circuitbox.toml)")
+    parser.add_argument(
+        "--config", help="config file (default: $CIRCUITBOX_CONFIG, ./circuitbox.json, ./circuitbox.toml)"
+    )
     parser.add_argument("--transport", choices=("stdio", "http"), default="stdio")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP listen address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
     parser.add_argument("--metrics-port", type=int, help="stdio mode: serve /metrics on this port")
     parser.add_argument("--environment", help="environment profile (development, staging, production, testing)")
     parser.add_argument("--auth-token", help="bearer token the HTTP listener requires (or $CIRCUITBOX_AUTH_TOKEN)")
+    parser.add_argument("--no-metrics", action="store_true", help="collect no Prometheus metrics at all")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--log-level", default="INFO")
 
@@ -43,8 +46,11 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
     token = args.auth_token or os.environ.get("CIRCUITBOX_AUTH_TOKEN") or None
     if args.transport == "http" and not is_loopback(args.host) and not token:
-        print(f"circuitbox: refusing to listen on {args.host} without a token: set --auth-token or "
-              "$CIRCUITBOX_AUTH_TOKEN (or listen on 127.0.0.1)", file=sys.stderr)
+        print(
+            f"circuitbox: refusing to listen on {args.host} without a token: set --auth-token or "
+            "$CIRCUITBOX_AUTH_TOKEN (or listen on 127.0.0.1)",
+            file=sys.stderr,
+        )
         return 2
     from circuitbox.server.config import discover_config_path, load_config
 
@@ -57,5 +63,16 @@ def run(args: argparse.Namespace) -> int:
 
     from circuitbox.server.app import serve
 
-    anyio.run(serve, config, args.transport, args.host, args.port, args.metrics_port, token)
+    anyio.run(
+        functools.partial(
+            serve,
+            config,
+            args.transport,
+            args.host,
+            args.port,
+            args.metrics_port,
+            token,
+            metrics=not args.no_metrics,
+        )
+    )
     return 0

@@ -1,0 +1,110 @@
+"""Fixtures that run the proxy for real: `circuitbox serve` as a child process, downstreams as real MCP servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp import ClientSession, StdioServerParameters, stdio_client
+
+REPO = Path(__file__).resolve().parents[2]
+EVERYTHING = REPO / ".cache/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+
+
+def chaos(*tools: str, seed: int = 1) -> dict[str, Any]:
+    """A server entry running the bundled chaos server over stdio with the given `--tool` specs."""
+    args = ["-m", "circuitbox", "chaos", "--seed", str(seed)]
+    for spec in tools:
+        args += ["--tool", spec]
+    return {"command": sys.executable, "args": args}
+
+
+def time_server() -> dict[str, Any]:
+    exe = shutil.which("mcp-server-time")
+    if exe:
+        return {"command": exe, "args": ["--local-timezone", "UTC"]}
+    return {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}
+
+
+def everything_server(transport: str = "stdio") -> dict[str, Any]:
+    assert EVERYTHING.exists(), "run `bash .ci/install-test-servers.sh` to install server-everything"
+    return {"command": shutil.which("node") or "node", "args": [str(EVERYTHING), transport]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(tmp_path: Path, config: dict[str, Any]) -> Path:
+    config.setdefault("environment", "testing")
+    path = tmp_path / "circuitbox.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@asynccontextmanager
+async def proxy_session(
+    tmp_path: Path,
+    config: dict[str, Any],
+    *,
+    message_handler: Callable[[Any], Any] | None = None,
+    extra_args: list[str] | None = None,
+) -> AsyncIterator[ClientSession]:
+    """`circuitbox serve` over stdio as a child process, driven by the SDK's real client."""
+    path = write_config(tmp_path, config)
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "circuitbox", "serve", "--config", str(path), *(extra_args or [])],
+        env={"PYTHONUNBUFFERED": "1", **{k: v for k, v in os.environ.items() if k.startswith("COVERAGE")}},
+        cwd=str(tmp_path),
+    )
+    async with (
+        stdio_client(params) as (read, write),
+        ClientSession(read, write, message_handler=message_handler, read_timeout_seconds=60) as session,
+    ):
+        with anyio.fail_after(30):
+            await session.initialize()
+        yield session
+
+
+@asynccontextmanager
+async def running_process(args: list[str], *, port: int, env: dict[str, str] | None = None) -> AsyncIterator[None]:
+    """A server process listening on 127.0.0.1:`port`, stopped (by its PID) when the block ends."""
+    process = await anyio.open_process(args, env={**os.environ, **(env or {})}, stdout=None, stderr=None)
+    try:
+        await wait_for_port(port)
+        yield
+    finally:
+        process.terminate()
+        with anyio.move_on_after(5):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def wait_for_port(port: int, limit: float = 30) -> None:
+    with anyio.fail_after(limit):
+        while True:
+            try:
+                stream = await anyio.connect_tcp("127.0.0.1", port)
+            except OSError:
+                await anyio.sleep(0.05)  # polling an external process's socket; bounded by fail_after
+                continue
+            await stream.aclose()
+            return
+
+
+def everything_http_args(transport: str) -> list[str]:
+    node = shutil.which("node") or "node"
+    return [node, "--require", str(Path(__file__).with_name("loopback.cjs")), str(EVERYTHING), transport]

@@ -1,0 +1,170 @@
+"""Breakers end to end: a real `circuitbox serve` process in front of real chaos downstreams."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp import ClientSession
+
+from tests.proxy.harness import chaos, proxy_session
+
+pytestmark = pytest.mark.anyio
+
+
+def text(result: types.CallToolResult) -> str:
+    return "".join(block.text for block in result.content if isinstance(block, types.TextContent))
+
+
+async def chaos_stats(session: ClientSession, namespace: str) -> dict[str, Any]:
+    result = await session.call_tool(f"{namespace}__chaos_control", {"action": "stats"})
+    assert not result.is_error, text(result)
+    return dict(result.structured_content or json.loads(text(result)))
+
+
+async def status(session: ClientSession, **filters: str) -> dict[str, Any]:
+    result = await session.call_tool("circuit_status", filters)
+    assert result.structured_content is not None
+    return dict(result.structured_content)
+
+
+async def wait_connected(session: ClientSession, server: str, connects: int = 1) -> None:
+    """Polls circuit_status until the server is connected (again); bounded."""
+    with anyio.fail_after(30):
+        while True:
+            row = (await status(session, server=server))["servers"][0]
+            if row["connection"] == "connected" and row["connects"] >= connects:
+                return
+            await anyio.sleep(0.05)
+
+
+BREAKER = {"failure_threshold": 3, "success_threshold": 2, "timeout": 0.5, "jitter": 0, "minimum_calls": 100}
+
+
+async def test_a_failing_tool_opens_fails_fast_without_reaching_the_downstream_and_heals(
+    tmp_path: Path,
+) -> None:
+    config = {"mcpServers": {"c": {**chaos("echo=healthy", "flaky=error:disk on fire"), "breaker": BREAKER}}}
+    async with proxy_session(tmp_path, config) as session:
+        for _ in range(3):
+            result = await session.call_tool("c__flaky", {})
+            assert result.is_error and "disk on fire" in text(result)
+
+        began = time.perf_counter()
+        fast = await session.call_tool("c__flaky", {})
+        fast_fail_seconds = time.perf_counter() - began
+        assert fast.is_error
+        data = (fast.meta or {})["circuitbox/breaker"]
+        assert data["state"] == "open" and data["server"] == "c" and data["tool"] == "flaky"
+        assert "disk on fire" in data["last_error"] and 0 < data["retry_after"] <= 0.5
+        assert "c__flaky" in text(fast) and "open" in text(fast)
+        assert fast_fail_seconds < 1.0
+        assert (await chaos_stats(session, "c"))["tools"]["flaky"]["calls"] == 3  # the 4th never reached it
+
+        echo = await session.call_tool("c__echo", {"message": "other tools of the server still work"})
+        assert not echo.is_error
+
+        await session.call_tool("c__chaos_control", {"action": "set", "tool": "flaky", "behaviour": "healthy"})
+        await anyio.sleep(data["retry_after"])  # the open period the breaker itself announced
+        assert not (await session.call_tool("c__flaky", {})).is_error  # first probe
+        assert (await status(session, tool="flaky"))["breakers"][0]["state"] == "half_open"
+        assert not (await session.call_tool("c__flaky", {})).is_error  # second probe closes it
+        breaker = (await status(session, tool="flaky"))["breakers"][0]
+        assert breaker["state"] == "closed" and breaker["server"] == "c"
+
+
+async def test_a_text_fallback_answers_while_open_and_is_counted(tmp_path: Path) -> None:
+    server = {
+        **chaos("flaky=error"),
+        "breaker": BREAKER,
+        "tools": {"fl*": {"fallback": {"text": "flaky is resting; nothing was done."}}},
+    }
+    async with proxy_session(tmp_path, {"mcpServers": {"c": server}}) as session:
+        for _ in range(3):
+            await session.call_tool("c__flaky", {})
+        result = await session.call_tool("c__flaky", {})
+        assert not result.is_error and text(result) == "flaky is resting; nothing was done."
+        metrics = await session.call_tool("circuit_metrics", {"tool": "flaky"})
+        assert metrics.structured_content is not None
+        row = metrics.structured_content["tools"][0]
+        assert row["fallback_activations"] == 1 and row["state"] == "open"
+
+
+async def test_a_downstream_killed_mid_call_answers_in_bounded_time_and_is_respawned(tmp_path: Path) -> None:
+    config = {"mcpServers": {"c": chaos("echo=healthy", "boom=crash")}}
+    async with proxy_session(tmp_path, config) as session:
+        first_pid = (await chaos_stats(session, "c"))["pid"]
+        with anyio.fail_after(10):
+            died = await session.call_tool("c__boom", {})
+        assert died.is_error and "boom" in text(died)
+        await wait_connected(session, "c", connects=2)
+        assert not (await session.call_tool("c__echo", {"message": "back"})).is_error
+        assert (await chaos_stats(session, "c"))["pid"] != first_pid
+
+
+async def test_a_hung_call_times_out_and_the_downstream_receives_the_cancellation(tmp_path: Path) -> None:
+    server = {**chaos("echo=healthy", "stuck=hang"), "tools": {"stuck": {"call_timeout": 0.5}}}
+    async with proxy_session(tmp_path, {"mcpServers": {"c": server}}) as session:
+        with anyio.fail_after(0.5 + 1):
+            result = await session.call_tool("c__stuck", {})
+        assert result.is_error and "timed out" in text(result)
+        with anyio.fail_after(10):
+            while (await chaos_stats(session, "c"))["tools"]["stuck"]["cancelled"] < 1:
+                await anyio.sleep(0.02)
+        row = (await status(session, tool="stuck"))["breakers"][0]
+        assert row["failures"] == 1 and "call_timeout" in row["last_error"]
+
+
+async def test_one_dead_downstream_at_start_does_not_delay_the_other_two(tmp_path: Path) -> None:
+    config = {
+        "mcpServers": {
+            "a": chaos("echo=healthy"),
+            "dead": {"command": sys.executable, "args": ["-c", "import sys; sys.exit(3)"]},
+            "missing": {"command": str(tmp_path / "no-such-binary")},
+            "b": chaos("echo=healthy"),
+        }
+    }
+    async with proxy_session(tmp_path, config) as session:
+        with anyio.fail_after(15):
+            names = {tool.name for tool in (await session.list_tools()).tools}
+        assert {"a__echo", "b__echo"} <= names
+        with anyio.fail_after(2):
+            assert not (await session.call_tool("a__echo", {"message": "x"})).is_error
+            assert not (await session.call_tool("b__echo", {"message": "x"})).is_error
+        servers = {row["server"]: row for row in (await status(session))["servers"]}
+        assert servers["dead"]["connection"] in ("restarting", "starting")
+        assert servers["missing"]["last_error"]
+
+
+async def test_a_downstream_list_change_is_relayed_to_the_agent(tmp_path: Path) -> None:
+    changed = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            changed.set()
+
+    config = {"mcpServers": {"c": chaos("echo=healthy")}}
+    async with proxy_session(tmp_path, config, message_handler=on_message) as session:
+        assert "c__fresh" not in {t.name for t in (await session.list_tools()).tools}
+        await session.call_tool("c__chaos_control", {"action": "add_tool", "tool": "fresh", "behaviour": "healthy"})
+        with anyio.fail_after(10):
+            await changed.wait()
+        assert "c__fresh" in {t.name for t in (await session.list_tools()).tools}
+        assert not (await session.call_tool("c__fresh", {})).is_error
+
+
+async def test_unknown_tools_and_bad_arguments_are_the_agents_mistake_and_never_trip(tmp_path: Path) -> None:
+    config = {"mcpServers": {"c": {**chaos("add=add"), "breaker": BREAKER}}}
+    async with proxy_session(tmp_path, config) as session:
+        unknown = await session.call_tool("c__nope", {})
+        assert unknown.is_error and "Unknown tool" in text(unknown)  # the SDK client maps JSON-RPC errors
+        for _ in range(5):
+            await session.call_tool("c__add", {"a": "x", "b": []})
+        row = (await status(session, tool="add"))["breakers"][0]
+        assert row["state"] == "closed" and row["failures"] == 0
