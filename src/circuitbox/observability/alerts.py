@@ -52,13 +52,11 @@ def build_rules(t: Thresholds = Thresholds()) -> dict[str, Any]:
             "5m",
             "warning",
             f"{who} fails {{{{ $value | humanizePercentage }}}} of its calls",
-            f"More than {t.failure_rate:.0%} of the calls that ran over {w} failed "
-            f"(at least {t.min_calls} calls).",
+            f"More than {t.failure_rate:.0%} of the calls that ran over {w} failed (at least {t.min_calls} calls).",
         ),
         _rule(
             "CircuitBreakerOpenTooLong",
-            "circuit_breaker_open_duration_seconds"
-            f" > (circuit_breaker_open_timeout_seconds + {t.open_margin:g})",
+            f"circuit_breaker_open_duration_seconds > (circuit_breaker_open_timeout_seconds + {t.open_margin:g})",
             "1m",
             "critical",
             f"Circuit {who} has not closed for {{{{ $value | humanizeDuration }}}}",

@@ -21,6 +21,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from circuitbox.breakers import (
+    BreakerEvent,
     BreakerRegistry,
     CallFailed,
     CallIgnored,
@@ -36,43 +37,6 @@ from ._series import Series, failure_type
 
 # States in which the circuit does not pass calls normally: the "open for too long" clock runs through them.
 _UNAVAILABLE = frozenset({"open", "forced_open", "half_open"})
-
-
-def _on_success(s: Series, e: Any) -> None:
-    s.requests["success"] += 1
-    s.observe(e.duration)
-    if e.slow:
-        s.failures["slow"] += 1
-
-
-def _on_failure(s: Series, e: Any) -> None:
-    s.requests["failure"] += 1
-    s.failures[failure_type(e.kind)] += 1
-    s.observe(e.duration)
-    if e.slow:  # a slow failure counts under its kind and under "slow", like the engine records it
-        s.failures["slow"] += 1
-
-
-def _on_rejected(s: Series, e: Any) -> None:
-    s.requests["rejected"] += 1
-
-
-def _on_ignored(s: Series, e: Any) -> None:
-    s.requests["ignored"] += 1
-    s.observe(e.duration)
-
-
-def _on_fallback(s: Series, e: Any) -> None:
-    s.fallbacks += 1
-
-
-_HANDLERS: dict[type, Callable[[Series, Any], None]] = {
-    CallSucceeded: _on_success,
-    CallFailed: _on_failure,
-    CallRejected: _on_rejected,
-    CallIgnored: _on_ignored,
-    FallbackUsed: _on_fallback,
-}
 
 
 class MetricsCollector(Collector):
@@ -98,24 +62,37 @@ class MetricsCollector(Collector):
 
     # -- feeding --
 
-    def on_event(self, event: object) -> None:
-        """Breaker listener: count one event. Unknown event types are ignored (forward compatibility)."""
-        handler = _HANDLERS.get(type(event))
-        if handler is None and not isinstance(event, StateTransition):
-            return
-        name: str = event.breaker  # type: ignore[attr-defined]
-        series = self._series.get(name)
-        if series is None:
-            if name in self._forgotten:
+    def on_event(self, event: BreakerEvent) -> None:
+        """Breaker listener: count one event (a few integer updates; no snapshot, no lock)."""
+        s = self._series.get(event.breaker)
+        if s is None:
+            if event.breaker in self._forgotten:
                 return
-            series = self._series[name] = Series(*self.labels_for(name))
-        if handler is not None:
-            handler(series, event)
-        else:
-            self._on_transition(series, event)  # type: ignore[arg-type]
+            s = self._series[event.breaker] = Series(*self.labels_for(event.breaker))
+        # Ordered by frequency: successes dominate, then rejections while a circuit is open.
+        if isinstance(event, CallSucceeded):
+            s.requests["success"] += 1
+            s.observe(event.duration)
+            if event.slow:
+                s.failures["slow"] += 1
+        elif isinstance(event, CallRejected):
+            s.requests["rejected"] += 1
+        elif isinstance(event, CallFailed):
+            s.requests["failure"] += 1
+            s.failures[failure_type(event.kind)] += 1
+            s.observe(event.duration)
+            if event.slow:  # a slow failure counts under its kind and under "slow", as the engine records it
+                s.failures["slow"] += 1
+        elif isinstance(event, CallIgnored):
+            s.requests["ignored"] += 1
+            s.observe(event.duration)
+        elif isinstance(event, FallbackUsed):
+            s.fallbacks += 1
+        elif isinstance(event, StateTransition):
+            self._on_transition(s, event)
 
     def _on_transition(self, s: Series, e: StateTransition) -> None:
-        key = (str(e.from_state), str(e.to_state))
+        key = (e.from_state.value, e.to_state.value)
         s.transitions[key] = s.transitions.get(key, 0) + 1
         s.state = key[1]
         # The "open for too long" clock starts when the circuit stops passing calls and runs through
@@ -133,7 +110,7 @@ class MetricsCollector(Collector):
             breakers: Iterable[CircuitBreaker] = [target]
         else:
             self._registries.append(target)
-            breakers = list(_breakers_of(target))
+            breakers = list(target)
         for breaker in breakers:
             self._ensure(breaker.name)
         target.add_listener(self.on_event)
@@ -206,7 +183,7 @@ class MetricsCollector(Collector):
         now = self._clock()
         for name, s in list(self._series.items()):
             breaker = self._breaker(name)
-            state = str(breaker.state) if breaker is not None else s.state
+            state = breaker.state.value if breaker is not None else s.state
             if state not in _UNAVAILABLE:
                 s.unavailable_since = None
             elif s.unavailable_since is None:  # first seen while open (attached late): count from now
@@ -217,10 +194,3 @@ class MetricsCollector(Collector):
             else:
                 families.add(s, state, open_for, breaker.snapshot().health_score, breaker.config.timeout)
         yield from families
-
-
-def _breakers_of(registry: BreakerRegistry) -> Iterator[CircuitBreaker]:
-    for item in registry:
-        breaker = registry.get(item) if isinstance(item, str) else item
-        if breaker is not None:
-            yield breaker

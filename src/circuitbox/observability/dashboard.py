@@ -167,9 +167,7 @@ def _panels() -> list[dict[str, Any]]:
             "Response time p50 / p95 / p99",
             (12, 21, 12, 8),
             [
-                _target(
-                    f"histogram_quantile({p}, sum by (le) (rate({q}{{{SEL}}}[{RI}])))", f"p{int(p * 100)}", r
-                )
+                _target(f"histogram_quantile({p}, sum by (le) (rate({q}{{{SEL}}}[{RI}])))", f"p{int(p * 100)}", r)
                 for p, r in ((0.5, "A"), (0.95, "B"), (0.99, "C"))
             ],
             unit="s",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from circuitbox.breakers import BreakerRegistry, CircuitBreaker
+from circuitbox.breakers import CircuitBreaker
 
 Labels = Callable[[str], tuple[str, str]] | Mapping[str, tuple[str, str]] | None
 
@@ -31,9 +31,7 @@ def _label_fn(labels: Labels) -> Callable[[str], tuple[str, str]]:
     return labels
 
 
-def health_report(
-    breakers: BreakerRegistry | Iterable[CircuitBreaker], labels: Labels = None
-) -> dict[str, Any]:
+def health_report(breakers: Iterable[CircuitBreaker], labels: Labels = None) -> dict[str, Any]:
     """Scores of every breaker, grouped by server, with an overall mean; JSON-ready.
 
     `labels` maps a breaker name to its (server, tool): a mapping, a function such as
@@ -41,12 +39,7 @@ def health_report(
     """
     label_of = _label_fn(labels)
     rows: list[dict[str, Any]] = []
-    for item in breakers:
-        breaker = (
-            breakers.get(item) if isinstance(item, str) and isinstance(breakers, BreakerRegistry) else item
-        )
-        if not isinstance(breaker, CircuitBreaker):
-            continue
+    for breaker in breakers:  # a BreakerRegistry iterates over its breakers
         snap = breaker.snapshot()
         server, tool = label_of(breaker.name)
         rows.append(
@@ -54,7 +47,7 @@ def health_report(
                 "breaker": breaker.name,
                 "server": server,
                 "tool": tool,
-                "state": str(snap.state),
+                "state": snap.state.value,
                 "health_score": snap.health_score,
             }
         )

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import anyio
 import anyio.abc
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+
+if TYPE_CHECKING:
+    from starlette.routing import Route
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -29,9 +32,7 @@ _MAX_REQUEST_HEAD = 16 * 1024
 _READ_TIMEOUT = 10.0
 
 
-def render(
-    registry: CollectorRegistry, accept: str | None, names: list[str] | None = None
-) -> tuple[bytes, str]:
+def render(registry: CollectorRegistry, accept: str | None, names: list[str] | None = None) -> tuple[bytes, str]:
     """The exposition for one scrape: OpenMetrics when `accept` asks for it, else the text format 0.0.4.
 
     `names` (the `name[]` query parameters Prometheus' federation and debugging use) restricts the output
@@ -76,7 +77,7 @@ def metrics_app(registry: CollectorRegistry) -> MetricsApp:
     return MetricsApp(registry)
 
 
-def metrics_route(registry: CollectorRegistry, path: str = "/metrics") -> Any:
+def metrics_route(registry: CollectorRegistry, path: str = "/metrics") -> Route:
     """A Starlette `Route` for the proxy's HTTP app (imported lazily: Starlette comes with mcp)."""
     from starlette.routing import Route
 

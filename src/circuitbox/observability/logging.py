@@ -11,9 +11,9 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
-from circuitbox.breakers import StateTransition
+from circuitbox.breakers import BreakerEvent, StateTransition
 
 transitions_logger = logging.getLogger("circuitbox.transitions")
 
@@ -26,8 +26,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -38,7 +37,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
-class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+class _Handler(logging.StreamHandler[TextIO]):
     """Marks our handler, so a second configure_logging() replaces it instead of doubling every line."""
 
 
@@ -81,11 +80,11 @@ class TransitionLogger:
     def __init__(self, labels: Callable[[str], tuple[str, str]] | None = None) -> None:
         self._labels = labels or (lambda name: (name, ""))
 
-    def __call__(self, event: object) -> None:
+    def __call__(self, event: BreakerEvent) -> None:
         if not isinstance(event, StateTransition):
             return
         server, tool = self._labels(event.breaker)
-        src, dst = str(event.from_state), str(event.to_state)
+        src, dst = event.from_state.value, event.to_state.value
         transitions_logger.log(
             logging.WARNING if dst in _WARN else logging.INFO,
             "circuit %s: %s -> %s (%s)",
