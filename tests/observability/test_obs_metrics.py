@@ -90,9 +90,7 @@ async def test_a_closed_breaker_scores_one_minus_failure_rate_times_the_slow_pen
     # An unbound library breaker named X is server="X", tool="".
     labels = {"server": "payments", "tool": ""}
     assert value(found, "circuit_breaker_state", **labels) == 0
-    assert value(found, "circuit_breaker_health_score", **labels) == pytest.approx(
-        (1 - 2 / 4) * (1 - 0.5 / 4)
-    )
+    assert value(found, "circuit_breaker_health_score", **labels) == pytest.approx((1 - 2 / 4) * (1 - 0.5 / 4))
 
 
 async def test_openmetrics_is_served_when_the_scraper_asks_for_it() -> None:
@@ -110,9 +108,7 @@ async def test_openmetrics_is_served_when_the_scraper_asks_for_it() -> None:
     families = {f.name: f for f in parse_openmetrics(response.text)}
     requests = families["circuit_breaker_requests"]
     assert requests.type == "counter"
-    got = {
-        s.labels["result"]: s.value for s in requests.samples if s.name == "circuit_breaker_requests_total"
-    }
+    got = {s.labels["result"]: s.value for s in requests.samples if s.name == "circuit_breaker_requests_total"}
     assert got == {"success": 3, "failure": 3, "rejected": 2, "ignored": 0 + 1}
     assert families["circuit_breaker_response_time_seconds"].type == "histogram"
     assert plain.headers["content-type"].startswith("text/plain")
@@ -141,10 +137,7 @@ async def test_forget_removes_every_series_of_a_breaker_and_late_events_do_not_b
         assert 'tool="ps"' not in text
         assert 'server="docker__ps"' not in text  # not resurrected under an unbound label either
         found = samples(text)
-        assert (
-            value(found, "circuit_breaker_requests_total", server="docker", tool="logs", result="success")
-            == 1
-        )
+        assert value(found, "circuit_breaker_requests_total", server="docker", tool="logs", result="success") == 1
 
         collector.bind("docker__ps", server="docker", tool="ps")  # the tool came back: counting starts over
         gone.record_fallback()
@@ -185,9 +178,7 @@ async def test_health_report_scores_each_breaker_each_server_as_the_mean_of_its_
     registry = BreakerRegistry()
     collector = MetricsCollector(CollectorRegistry())
     collector.attach(registry)
-    ps = registry.get_or_create(
-        "docker__ps", CircuitBreakerConfig(failure_threshold=3, jitter=0.0), clock=clock
-    )
+    ps = registry.get_or_create("docker__ps", CircuitBreakerConfig(failure_threshold=3, jitter=0.0), clock=clock)
     logs = registry.get_or_create("docker__logs", CircuitBreakerConfig(failure_threshold=5), clock=clock)
     s3 = registry.get_or_create("s3__get", clock=clock)
     for name in ("docker__ps", "docker__logs", "s3__get"):

@@ -28,9 +28,7 @@ def test_promtool_accepts_the_alert_rules_the_cli_prints(
     assert cli_main(["alerts", "--failure-rate", "0.4", "--health", "0.6", "--open-margin", "30"]) == 0
     rules = tmp_path / "rules.yml"
     rules.write_text(capsys.readouterr().out)
-    check = subprocess.run(
-        [promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60
-    )
+    check = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "SUCCESS: 5 rules found" in check.stdout
     text = rules.read_text()
@@ -142,9 +140,7 @@ async def test_a_real_prometheus_scrapes_a_tripped_breaker_and_evaluates_every_d
             process = await anyio.open_process(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
         async with process, httpx2.AsyncClient(timeout=5) as client:
             try:
-                state = await _poll(
-                    client, base, process, log_path, 'circuit_breaker_state{server="docker",tool="ps"}'
-                )
+                state = await _poll(client, base, process, log_path, 'circuit_breaker_state{server="docker",tool="ps"}')
                 assert float(state[0]["value"][1]) == 1
 
                 for expr in [*dashboard_queries(), *_alert_exprs()]:
@@ -180,9 +176,7 @@ async def _poll(
                 pytest.fail(f"prometheus exited with {process.returncode}:\n{output}")
             try:
                 response = await client.get(f"{base}/api/v1/query", params={"query": query})
-                result: list[dict[str, Any]] = (
-                    response.json()["data"]["result"] if response.status_code == 200 else []
-                )
+                result: list[dict[str, Any]] = response.json()["data"]["result"] if response.status_code == 200 else []
             except httpx2.TransportError:  # not listening yet
                 result = []
             if result:
