@@ -48,7 +48,7 @@ class Series:
     duration_count: int = 0
     # Last state seen in a transition event: used only when the breaker object itself is not reachable.
     state: str = "closed"
-    # Wall-clock time the circuit stopped passing calls (open / forced_open), kept through half_open flips.
+    # Collector-clock (monotonic) time the circuit stopped passing calls; kept through half_open flips.
     unavailable_since: float | None = None
     _reservoir: array[float] = field(default_factory=lambda: array("d"))
     _next: int = 0
