@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
+import signal
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import anyio
-from circuitbox.server.config import ProxyConfig
+from circuitbox.server.config import ConfigError, ProxyConfig
 from mcp.server import Server
 from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
@@ -116,10 +117,13 @@ async def serve(
     token: str | None = None,
     *,
     metrics: bool = True,
+    reload_config: Callable[[], ProxyConfig] | None = None,
 ) -> None:
     proxy, collector = build_proxy(config, metrics=metrics)
     async with anyio.create_task_group() as tg:
         await proxy.start(tg)
+        if reload_config is not None:
+            tg.start_soon(_reload_on_sighup, proxy, reload_config)
         if transport == "http":
             await _serve_http(http_app(proxy, collector, host, token), host, port)
         else:
@@ -130,6 +134,18 @@ async def serve(
             async with stdio_server() as (read, write):
                 await server.run(read, write, proxy.initialization_options(server))
         tg.cancel_scope.cancel()
+
+
+async def _reload_on_sighup(proxy: Proxy, reload_config: Callable[[], ProxyConfig]) -> None:
+    """SIGHUP re-reads the config file; a bad file is reported and the running config stays in force."""
+    with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            try:
+                config = reload_config()
+            except ConfigError as exc:
+                logger.error("config reload refused, keeping the running config: %s", exc)
+                continue
+            await proxy.reload(config)
 
 
 async def _serve_http(app: ASGIApp, host: str, port: int) -> None:

@@ -7,8 +7,10 @@ downstream reports them) travel back as JSON-RPC errors.
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -17,7 +19,7 @@ from circuitbox.server.config import ProxyConfig
 from circuitbox.server.policy import ToolPolicy
 from mcp import MCPError
 
-from circuitbox.breakers import BreakerRegistry, CircuitBreaker, Rejection
+from circuitbox.breakers import BreakerRegistry, CircuitBreaker, CircuitBreakerConfig, Rejection
 from circuitbox.server.classify import CALLER_MISTAKES, Outcome, Verdict, classify_error, classify_result
 from circuitbox.server.downstream import Downstream, DownstreamUnavailableError, ProgressCallback
 
@@ -44,17 +46,63 @@ class Guard:
         self.registry = registry
         self._breakers: dict[tuple[str, str], tuple[CircuitBreaker, ToolPolicy]] = {}
         self._on_new_breaker = on_new_breaker
+        # Run-time changes (circuit_configure), in order: (server, tool glob, settings). Kept so that breakers
+        # created later, and breakers rebuilt by a reload, get them too.
+        self._overrides: list[tuple[str, str, dict[str, Any]]] = []
 
     def breaker(self, server: str, tool: str) -> tuple[CircuitBreaker, ToolPolicy]:
         key = (server, tool)
         found = self._breakers.get(key)
         if found is None:
-            policy = self.config.policy(server, tool)
+            policy = self._with_overrides(server, tool, self.config.policy(server, tool))
             breaker = self.registry.get_or_create(breaker_name(server, tool), policy.breaker)
             found = self._breakers[key] = (breaker, policy)
             if self._on_new_breaker is not None:
                 self._on_new_breaker(breaker, server, tool)
         return found
+
+    def reload(self, config: ProxyConfig) -> None:
+        self.config = config
+
+    def retune(self) -> list[tuple[str, str]]:
+        """Recompute every breaker's policy from the current config; reconfigure only those that changed."""
+        changed = []
+        for (server, tool), (breaker, policy) in list(self._breakers.items()):
+            if server not in self.config.servers:
+                continue
+            new = self._with_overrides(server, tool, self.config.policy(server, tool))
+            if new != policy:
+                if new.breaker != policy.breaker:
+                    breaker.reconfigure(new.breaker)
+                self._breakers[(server, tool)] = (breaker, new)
+                changed.append((server, tool))
+        return changed
+
+    def _with_overrides(self, server: str, tool: str, policy: ToolPolicy) -> ToolPolicy:
+        for srv, pattern, settings in self._overrides:
+            if srv == server and fnmatch.fnmatchcase(tool, pattern):
+                policy = apply_settings(policy, settings)
+        return policy
+
+    def configure(self, server: str, pattern: str, settings: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """Change thresholds of the breakers of `server` whose tool matches `pattern`, now and for later ones.
+
+        Returns (tool, {field: (old, new)}) for every existing breaker changed; window state is kept.
+
+        Raises:
+            ValueError: a setting is unknown or out of range (validated like the config file).
+        """
+        apply_settings(self.config.policy(server), settings)  # validate before changing anything
+        self._overrides.append((server, pattern, dict(settings)))
+        changed = []
+        for (srv, tool), (breaker, policy) in list(self._breakers.items()):
+            if srv == server and fnmatch.fnmatchcase(tool, pattern):
+                new = apply_settings(policy, settings)
+                breaker.reconfigure(new.breaker)
+                self._breakers[(srv, tool)] = (breaker, new)
+                diff = {k: (_value(policy, k), _value(new, k)) for k in settings}
+                changed.append((tool, diff))
+        return changed
 
     def known(self) -> list[tuple[str, str, CircuitBreaker]]:
         """Every breaker created so far, as (server, tool, breaker)."""
@@ -118,6 +166,30 @@ class Guard:
             raise
         _record(permit, classify_result(result, policy))
         return result
+
+
+def apply_settings(policy: ToolPolicy, settings: Mapping[str, Any]) -> ToolPolicy:
+    """`policy` with breaker fields (and `call_timeout`) replaced, validated by the breaker config model.
+
+    Raises:
+        ValueError: an unknown field or a value out of range.
+    """
+    fields = set(CircuitBreakerConfig.model_fields) - {"name", "fallback", "excluded_exceptions"}
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    data = {k: getattr(policy.breaker, k) for k in fields} | dict(settings)
+    try:
+        breaker = CircuitBreakerConfig(name=policy.breaker.name, **data)
+    except Exception as exc:  # pydantic's ValidationError, reduced to its messages
+        errors = getattr(exc, "errors", None)
+        detail = "; ".join(str(e.get("msg")) for e in errors()) if callable(errors) else str(exc)
+        raise ValueError(detail) from None
+    return dataclasses.replace(policy, breaker=breaker, call_timeout=breaker.call_timeout)
+
+
+def _value(policy: ToolPolicy, field: str) -> Any:
+    return getattr(policy.breaker, field)
 
 
 def _record(permit: Any, outcome: Outcome) -> None:

@@ -129,6 +129,26 @@ FORCE = _tool(
 )
 
 
+CONFIGURE = _tool(
+    "circuit_configure",
+    "Change circuit breaker thresholds at run time (admin): for one tool, a glob of tools, or a whole server. "
+    "settings holds breaker fields such as failure_threshold, timeout, failure_rate_threshold, call_timeout. "
+    "Window history is kept; breakers created later get the change too.",
+    {
+        "server": _FILTERS["server"],
+        "tool": {"type": "string", "description": "a tool name or glob (default: every tool of the server)"},
+        "settings": {"type": "object", "description": "breaker fields and their new values"},
+    },
+    {
+        "type": "object",
+        "properties": {"changed": {"type": "array", "items": {"type": "object"}}, "settings": {"type": "object"}},
+        "required": ["changed", "settings"],
+    },
+    required=["server", "settings"],
+    read_only=False,
+)
+
+
 def _filtered(proxy: Proxy, args: dict[str, Any]) -> list[tuple[str, str, Any]]:
     server, tool, state = args.get("server"), args.get("tool"), args.get("state")
     if server is not None and server not in proxy.downstreams:
@@ -223,6 +243,27 @@ async def circuit_force(proxy: Proxy, args: dict[str, Any]) -> types.CallToolRes
     return _answer(f"{len(changed)} breaker(s) now {target}.", {"changed": changed})
 
 
+async def circuit_configure(proxy: Proxy, args: dict[str, Any]) -> types.CallToolResult:
+    server, pattern, settings = args.get("server"), args.get("tool") or "*", args.get("settings")
+    if server not in proxy.downstreams:
+        raise MCPError(code=types.INVALID_PARAMS, message=f"unknown server {server!r}")
+    if not isinstance(settings, dict) or not settings:
+        raise MCPError(code=types.INVALID_PARAMS, message="settings must be a non-empty object of breaker fields")
+    try:
+        changed = proxy.guard.configure(server, pattern, settings)
+    except ValueError as exc:
+        raise MCPError(code=types.INVALID_PARAMS, message=f"invalid settings: {exc}") from None
+    rows = []
+    for tool, diff in changed:
+        for field, (old, new) in diff.items():
+            proxy.audit(f"configure {field}", server, tool, repr(old), repr(new))
+        rows.append({"tool": tool, "changes": {k: {"old": o, "new": n} for k, (o, n) in diff.items()}})
+    text = f"Applied {settings} to {len(rows)} existing breaker(s) of {server!r} matching {pattern!r}" + (
+        "; breakers created later get it too."
+    )
+    return _answer(text, {"changed": rows, "settings": settings})
+
+
 def own_tools(admin: bool) -> dict[str, tuple[types.Tool, Handler]]:
     tools: dict[str, tuple[types.Tool, Handler]] = {
         STATUS.name: (STATUS, circuit_status),
@@ -231,4 +272,5 @@ def own_tools(admin: bool) -> dict[str, tuple[types.Tool, Handler]]:
     if admin:
         tools[RESET.name] = (RESET, circuit_reset)
         tools[FORCE.name] = (FORCE, circuit_force)
+        tools[CONFIGURE.name] = (CONFIGURE, circuit_configure)
     return tools

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import mcp_types as types
-from circuitbox.server.config import ProxyConfig
+from circuitbox.server.config import ProxyConfig, ServerConfig
 from circuitbox.server.policy import TextFallback, ToolFallback
 from mcp import MCPError
 from mcp.server import NotificationOptions, Server
@@ -63,11 +63,10 @@ class Proxy:
         self.config = config
         self.registry = registry if registry is not None else BreakerRegistry()
         self.guard = Guard(config, self.registry, on_new_breaker=on_new_breaker)
-        self.downstreams = {
-            name: Downstream(server, on_listing=self._listing_changed, backoff=backoff() if backoff else None)
-            for name, server in config.servers.items()
-            if server.enabled
-        }
+        self._backoff = backoff
+        self.downstreams = {name: self._downstream(server) for name, server in config.servers.items() if server.enabled}
+        self._scopes: dict[str, anyio.CancelScope] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
         self.own = own_tools(config.admin_enabled)
         self.catalog = Catalog()
         self._tool_stats = tool_stats
@@ -77,10 +76,55 @@ class Proxy:
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
 
+    def _downstream(self, server: ServerConfig) -> Downstream:
+        return Downstream(server, on_listing=self._listing_changed, backoff=self._backoff() if self._backoff else None)
+
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         """Start every downstream's owner task; returns at once (nothing waits for a downstream here)."""
+        self._tg = tg
         for downstream in self.downstreams.values():
-            tg.start_soon(downstream.run, name=f"downstream {downstream.name}")
+            self._launch(downstream)
+
+    def _launch(self, downstream: Downstream) -> None:
+        assert self._tg is not None, "start() first"
+        scope = self._scopes[downstream.name] = anyio.CancelScope()
+
+        async def own() -> None:
+            with scope:
+                await downstream.run()
+
+        self._tg.start_soon(own, name=f"downstream {downstream.name}")
+
+    async def reload(self, config: ProxyConfig) -> dict[str, list[str]]:
+        """Apply a new config without a restart.
+
+        Servers added are started, removed ones stopped; a server whose connection settings changed is restarted
+        (its in-flight calls are answered with a transport error). Breakers keep their state and window unless
+        their policy changed, and then only their thresholds change.
+        """
+        old = self.config
+        wanted = {name: server for name, server in config.servers.items() if server.enabled}
+        report: dict[str, list[str]] = {"added": [], "removed": [], "restarted": [], "retuned": []}
+        for name in list(self.downstreams):
+            if name not in wanted or _connection(wanted[name]) != _connection(old.servers[name]):
+                self._scopes.pop(name).cancel()
+                del self.downstreams[name]
+                report["removed" if name not in wanted else "restarted"].append(name)
+        self.config = config
+        self.guard.reload(config)
+        report["retuned"] = [f"{server}/{tool}" for server, tool in self.guard.retune()]
+        for name, server in wanted.items():
+            if name not in self.downstreams:
+                self.downstreams[name] = self._downstream(server)
+                self._launch(self.downstreams[name])
+                if name not in report["restarted"]:
+                    report["added"].append(name)
+        for server, tool, _ in self.guard.known():
+            if server not in wanted:
+                self.guard.forget(server, tool)
+        await self._listing_changed(None)
+        logger.warning("config reloaded: %s", {k: v for k, v in report.items() if v})
+        return report
 
     async def wait_first_attempts(self, limit: float = FIRST_LIST_WAIT) -> None:
         with anyio.move_on_after(limit):
@@ -90,7 +134,7 @@ class Proxy:
     def on_catalog_change(self, listener: Callable[[Catalog, Catalog], None]) -> None:
         self._catalog_listeners.append(listener)
 
-    async def _listing_changed(self, _: Downstream) -> None:
+    async def _listing_changed(self, _: Downstream | None) -> None:
         old = self.catalog
         self.catalog = build_catalog(
             ((d.name, d.config.namespace, d.listing) for d in self.downstreams.values()), reserved=self.own
@@ -272,6 +316,21 @@ class Proxy:
             raise
         except Exception as exc:
             raise MCPError(code=types.INTERNAL_ERROR, message=f"server {server!r}: {exc}") from exc
+
+
+def _connection(server: ServerConfig) -> tuple[Any, ...]:
+    """What it takes to reach a server: when any of it changes on reload, the downstream is restarted."""
+    return (
+        server.transport,
+        server.command,
+        tuple(server.args),
+        dict(server.env),
+        server.cwd,
+        server.url,
+        dict(server.headers),
+        server.namespace,
+        server.startup_timeout,
+    )
 
 
 def _progress_relay(ctx: Any) -> Any:

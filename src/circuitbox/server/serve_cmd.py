@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 
-from circuitbox.server.config import ConfigError
+from circuitbox.server.config import ConfigError, ProxyConfig
 
 logger = logging.getLogger("circuitbox")
 
@@ -54,8 +54,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from circuitbox.server.config import discover_config_path, load_config
 
+    def read_config() -> ProxyConfig:
+        return load_config(discover_config_path(args.config), environment=args.environment)
+
     try:
-        config = load_config(discover_config_path(args.config), environment=args.environment)
+        config = read_config()
     except ConfigError as exc:
         print(f"circuitbox: config error: {exc}", file=sys.stderr)
         return 2
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             args.metrics_port,
             token,
             metrics=not args.no_metrics,
+            reload_config=read_config,
         )
     )
     return 0
