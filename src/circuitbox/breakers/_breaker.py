@@ -6,6 +6,7 @@ wait on each other.
 
 from __future__ import annotations
 
+import inspect
 import random
 
 from circuitbox.breakers._call import AsyncCallMixin
@@ -62,6 +63,7 @@ class CircuitBreaker(AsyncCallMixin):
         "_excluded",
         "_failure_threshold",
         "_fallback",
+        "_fallback_async",
         "_fast_record",
         "_generation",
         "_half_open_max",
@@ -134,14 +136,13 @@ class CircuitBreaker(AsyncCallMixin):
         self._hot = config.effective_half_open_timeout
         self._excluded = config.excluded_exceptions
         self._fallback = config.fallback
+        self._fallback_async = inspect.iscoroutinefunction(config.fallback)
         self._refresh()
 
     def _refresh(self) -> None:
         self._passing = self._state in _PASSING
         self._timed = bool(self._listeners) or self._slow is not None
-        self._fast_record = (
-            self._state is _CLOSED and not self._timed and isinstance(self._window, CountWindow)
-        )
+        self._fast_record = self._state is _CLOSED and not self._timed and isinstance(self._window, CountWindow)
 
     # -- reading --------------------------------------------------------------------------------------------
 
@@ -194,6 +195,9 @@ class CircuitBreaker(AsyncCallMixin):
         state = self._state
         if state is _OPEN:
             if now < self._open_until:
+                rejection = self._rejection
+                if rejection is not None and not self._listeners:
+                    return rejection  # the common case, without a call
                 return self._reject(now)
             self._transition(_HALF_OPEN, now, "open period elapsed")
         elif state is _FORCED_OPEN:
@@ -234,15 +238,17 @@ class CircuitBreaker(AsyncCallMixin):
         now = self._clock()
         start = permit._start
         duration = now - start if start is not None else 0.0
-        slow = outcome <= FAILURE and self._slow is not None and start is not None and duration >= self._slow
+        limit = self._slow
+        slow = limit is not None and outcome <= FAILURE and start is not None and duration >= limit
         message = _describe(error) if outcome == FAILURE else None
-        if self._listeners:
+        listeners = self._listeners
+        if listeners:
             if outcome == SUCCESS:
-                deliver(self._listeners, CallSucceeded(self.name, now, duration, slow))
+                deliver(listeners, CallSucceeded(self.name, now, duration, slow))
             elif outcome == FAILURE:
-                deliver(self._listeners, CallFailed(self.name, now, duration, kind, message, slow))
+                deliver(listeners, CallFailed(self.name, now, duration, kind, message, slow))
             elif outcome == IGNORED:
-                deliver(self._listeners, CallIgnored(self.name, now, duration))
+                deliver(listeners, CallIgnored(self.name, now, duration))
         state = self._state
         if permit._generation != self._generation or state is _DISABLED:
             return  # stale (its state has ended) or disabled: nothing is recorded
@@ -258,19 +264,20 @@ class CircuitBreaker(AsyncCallMixin):
                 self._open(now, f"probe failed ({kind})", backoff=True)
             return
         # closed or metrics_only (open and forced_open never issue permits)
-        if outcome > FAILURE:
-            return
-        code = CALL | SLOW if slow else CALL
         if outcome == SUCCESS:
             self._consecutive = 0
-        else:
-            code |= FAILED
+            if not slow:
+                self._window.record(CALL, now)
+                return  # a plain success never trips anything
+            self._window.record(CALL | SLOW, now)
+        elif outcome == FAILURE:
             self._consecutive += 1
             self._last_error = message
-        window = self._window
-        window.record(code, now)
+            self._window.record(CALL | FAILED | SLOW if slow else CALL | FAILED, now)
+        else:
+            return
         if state is _CLOSED:
-            self._check_trip(now, outcome == FAILURE, slow, window)
+            self._check_trip(now, outcome == FAILURE, slow, self._window)
 
     def _check_trip(self, now: float, failed: bool, slow: bool, window: Window) -> None:
         if failed and self._consecutive >= self._failure_threshold:
@@ -296,9 +303,7 @@ class CircuitBreaker(AsyncCallMixin):
         self._probe_successes = 0
         self._refresh()
         if self._listeners:
-            deliver(
-                self._listeners, StateTransition(self.name, now, source, target, self._generation, reason)
-            )
+            deliver(self._listeners, StateTransition(self.name, now, source, target, self._generation, reason))
 
     def _open(self, now: float, reason: str, *, backoff: bool = False) -> None:
         period = min(self._period * self._multiplier, self._max_timeout) if backoff else self._timeout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from circuitbox.breakers._errors import CircuitOpenError
@@ -29,6 +30,8 @@ class AsyncCallMixin:
         _consecutive: int
         _excluded: tuple[type[BaseException], ...]
         _fallback: Callable[[], Any] | None
+        _fallback_async: bool
+        _listeners: tuple[Callable[[Any], None], ...]
         _fast_record: bool
         _generation: int
         _passing: bool
@@ -57,7 +60,17 @@ class AsyncCallMixin:
         else:
             decision = self.acquire()
             if isinstance(decision, Rejection):
-                return await self._rejected(decision)  # type: ignore[no-any-return]
+                # Inlined rather than a helper coroutine: a rejection must stay cheaper than a call.
+                fallback = self._fallback
+                if fallback is None:
+                    raise CircuitOpenError(self.name, decision.state, decision.retry_after, decision.last_error)
+                if self._listeners:
+                    self.record_fallback()
+                answer = fallback()
+                # Cheaper than inspect.isawaitable (100+ ns on a plain value): known async, or a coroutine.
+                if self._fallback_async or type(answer) is CoroutineType:
+                    answer = await answer
+                return answer  # type: ignore[no-any-return]
             permit = decision
             generation, start = permit._generation, permit._start
         try:
@@ -77,16 +90,6 @@ class AsyncCallMixin:
             self._window.success()
         else:
             (permit or Permit(self, generation, start)).success()  # type: ignore[arg-type]
-        return result
-
-    async def _rejected(self, rejection: Rejection) -> Any:
-        fallback = self._fallback
-        if fallback is None:
-            raise CircuitOpenError(self.name, rejection.state, rejection.retry_after, rejection.last_error)
-        self.record_fallback()
-        result = fallback()
-        if inspect.isawaitable(result):
-            result = await result
         return result
 
     def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:

@@ -18,13 +18,7 @@ def _range(
     low_open: bool = False,
     high_open: bool = False,
 ) -> None:
-    bad = (
-        value != value
-        or value < low
-        or (low_open and value == low)
-        or value > high
-        or (high_open and value == high)
-    )
+    bad = value != value or value < low or (low_open and value == low) or value > high or (high_open and value == high)
     if bad:
         if high == math.inf:
             allowed = f"{'>' if low_open else '>='} {low:g}"
@@ -41,9 +35,7 @@ class CircuitBreakerConfig(BaseModel):
             an unknown key was given, or two fields contradict each other.
     """
 
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", arbitrary_types_allowed=True, use_attribute_docstrings=True
-    )
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True, use_attribute_docstrings=True)
 
     name: str = "default"
     """The breaker's name (the registry replaces it by the name it is registered under)."""
@@ -82,7 +74,8 @@ class CircuitBreakerConfig(BaseModel):
     excluded_exceptions: tuple[type[BaseException], ...] = ()
     """Exception types that count neither way (re-raised, recorded as ignored)."""
     fallback: Callable[[], Any] | None = None
-    """Called (and awaited if needed) instead of raising `CircuitOpenError` when a call is rejected."""
+    """Called instead of raising `CircuitOpenError` when a call is rejected: a sync callable, an async function,
+    or a sync callable that returns a coroutine (awaited)."""
 
     @field_validator(
         "failure_threshold",

@@ -7,13 +7,32 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 from circuitbox.breakers._state import CircuitState
 
 logger = logging.getLogger("circuitbox.breakers")
+T = TypeVar("T")
 
 
+def _quick_init(cls: type[T]) -> type[T]:
+    """Replace a frozen slots dataclass's __init__ by one that sets the slots directly.
+
+    The generated one calls object.__setattr__ per field and costs twice as much; events are built per call.
+    """
+    setters = [(getattr(cls, f.name).__set__) for f in fields(cls)]  # type: ignore[arg-type]
+    names = ", ".join(f.name for f in fields(cls))  # type: ignore[arg-type]
+    body = "".join(f"    _s{i}(self, {f.name})\n" for i, f in enumerate(fields(cls)))  # type: ignore[arg-type]
+    namespace: dict[str, Any] = {f"_s{i}": setter for i, setter in enumerate(setters)}
+    exec(f"def __init__(self, {names}):\n{body}", namespace)  # built from field names only
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init  # type: ignore[method-assign]
+    return cls
+
+
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class StateTransition:
     """The breaker moved from one state to another; `generation` is the new one."""
@@ -26,6 +45,7 @@ class StateTransition:
     reason: str
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class CallSucceeded:
     """A call succeeded after `duration` seconds (`slow`: it reached `slow_call_duration`)."""
@@ -36,6 +56,7 @@ class CallSucceeded:
     slow: bool
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class CallFailed:
     """A call failed; `kind` is "timeout", "transport", "protocol", "tool_error", "exception", ..."""
@@ -48,6 +69,7 @@ class CallFailed:
     slow: bool
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class CallRejected:
     """The breaker refused a call; `retry_after` is None when forced open."""
@@ -58,6 +80,7 @@ class CallRejected:
     retry_after: float | None
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class CallIgnored:
     """A call ended in a way that counts neither way (an excluded exception, a caller mistake)."""
@@ -67,6 +90,7 @@ class CallIgnored:
     duration: float
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class FallbackUsed:
     """A rejected call was answered by the fallback."""
@@ -85,6 +109,4 @@ def deliver(listeners: Iterable[Listener], event: BreakerEvent) -> None:
         try:
             listener(event)
         except Exception:
-            logger.exception(
-                "listener %r raised on %s of breaker %r", listener, type(event).__name__, event.breaker
-            )
+            logger.exception("listener %r raised on %s of breaker %r", listener, type(event).__name__, event.breaker)
