@@ -1,0 +1,100 @@
+"""Bad input from the agent's side: clear errors, no tripped breaker, and the proxy keeps serving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tests.proxy.harness import chaos, proxy_session
+from tests.resilience.support import alive, breaker_row, proxy_pid, raw_proxy, timed_call
+
+pytestmark = pytest.mark.anyio
+
+BREAKER = {"failure_threshold": 3, "timeout": 1, "jitter": 0, "minimum_calls": 100, "call_timeout": 2}
+CONFIG = {"mcpServers": {"c": {**chaos("echo=healthy", "add=add"), "breaker": BREAKER}}}
+
+
+async def test_an_unknown_tool_gets_a_clear_error_at_once(tmp_path: Path) -> None:
+    async with proxy_session(tmp_path, CONFIG) as session:
+        for name in ("c__nope", "nope", "c__", "__echo", "x" * 10_000):
+            answer = await timed_call(session, name, {})
+            assert answer.kind in ("rpc_error", "error") and "unknown tool" in answer.text.lower(), answer
+            assert answer.seconds < 1.0
+        assert (await timed_call(session, "c__echo", {"message": "fine"})).text == "fine"
+
+
+async def test_arguments_that_break_the_schema_are_the_agents_mistake_and_never_trip_the_breaker(
+    tmp_path: Path,
+) -> None:
+    async with proxy_session(tmp_path, CONFIG) as session:
+        for arguments in ({"a": "x", "b": []}, {}, {"a": 1}, {"a": None, "b": {"deep": [1, 2, 3]}}):
+            answer = await timed_call(session, "c__add", arguments)
+            assert answer.kind in ("rpc_error", "error"), answer
+            assert "validation" in answer.text.lower() or "invalid" in answer.text.lower(), answer
+        row = await breaker_row(session, "c", "add")
+        assert row["state"] == "closed" and row["failures"] == 0
+        assert (await timed_call(session, "c__add", {"a": 2, "b": 3})).text == "5"
+
+
+async def test_a_one_megabyte_argument_is_carried_through_and_answered_in_time(tmp_path: Path) -> None:
+    big = "0123456789abcdef" * 65_536  # 1 MiB
+    async with proxy_session(tmp_path, CONFIG) as session:
+        answer = await timed_call(session, "c__echo", {"message": big})
+        assert answer.kind == "ok" and answer.text == big
+        assert answer.seconds < BREAKER["call_timeout"] + 1
+        nested = await timed_call(session, "c__echo", {"message": "small", "blob": {"k": [big[:4096]] * 256}})
+        assert nested.kind == "ok" and nested.text == "small"
+        assert (await timed_call(session, "c__echo", {"message": "after"})).text == "after"
+        assert alive(proxy_pid(tmp_path / "circuitbox.json"))
+
+
+GARBAGE_LINES = [
+    b"this is not json\n",
+    b"\xff\xfe\x00\x01 binary\n",
+    b"{\n",
+    b"[1, 2, 3]\n",
+    b'{"jsonrpc": "2.0"}\n',
+    b'{"jsonrpc": "1.0", "id": "old", "method": "ping"}\n',
+    b'{"jsonrpc": "2.0", "method": "notifications/nonsense", "params": 7}\n',
+    b"null\n",
+    b"\n",
+    b"   \n",
+    b"{" + b'"x": "' + b"y" * 1_048_576 + b'"\n',  # a 1 MB line that never becomes valid JSON
+]
+
+
+async def test_invalid_json_rpc_lines_on_stdin_leave_the_proxy_serving(tmp_path: Path) -> None:
+    async with raw_proxy(tmp_path, CONFIG) as client:
+        for line in GARBAGE_LINES:
+            await client.send_bytes(line)
+            answer = await client.call_tool("c__echo", {"message": f"after {line[:12]!r}"}, limit=10)
+            assert answer["result"]["content"][0]["text"] == f"after {line[:12]!r}"
+        unknown = await client.request("no/such/method", {})
+        assert unknown["error"]["code"] == -32601
+        assert alive(client.pid)
+
+
+async def test_a_malformed_request_with_an_id_gets_a_json_rpc_error_instead_of_silence(tmp_path: Path) -> None:
+    malformed = {
+        "bad-params": {"jsonrpc": "2.0", "id": "bad-params", "method": "tools/call", "params": "not an object"},
+        "no-name": {"jsonrpc": "2.0", "id": "no-name", "method": "tools/call", "params": {"arguments": {}}},
+        "bad-arguments": {
+            "jsonrpc": "2.0",
+            "id": "bad-arguments",
+            "method": "tools/call",
+            "params": {"name": "c__echo", "arguments": "not an object"},
+        },
+    }
+    async with raw_proxy(tmp_path, CONFIG) as client:
+        for request_id, message in malformed.items():
+            with anyio.move_on_after(3):
+                answer = await client.exchange(request_id, json.dumps(message).encode() + b"\n", limit=10)
+                assert answer["error"]["code"] in (-32600, -32602), answer
+                continue
+            pytest.fail(f"request {request_id!r} got no answer at all: {message}")
+        assert (await client.call_tool("c__echo", {"message": "still here"}))["result"]["content"][0]["text"] == (
+            "still here"
+        )
