@@ -363,3 +363,14 @@ async def test_transition_events_carry_the_reason(clock: FakeClock) -> None:
 
 async def test_acquire_gives_a_permit_even_in_an_async_context(clock: FakeClock) -> None:
     assert isinstance(make(clock).acquire(), Permit)
+
+
+def test_a_circuit_open_error_can_be_built_with_keywords_and_pickled() -> None:
+    import pickle
+
+    error = CircuitOpenError(breaker="svc", state=S.OPEN, retry_after=1.5)
+    assert (error.breaker, error.state, error.retry_after, error.last_error) == ("svc", S.OPEN, 1.5, None)
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.breaker, copy.retry_after) == ("svc", 1.5)
+    positional = CircuitOpenError("svc", S.HALF_OPEN, 2.0, "boom")
+    assert positional.args == ("svc", S.HALF_OPEN, 2.0, "boom")

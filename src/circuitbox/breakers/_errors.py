@@ -21,15 +21,37 @@ class BreakerError(Exception):
 class CircuitOpenError(BreakerError):
     """The breaker rejected the call; `retry_after` says when the next probe may pass (None: forced open)."""
 
-    # Fresh instance per rejection (never a stored one re-raised), so tracebacks never accumulate.
+    # A fresh instance per rejection (never a stored one re-raised, so tracebacks never pile up), and a cheap
+    # one: the facts live in `args` (set by BaseException.__new__), read back through properties.
     def __init__(
         self, breaker: str, state: CircuitState, retry_after: float | None, last_error: str | None = None
     ) -> None:
-        self.breaker = breaker
-        self.state = state
-        self.retry_after = retry_after
-        self.last_error = last_error
-        super().__init__(breaker, state, retry_after, last_error)
+        if len(self.args) != 4:  # some were given by keyword or defaulted: __new__ kept only the positional ones
+            self.args = (breaker, state, retry_after, last_error)
+
+    @property
+    def breaker(self) -> str:
+        """The name of the breaker that rejected the call."""
+        name: str = self.args[0]
+        return name
+
+    @property
+    def state(self) -> CircuitState:
+        """Its state at the time (open, half_open or forced_open)."""
+        state: CircuitState = self.args[1]
+        return state
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds until the next probe may pass; None when forced open."""
+        seconds: float | None = self.args[2]
+        return seconds
+
+    @property
+    def last_error(self) -> str | None:
+        """The last failure the breaker recorded, if any."""
+        error: str | None = self.args[3]
+        return error
 
     def __str__(self) -> str:
         when = f"retry in {self.retry_after:.3g}s" if self.retry_after is not None else "forced open"

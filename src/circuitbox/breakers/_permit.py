@@ -10,9 +10,9 @@ from circuitbox.breakers._errors import PermitError
 from circuitbox.breakers._state import CircuitState
 
 if TYPE_CHECKING:
-    from circuitbox.breakers._breaker import CircuitBreaker
+    from circuitbox.breakers._protocol import BreakerProtocol
 
-# Outcome codes handed to CircuitBreaker._settle.
+# Outcome codes handed to BreakerProtocol._settle.
 SUCCESS, FAILURE, IGNORED, RELEASED = 0, 1, 2, 3
 
 
@@ -27,8 +27,8 @@ class Permit:
 
     rejected: ClassVar[bool] = False
 
-    def __init__(self, breaker: CircuitBreaker, generation: int, start: float | None) -> None:
-        self._breaker: CircuitBreaker | None = breaker
+    def __init__(self, breaker: BreakerProtocol, generation: int, start: float | None) -> None:
+        self._breaker: BreakerProtocol | None = breaker
         self._generation = generation
         self._start = start
 
