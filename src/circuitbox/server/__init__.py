@@ -1,0 +1,1 @@
+"""The circuitbox MCP proxy: config, policies, downstreams, the guarded call and the upstream server."""

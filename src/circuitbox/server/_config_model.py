@@ -1,0 +1,276 @@
+"""The config file's shape as pydantic models, and pydantic's errors turned into `ConfigError`s naming key paths.
+
+Models are strict (a string is not a number, `true` is not 1) and forbid unknown keys; keys the agent clients
+use that circuitbox has no use for are taken out before validation (`strip_client_keys`), with a warning.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+BREAKER_FIELDS: tuple[str, ...] = (
+    "failure_threshold",
+    "success_threshold",
+    "timeout",
+    "half_open_max_calls",
+    "failure_rate_threshold",
+    "minimum_calls",
+    "sliding_window_size",
+    "sliding_window_type",
+    "window_bucket_seconds",
+    "slow_call_duration",
+    "slow_call_rate_threshold",
+    "timeout_multiplier",
+    "max_timeout",
+    "jitter",
+    "half_open_timeout",
+    "call_timeout",
+)
+"""The `CircuitBreakerConfig` fields a config file may set (not `name`, `fallback`, `excluded_exceptions`)."""
+
+PROXY_FIELDS: tuple[str, ...] = ("fallback", "tool_errors", "ignore_errors", "failure_errors")
+"""Policy fields the proxy adds on top of the breaker's."""
+
+CLASSIFICATION_FIELDS: tuple[str, ...] = ("tool_errors", "ignore_errors", "failure_errors")
+
+# Keys agent clients put in their server entries (VS Code, Cline, Roo, Windsurf, ...) that mean nothing here.
+CLIENT_SERVER_KEYS = frozenset(
+    {"envFile", "dev", "description", "autoApprove", "alwaysAllow", "timeout", "transportType", "disabledTools"}
+)
+CLIENT_TOP_KEYS = frozenset({"inputs", "$schema", "globalShortcut"})
+
+
+class ConfigError(Exception):
+    """A config file is invalid; str(err) names the key path and the problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class Overrides(_Strict):
+    """Policy values one layer sets (`defaults`, a server's `breaker`, a `tools` entry); ranges are checked by
+    `CircuitBreakerConfig`, so only the types are declared here."""
+
+    failure_threshold: int | None = None
+    """Consecutive failures that open the circuit."""
+    success_threshold: int | None = None
+    """Successful probes in half-open that close it."""
+    timeout: float | None = None
+    """Seconds the circuit stays open before probes."""
+    half_open_max_calls: int | None = None
+    """Probes in flight at once in half-open."""
+    failure_rate_threshold: float | None = None
+    """Failure fraction that opens the circuit."""
+    minimum_calls: int | None = None
+    """Calls in the window before rates count."""
+    sliding_window_size: int | None = None
+    """Calls or seconds in the window."""
+    sliding_window_type: Literal["count", "time"] | None = None
+    """`count` or `time`."""
+    window_bucket_seconds: float | None = None
+    """Bucket width of a time window."""
+    slow_call_duration: float | None = None
+    """A call at least this long is slow; null: no call is slow."""
+    slow_call_rate_threshold: float | None = None
+    """Slow fraction that opens the circuit."""
+    timeout_multiplier: float | None = None
+    """Growth of the open period after a failed probe."""
+    max_timeout: float | None = None
+    """Cap of the open period."""
+    jitter: float | None = None
+    """Jitter fraction of the open period."""
+    half_open_timeout: float | None = None
+    """Deadline of a probe; null: `call_timeout`."""
+    call_timeout: float | None = None
+    """Per-call deadline in the proxy."""
+    fallback: dict[str, str] | None = None
+    """`{"text": ...}` or `{"tool": "namespace__tool"}`: the answer while the circuit rejects calls."""
+    tool_errors: Literal["failure", "ignore"] | None = None
+    """Whether an `isError` result counts as a failure."""
+    ignore_errors: list[str] | None = None
+    """Regexes: an `isError` text matching one is ignored."""
+    failure_errors: list[str] | None = None
+    """Regexes: an `isError` text matching one is a failure even under `tool_errors = "ignore"`."""
+
+
+class ServerEntry(_Strict):
+    """One downstream, in the agent clients' shape plus circuitbox's own keys."""
+
+    command: str | None = None
+    """Executable of a stdio server."""
+    args: list[str] = []
+    """Its arguments."""
+    env: dict[str, str] = {}
+    """Extra environment of the child process (never shown anywhere)."""
+    cwd: str | None = None
+    """Working directory of the child process."""
+    type: Literal["stdio", "http", "streamable-http", "sse"] | None = None
+    """Transport; default stdio with a command, http with a url."""
+    url: str | None = None
+    """Endpoint of an HTTP or SSE server."""
+    headers: dict[str, str] = {}
+    """HTTP headers (never shown anywhere)."""
+    enabled: bool | None = None
+    """False keeps the entry but does not start it (default true)."""
+    disabled: bool | None = None
+    """Cline's spelling of `enabled: false`."""
+    namespace: str | None = None
+    """Prefix of the published tool names (default: the server's key; "" publishes names as they are)."""
+    preset: str | None = None
+    """A service preset, or "none"; inferred from the name, command, args and url when absent."""
+    breaker: Overrides | None = None
+    """Overrides for every tool of this server."""
+    tools: dict[str, Overrides] = {}
+    """Overrides per exact tool name or glob."""
+    startup_timeout: float = Field(30.0, gt=0)
+    """Seconds the server gets to connect and list its tools."""
+    tool_errors: Literal["failure", "ignore"] | None = None
+    """Server-wide `tool_errors` (same as in `breaker`)."""
+    ignore_errors: list[str] | None = None
+    """Server-wide `ignore_errors`."""
+    failure_errors: list[str] | None = None
+    """Server-wide `failure_errors`."""
+
+
+class Admin(_Strict):
+    enabled: bool = False
+    """Publish `circuit_reset`, `circuit_force` and `circuit_configure`."""
+
+
+class Metrics(_Strict):
+    port: int | None = Field(None, ge=1, le=65535)
+    """Port of `/metrics` in stdio mode; none: no port is opened."""
+    host: str = "127.0.0.1"
+    """Address the metrics port binds to."""
+
+
+class ConfigFile(_Strict):
+    """The whole file."""
+
+    environment: str | None = None
+    """development, staging, production or testing."""
+    defaults: Overrides | None = None
+    """Overrides for every server."""
+    admin: Admin = Admin()
+    """Operator tools."""
+    metrics: Metrics = Metrics()
+    """Prometheus endpoint."""
+    mcpServers: dict[str, ServerEntry] | None = None
+    """Downstreams (Claude Desktop, Cursor, Claude Code shape)."""
+    servers: dict[str, ServerEntry] | None = None
+    """Downstreams (VS Code shape)."""
+
+
+def strip_client_keys(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`data` without the agent clients' keys circuitbox does not use, and a warning for each one taken out."""
+    warnings = []
+    out = dict(data)
+    for key in sorted(CLIENT_TOP_KEYS & out.keys()):
+        del out[key]
+        warnings.append(f"{key}: ignored (an agent client's key circuitbox does not use)")
+    for table in ("mcpServers", "servers"):
+        servers = out.get(table)
+        if not isinstance(servers, Mapping):
+            continue
+        cleaned: dict[str, Any] = {}
+        for name, entry in servers.items():
+            if isinstance(entry, Mapping):
+                entry = dict(entry)
+                for key in sorted(CLIENT_SERVER_KEYS & entry.keys()):
+                    del entry[key]
+                    warnings.append(f"{table}.{name}.{key}: ignored (an agent client's key circuitbox does not use)")
+            cleaned[name] = entry
+        out[table] = cleaned
+    return out, warnings
+
+
+def validate_file(data: Mapping[str, Any]) -> ConfigFile:
+    """Raises:
+    ConfigError: naming the key path of every problem found.
+    """
+    try:
+        return ConfigFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc.errors())) from None
+
+
+def key_path(parts: Sequence[str | int]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+_JSON_TYPES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    dict: "a table",
+    list: "a list",
+}
+_EXPECTED = {
+    "string_type": "expected a string",
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "dict_type": "expected a table (JSON object)",
+    "model_type": "expected a table (JSON object)",
+    "model_attributes_type": "expected a table (JSON object)",
+    "list_type": "expected a list",
+}
+
+
+def _got(value: Any) -> str:
+    if value is None:
+        return "null"
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def problem(error: Mapping[str, Any], known: Sequence[str] = ()) -> str:
+    """One pydantic error as a short phrase ("unknown key", "expected an integer, got a string", ...)."""
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        return "unknown key" + (f" (did you mean {close[0]}?)" if close else "")
+    if kind == "missing":
+        return "required"
+    if kind in _EXPECTED:
+        return f"{_EXPECTED[kind]}, got {_got(error.get('input'))}"
+    message = str(error["msg"])
+    message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind == "literal_error":
+        return "expected " + message.removeprefix("Input should be ")
+    return message
+
+
+def _known_keys(loc: Sequence[str | int]) -> Sequence[str]:
+    """Keys valid at the place an unknown key was found, for a "did you mean" hint."""
+    parent = tuple(loc[:-1])
+    if not parent:
+        return list(ConfigFile.model_fields)
+    if len(parent) == 2 and parent[0] in ("mcpServers", "servers"):
+        return list(ServerEntry.model_fields)
+    if parent[-1] in ("defaults", "breaker") or (len(parent) >= 2 and parent[-2] == "tools"):
+        return list(Overrides.model_fields)
+    return []
+
+
+def describe(errors: Sequence[Mapping[str, Any]], prefix: Sequence[str | int] = ()) -> str:
+    """pydantic errors as "key.path: problem" phrases joined by "; "."""
+    parts = []
+    for error in errors:
+        loc = (*prefix, *(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))))
+        path = key_path(loc)
+        text = problem(error, _known_keys(loc))
+        parts.append(f"{path}: {text}" if path else text)
+    return "; ".join(dict.fromkeys(parts))

@@ -1,0 +1,38 @@
+"""`${VAR}` and `${VAR:-default}` in command, args, cwd, env, url and headers.
+
+The forms are Claude Code's; `${env:VAR}` (Cursor, VS Code) is accepted too. `${VAR:-default}` uses the default
+when VAR is unset or empty, as the shell does; `$${` stands for a literal `${`. Anything else with a `$` is left
+as it is, so a shell snippet in `args` survives.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from circuitbox.server._config_model import ConfigError
+
+_REFERENCE = re.compile(r"\$\$\{|\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand(value: str, env: Mapping[str, str], path: str) -> str:
+    """`value` with every reference replaced.
+
+    Raises:
+        ConfigError: a variable is unset and has no default (the message names it and `path`).
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name is None:
+            return "${"
+        found = env.get(name)
+        if found:
+            return found
+        if default is not None:
+            return default
+        if found is not None:
+            return found  # set but empty, no default: empty is what the user asked for
+        raise ConfigError(f"{path}: environment variable {name} is not set (write ${{{name}:-default}} for a default)")
+
+    return _REFERENCE.sub(replace, value)

@@ -1,0 +1,291 @@
+"""Loading the config file: discovery, JSON/TOML, validation, `${VAR}` expansion, and the policies it implies.
+
+`load_config` / `parse_config` return a frozen `ProxyConfig`; every problem is a `ConfigError` whose text names the
+key path and the problem (`mcpServers.docker.breaker.failure_treshold: unknown key (did you mean
+failure_threshold?)`). A reload builds a new `ProxyConfig`, and its policies are resolved afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from circuitbox.breakers._profiles import check_environment, check_preset, environment_from, infer_preset
+from circuitbox.server._config_model import (
+    CLASSIFICATION_FIELDS,
+    ConfigError,
+    Overrides,
+    ServerEntry,
+    key_path,
+    strip_client_keys,
+    validate_file,
+)
+from circuitbox.server._expand import expand
+from circuitbox.server.policy import Layer, ToolPolicy, base_layers, is_glob, make_layer, resolve, tool_layers
+
+logger = logging.getLogger("circuitbox.config")
+
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]*")
+_TRANSPORTS: Mapping[str, Literal["stdio", "http", "sse"]] = {
+    "stdio": "stdio",
+    "http": "http",
+    "streamable-http": "http",
+    "sse": "sse",
+}
+
+
+def _masked(values: Mapping[str, str]) -> str:
+    return "{" + ", ".join(f"{k!r}: '***'" for k in values) + "}"
+
+
+@dataclass(frozen=True, repr=False)
+class ServerConfig:
+    """One downstream, validated and expanded. Its repr never shows env or header values."""
+
+    name: str
+    transport: Literal["stdio", "http", "sse"]
+    command: str | None
+    args: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: str | None
+    url: str | None
+    headers: Mapping[str, str]
+    namespace: str
+    preset: str | None
+    preset_source: Literal["explicit", "inferred", "none"]
+    startup_timeout: float = 30.0
+    enabled: bool = True
+    layers: tuple[Layer, ...] = ()
+    """The server's own policy layers (`breaker`, then the server-level classification keys)."""
+    tools: tuple[tuple[str, Layer], ...] = ()
+    """(exact name or glob, layer) in file order."""
+
+    def __repr__(self) -> str:
+        where = f"command={self.command!r}, args={self.args!r}" if self.transport == "stdio" else f"url={self.url!r}"
+        return (
+            f"ServerConfig(name={self.name!r}, transport={self.transport!r}, {where}, env={_masked(self.env)}, "
+            f"headers={_masked(self.headers)}, namespace={self.namespace!r}, preset={self.preset!r}, "
+            f"enabled={self.enabled!r})"
+        )
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """The whole config. `policy()` resolves and memoizes the effective policy of a server or one of its tools."""
+
+    environment: str
+    environment_source: str
+    servers: Mapping[str, ServerConfig]
+    admin_enabled: bool = False
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    source: str = "<config>"
+    defaults: Layer | None = field(default=None, repr=False)
+    warnings: tuple[str, ...] = ()
+    _memo: dict[tuple[str, str | None], ToolPolicy] = field(default_factory=dict, repr=False, compare=False)
+
+    def policy(self, server: str, tool: str | None = None) -> ToolPolicy:
+        """The effective policy of `tool` of `server` (of the server as a whole when `tool` is None).
+
+        Raises:
+            KeyError: no such server.
+            ConfigError: the merged values contradict each other.
+        """
+        key = (server, tool)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = self._resolve(self.servers[server], tool)
+        return found
+
+    def _resolve(self, srv: ServerConfig, tool: str | None, only: Layer | None = None) -> ToolPolicy:
+        layers = base_layers(self.environment, srv.preset)
+        layers += [self.defaults] if self.defaults else []
+        layers += srv.layers
+        if only is not None:
+            layers.append(only)
+        elif tool is not None:
+            layers += tool_layers(srv.tools, tool)
+        return resolve(f"{srv.name}__{tool}" if tool is not None else srv.name, layers)
+
+
+def discover_config_path(explicit: str | None, env: Mapping[str, str] | None = None) -> Path:
+    """`--config`, else `$CIRCUITBOX_CONFIG`, else ./circuitbox.json, else ./circuitbox.toml.
+
+    Raises:
+        ConfigError: none of them is given or exists.
+    """
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if env.get("CIRCUITBOX_CONFIG"):
+        return Path(env["CIRCUITBOX_CONFIG"])
+    for candidate in (Path("circuitbox.json"), Path("circuitbox.toml")):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError("no config file: pass --config PATH, set $CIRCUITBOX_CONFIG, or create ./circuitbox.json")
+
+
+def load_config(path: Path, *, environment: str | None = None, env: Mapping[str, str] | None = None) -> ProxyConfig:
+    """Read, parse and validate a JSON (`.json`, or anything not `.toml`) or TOML (`.toml`) file.
+
+    Raises:
+        ConfigError: the file cannot be read, is malformed (line and column named) or is invalid.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    data: Any
+    if Path(path).suffix.lower() == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    return parse_config(data, source=str(path), environment=environment, env=env)
+
+
+def parse_config(
+    data: Mapping[str, Any],
+    *,
+    source: str = "<config>",
+    environment: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ProxyConfig:
+    """Validate an in-memory config (the demo's, a test's) exactly as `load_config` does a file.
+
+    Raises:
+        ConfigError: naming the key path and the problem.
+    """
+    env = os.environ if env is None else env
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a table (JSON object) at the top level, got {type(data).__name__}")
+    cleaned, warnings = strip_client_keys(data)
+    for warning in warnings:
+        logger.warning("%s: %s", source, warning)
+    file = validate_file(cleaned)
+    if file.mcpServers is not None and file.servers is not None:
+        raise ConfigError("servers: set either mcpServers or servers, not both")
+    table = "servers" if file.servers is not None else "mcpServers"
+    entries = file.servers if file.servers is not None else file.mcpServers
+    if not entries:
+        raise ConfigError(f"{table}: no servers configured")
+    env_name, env_source = _environment(file.environment, environment, env)
+    config = ProxyConfig(
+        environment=env_name,
+        environment_source=env_source,
+        servers=MappingProxyType({n: _server(n, e, (table, n), env) for n, e in entries.items()}),
+        admin_enabled=file.admin.enabled,
+        metrics_port=file.metrics.port,
+        metrics_host=file.metrics.host,
+        source=source,
+        defaults=make_layer(file.defaults, "defaults", ("defaults",)) if file.defaults else None,
+        warnings=tuple(warnings),
+    )
+    for srv in config.servers.values():  # resolve what the file states now, so its errors surface at load
+        config.policy(srv.name)
+        for pattern, layer in srv.tools:
+            if is_glob(pattern):
+                config._resolve(srv, pattern, only=layer)
+            else:
+                config.policy(srv.name, pattern)
+    return config
+
+
+def _environment(in_file: str | None, flag: str | None, env: Mapping[str, str]) -> tuple[str, str]:
+    for value, where, source in ((in_file, "environment", "config"), (flag, "--environment", "--environment")):
+        if value is not None:
+            try:
+                return check_environment(value), source
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+    try:
+        return environment_from(env)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _server(name: str, entry: ServerEntry, path: tuple[str, str], env: Mapping[str, str]) -> ServerConfig:
+    where = key_path(path)
+    if entry.enabled is not None and entry.disabled is not None and entry.enabled == entry.disabled:
+        raise ConfigError(f"{where}: enabled and disabled contradict each other")
+    enabled = entry.enabled if entry.enabled is not None else not entry.disabled
+    if entry.command is not None and entry.url is not None:
+        raise ConfigError(f"{where}: set either command (stdio) or url (http, sse), not both")
+    kind = entry.type or ("stdio" if entry.command is not None or entry.url is None else "http")
+    transport = _TRANSPORTS[kind]
+    if transport == "stdio" and entry.command is None:
+        raise ConfigError(f"{where}.command: required (a stdio server needs a command, a remote one a url)")
+    if transport != "stdio" and entry.url is None:
+        raise ConfigError(f"{where}.url: required for type {kind}")
+
+    def x(value: str | None, key: str) -> str | None:
+        # Disabled servers are not started, so their variables need not be set.
+        return value if value is None or not enabled else expand(value, env, f"{where}.{key}")
+
+    command, url, cwd = x(entry.command, "command"), x(entry.url, "url"), x(entry.cwd, "cwd")
+    args = tuple(str(x(a, f"args[{i}]")) for i, a in enumerate(entry.args))
+    child_env = {k: str(x(v, f"env.{k}")) for k, v in entry.env.items()}
+    headers = {k: str(x(v, f"headers.{k}")) for k, v in entry.headers.items()}
+    namespace = name if entry.namespace is None else entry.namespace
+    if not _NAMESPACE.fullmatch(namespace):
+        hint = "" if entry.namespace is not None else " (the server's name is used by default; set a namespace)"
+        raise ConfigError(f"{where}.namespace: {namespace!r} may only hold letters, digits, '_', '-' and '.'{hint}")
+    preset, preset_source = _preset(entry, name, command, args, url, where)
+    both = sorted(
+        f
+        for f in CLASSIFICATION_FIELDS
+        if f in entry.model_fields_set and entry.breaker and f in entry.breaker.model_fields_set
+    )
+    if both:
+        raise ConfigError(f"{where}.{both[0]}: set both here and in {where}.breaker.{both[0]}; keep one")
+    classification = Overrides(**{f: getattr(entry, f) for f in CLASSIFICATION_FIELDS if f in entry.model_fields_set})
+    return ServerConfig(
+        name=name,
+        transport=transport,
+        command=command,
+        args=args,
+        env=MappingProxyType(child_env),
+        cwd=cwd,
+        url=url,
+        headers=MappingProxyType(headers),
+        namespace=namespace,
+        preset=preset,
+        preset_source=preset_source,
+        startup_timeout=entry.startup_timeout,
+        enabled=enabled,
+        layers=(
+            make_layer(entry.breaker, "server", (*path, "breaker")),
+            make_layer(classification, "server", path),
+        ),
+        tools=tuple((p, make_layer(o, f"tool:{p}", (*path, "tools", p))) for p, o in entry.tools.items()),
+    )
+
+
+def _preset(
+    entry: ServerEntry, name: str, command: str | None, args: tuple[str, ...], url: str | None, where: str
+) -> tuple[str | None, Literal["explicit", "inferred", "none"]]:
+    if entry.preset is None:
+        inferred = infer_preset(name, command, args, url)
+        return inferred, "inferred" if inferred else "none"
+    if entry.preset.strip().lower() == "none":
+        return None, "none"
+    try:
+        return check_preset(entry.preset).name, "explicit"
+    except ValueError as exc:
+        raise ConfigError(f"{where}.preset: {exc}") from None
+
+
+__all__ = ["ConfigError", "ProxyConfig", "ServerConfig", "discover_config_path", "load_config", "parse_config"]

@@ -1,0 +1,196 @@
+"""The effective policy of one (server, tool), and where each of its values comes from.
+
+Layers, lowest first: built-in defaults, environment profile, service preset, the file's `defaults`, the server's
+`breaker` (and its server-level classification keys), then the `tools` entries that match the tool: globs from the
+shortest to the longest (equal lengths in file order), then the exact name. Each layer replaces the values it
+sets, lists included. Resolution is a pure function of the config, so a reloaded config simply resolves again.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from circuitbox.breakers import CircuitBreakerConfig
+from circuitbox.breakers._profiles import ENVIRONMENTS, check_preset
+from circuitbox.server._config_model import (
+    BREAKER_FIELDS,
+    PROXY_FIELDS,
+    ConfigError,
+    Overrides,
+    describe,
+    key_path,
+)
+
+POLICY_FIELDS: tuple[str, ...] = BREAKER_FIELDS + PROXY_FIELDS
+"""Every field of a `ToolPolicy`, in display order (`call_timeout` is the breaker's)."""
+
+_BUILT_IN = ("default", "environment", "preset")
+
+
+@dataclass(frozen=True)
+class TextFallback:
+    """Answer a rejected call with this text (as a non-error result)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolFallback:
+    """Answer a rejected call by calling this tool instead ("namespace__tool", as published)."""
+
+    tool: str
+
+
+@dataclass(frozen=True)
+class ToolPolicy:
+    """Everything the proxy needs to guard one (server, tool)."""
+
+    breaker: CircuitBreakerConfig
+    call_timeout: float
+    fallback: TextFallback | ToolFallback | None
+    tool_errors: Literal["failure", "ignore"]
+    ignore_errors: tuple[re.Pattern[str], ...]
+    failure_errors: tuple[re.Pattern[str], ...]
+    sources: Mapping[str, str]
+    """field -> "default" | "environment" | "preset" | "defaults" | "server" | "tool:<pattern>"."""
+
+    def value(self, field: str) -> Any:
+        """A field's value as the config file spells it (regexes as strings, fallbacks as tables)."""
+        if field in BREAKER_FIELDS:
+            return getattr(self.breaker, field)
+        raw = getattr(self, field)
+        if isinstance(raw, TextFallback):
+            return {"text": raw.text}
+        if isinstance(raw, ToolFallback):
+            return {"tool": raw.tool}
+        if isinstance(raw, tuple):
+            return [p.pattern for p in raw]
+        return raw
+
+
+@dataclass(frozen=True)
+class Layer:
+    """The values one place in the config sets: `source` for display, `path` for error messages."""
+
+    source: str
+    path: str
+    values: Mapping[str, Any]
+
+
+def make_layer(
+    overrides: Overrides | None, source: str, path: tuple[str, ...], extra: Overrides | None = None
+) -> Layer:
+    """Validate one override table (types are already checked) and convert it to policy values.
+
+    Raises:
+        ConfigError: a value out of range, a bad fallback or regex; the message names the full key path.
+    """
+    values: dict[str, Any] = {}
+    for table in (overrides, extra):
+        if table is not None:
+            for field in table.model_fields_set:
+                values[field] = getattr(table, field)
+    breaker = {k: v for k, v in values.items() if k in BREAKER_FIELDS}
+    try:
+        CircuitBreakerConfig(**breaker)
+    except ValidationError as exc:
+        # Cross-field rules (loc ()) wait for the merged policy: another layer may set the other field.
+        errors = [e for e in exc.errors() if e["loc"]]
+        if errors:
+            raise ConfigError(describe(errors, prefix=path)) from None
+    where = key_path(path)
+    if "fallback" in values:
+        values["fallback"] = _fallback(values["fallback"], f"{where}.fallback")
+    for field in ("ignore_errors", "failure_errors"):
+        if field in values:
+            values[field] = _regexes(values[field], f"{where}.{field}")
+    return Layer(source, where, MappingProxyType(values))
+
+
+def _fallback(raw: Mapping[str, str] | None, path: str) -> TextFallback | ToolFallback | None:
+    if raw is None:
+        return None
+    if set(raw) == {"text"}:
+        return TextFallback(raw["text"])
+    if set(raw) == {"tool"}:
+        return ToolFallback(raw["tool"])
+    raise ConfigError(f'{path}: expected {{"text": ...}} or {{"tool": "namespace__tool"}}, got keys {sorted(raw)}')
+
+
+def _regexes(raw: Sequence[str] | None, path: str) -> tuple[re.Pattern[str], ...]:
+    out = []
+    for i, pattern in enumerate(raw or ()):
+        try:
+            out.append(re.compile(pattern))
+        except re.error as exc:
+            raise ConfigError(f"{path}[{i}]: invalid regular expression: {exc}") from None
+    return tuple(out)
+
+
+def is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def tool_layers(tools: Sequence[tuple[str, Layer]], tool: str) -> list[Layer]:
+    """The `tools` layers that apply to `tool`, weakest first: globs by length (then file order), then exact."""
+    globs = [(len(p), i, layer) for i, (p, layer) in enumerate(tools) if is_glob(p) and fnmatch.fnmatchcase(tool, p)]
+    exact = [layer for p, layer in tools if not is_glob(p) and p == tool]
+    return [layer for _, _, layer in sorted(globs, key=lambda g: (g[0], g[1]))] + exact
+
+
+def base_layers(environment: str, preset: str | None) -> list[Layer]:
+    """Built-in defaults, environment profile, service preset."""
+    default = CircuitBreakerConfig()
+    builtin: dict[str, Any] = {f: getattr(default, f) for f in BREAKER_FIELDS}
+    builtin |= {"fallback": None, "tool_errors": "failure", "ignore_errors": (), "failure_errors": ()}
+    layers = [Layer("default", "default", builtin), Layer("environment", "environment", ENVIRONMENTS[environment])]
+    if preset is not None:
+        layers.append(Layer("preset", "preset", check_preset(preset).values(environment)))
+    return layers
+
+
+def resolve(name: str, layers: Sequence[Layer]) -> ToolPolicy:
+    """Merge `layers` (weakest first) into a policy named `name`.
+
+    Raises:
+        ConfigError: the merged values contradict each other (e.g. `max_timeout` below `timeout`); the message
+            names the most specific key involved.
+    """
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    paths: dict[str, str] = {}
+    for layer in layers:
+        for field, value in layer.values.items():
+            values[field], sources[field], paths[field] = value, layer.source, layer.path
+    # A longer open period set by the user carries the cap along unless the user set the cap too.
+    if values["timeout"] > values["max_timeout"] and sources["max_timeout"] in _BUILT_IN:
+        values["max_timeout"], sources["max_timeout"] = values["timeout"], sources["timeout"]
+        paths["max_timeout"] = paths["timeout"]
+    try:
+        breaker = CircuitBreakerConfig(name=name, **{f: values[f] for f in BREAKER_FIELDS})
+    except ValidationError as exc:
+        message = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        involved = [f for f in BREAKER_FIELDS if re.search(rf"\b{f}\b", message)]
+        key = max(involved, key=lambda f: _strength(layers, paths[f]), default=None)
+        where = f"{paths[key]}.{key}" if key and sources[key] not in _BUILT_IN else name
+        raise ConfigError(f"{where}: {message}") from None
+    return ToolPolicy(
+        breaker=breaker,
+        call_timeout=breaker.call_timeout,
+        fallback=values["fallback"],
+        tool_errors=values["tool_errors"],
+        ignore_errors=tuple(values["ignore_errors"]),
+        failure_errors=tuple(values["failure_errors"]),
+        sources=MappingProxyType({f: sources[f] for f in POLICY_FIELDS}),
+    )
+
+
+def _strength(layers: Sequence[Layer], path: str) -> int:
+    return next(i for i, layer in enumerate(layers) if layer.path == path)
