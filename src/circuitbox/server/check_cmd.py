@@ -1,0 +1,210 @@
+"""`circuitbox check CONFIG [--connect] [--json] [--environment NAME]`: validate a config, show its policies.
+
+Exit 0: the config is valid (and with `--connect` every enabled downstream listed its tools); 1: valid, but with
+`--connect` a downstream could not be reached (reported on stderr); 2: invalid, with `circuitbox: config error:
+<key>: <problem>` on stderr. Env and header values are never printed; neither are args (they may carry an expanded
+secret) nor the credentials or query of a URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+from circuitbox.server.config import ConfigError, ProxyConfig, ServerConfig, discover_config_path, load_config
+from circuitbox.server.policy import POLICY_FIELDS, ToolPolicy
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "config", nargs="?", help="config file (default: $CIRCUITBOX_CONFIG, ./circuitbox.json, ./circuitbox.toml)"
+    )
+    parser.add_argument("--connect", action="store_true", help="start each downstream, list its tools, stop it")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--environment", help="environment profile when the file names none")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(discover_config_path(args.config), environment=args.environment)
+        tools: dict[str, list[str]] = {}
+        errors: dict[str, str] = {}
+        if args.connect:
+            import anyio
+
+            tools, errors = anyio.run(connect_all, config)
+        report = build_report(config, tools if args.connect else None)
+    except ConfigError as exc:
+        print(f"circuitbox: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_table(config, report, sys.stdout)
+    for server, error in errors.items():
+        print(f"circuitbox: server {server!r} could not be listed: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def policy_json(policy: ToolPolicy) -> dict[str, dict[str, Any]]:
+    return {f: {"value": policy.value(f), "source": policy.sources[f]} for f in POLICY_FIELDS}
+
+
+def build_report(config: ProxyConfig, tools: dict[str, list[str]] | None) -> dict[str, Any]:
+    """The `--json` document; `tools` (server -> tool names) only after `--connect`.
+
+    Raises:
+        ConfigError: a tool's merged policy is contradictory.
+    """
+    servers = []
+    for name, server in config.servers.items():
+        entry: dict[str, Any] = {"server": name, "preset": server.preset, "policy": policy_json(config.policy(name))}
+        entry["tools"] = [
+            {"tool": tool, "policy": policy_json(config.policy(name, tool))} for tool in (tools or {}).get(name, [])
+        ]
+        servers.append(entry)
+    return {"environment": config.environment, "servers": servers}
+
+
+def where(server: ServerConfig) -> str:
+    if server.transport == "stdio":
+        return f"stdio: {server.command}"
+    parts = urlsplit(server.url or "")
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{server.transport}: {parts.scheme}://{host}{port}{parts.path}"
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def print_table(config: ProxyConfig, report: dict[str, Any], out: TextIO) -> None:
+    print(f"environment: {config.environment} (from {config.environment_source})    config: {config.source}", file=out)
+    width = max(len(f) for f in POLICY_FIELDS)
+    for entry in report["servers"]:
+        server = config.servers[entry["server"]]
+        preset = f"{server.preset} ({server.preset_source})" if server.preset else "none"
+        state = "" if server.enabled else "  [disabled]"
+        head = f"server {server.name}  [{where(server)}]  namespace: {server.namespace!r}  preset: {preset}{state}"
+        print(f"\n{head}", file=out)
+        rows = [(f, _show(i["value"]), i["source"]) for f, i in entry["policy"].items()]
+        values = max(len(v) for _, v, _ in rows)
+        print(f"  {'field':<{width}}  {'value':<{values}}  source", file=out)
+        for field, value, source in rows:
+            print(f"  {field:<{width}}  {value:<{values}}  {source}", file=out)
+        for tool in entry["tools"]:
+            differs = [
+                (f, _show(i["value"]), i["source"]) for f, i in tool["policy"].items() if i != entry["policy"][f]
+            ]
+            print(f"  tool {tool['tool']}: as the server{', except' if differs else ''}", file=out)
+            for field, value, source in differs:
+                print(f"    {field:<{width}}  {value:<{values}}  {source}", file=out)
+
+
+async def connect_all(config: ProxyConfig) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """List the tools of every enabled server at once; (tools per server, error per server that failed)."""
+    import anyio
+
+    tools: dict[str, list[str]] = {}
+    errors: dict[str, str] = {}
+
+    async def one(server: ServerConfig) -> None:
+        try:
+            tools[server.name] = await list_tools(server)
+        except Exception as exc:  # any failure of one downstream is a report line, never a crash
+            errors[server.name] = describe(exc)
+
+    async with anyio.create_task_group() as tg:
+        for server in config.servers.values():
+            if server.enabled:
+                tg.start_soon(one, server)
+    order = list(config.servers)
+    return dict(sorted(tools.items(), key=lambda i: order.index(i[0]))), errors
+
+
+async def list_tools(server: ServerConfig) -> list[str]:
+    """Start `server`, list its tools (every page), stop it; all within its `startup_timeout`.
+
+    Raises:
+        TimeoutError: it took longer than `startup_timeout`.
+        Exception: whatever the transport or the session raised.
+    """
+    import anyio
+    from mcp import ClientSession
+
+    with tempfile.TemporaryFile("w+") as errlog:
+        try:
+            with anyio.fail_after(server.startup_timeout):
+                async with _transport(server, errlog) as (read, write), ClientSession(read, write) as session:
+                    await session.initialize()
+                    return await _all_tools(session)
+        except TimeoutError:
+            raise TimeoutError(f"no tool list within startup_timeout ({server.startup_timeout:g}s)") from None
+        except Exception as exc:
+            errlog.seek(0)
+            lines = [line for line in errlog.read().splitlines() if line.strip()]
+            if lines:  # the child's own last words say more than a closed pipe
+                raise RuntimeError(f"{describe(exc)}; its stderr ended with: {lines[-1].strip()}") from exc
+            raise
+
+
+async def _all_tools(session: Any) -> list[str]:
+    import mcp_types as types
+
+    names: list[str] = []
+    cursor: str | None = None
+    while True:
+        params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+        result = await session.list_tools(params=params)
+        names += [tool.name for tool in result.tools]
+        cursor = result.next_cursor
+        if not cursor:
+            return names
+
+
+@asynccontextmanager
+async def _transport(server: ServerConfig, errlog: TextIO) -> AsyncIterator[tuple[Any, Any]]:
+    if server.transport == "stdio":
+        from mcp import StdioServerParameters, stdio_client
+
+        assert server.command is not None
+        params = StdioServerParameters(
+            command=server.command, args=list(server.args), env=dict(server.env) or None, cwd=server.cwd
+        )
+        async with stdio_client(params, errlog=errlog) as (read, write):
+            yield read, write
+    elif server.transport == "sse":
+        from mcp.client.sse import sse_client
+
+        async with sse_client(str(server.url), headers=dict(server.headers) or None) as streams:
+            yield streams[0], streams[1]
+    else:
+        from mcp.client.streamable_http import streamable_http_client
+        from mcp.shared._httpx_utils import create_mcp_http_client
+
+        async with (
+            create_mcp_http_client(headers=dict(server.headers) or None) as client,
+            streamable_http_client(str(server.url), http_client=client) as streams,
+        ):
+            yield streams[0], streams[1]
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an error, unwrapping the exception groups the SDK's task groups produce."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
