@@ -10,7 +10,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from circuitbox.breakers._core import _OPEN
 from circuitbox.breakers._errors import CircuitOpenError
-from circuitbox.breakers._permit import Permit, Rejection
+from circuitbox.breakers._permit import FAILURE, IGNORED, RELEASED, SUCCESS, Permit, Rejection
 from circuitbox.breakers._protocol import BreakerProtocol
 
 P = ParamSpec("P")
@@ -39,7 +39,7 @@ class CircuitBreaker(BreakerProtocol):
         """
         permit: Permit | None = None
         if self._passing:
-            # Same decisions as acquire(), but the Permit is only built if the outcome needs the general path.
+            # Same decision as acquire(), without building a Permit: this one never leaves this frame.
             generation = self._generation
             start = self._clock() if self._timed else None
         else:
@@ -64,20 +64,20 @@ class CircuitBreaker(BreakerProtocol):
         try:
             result = await fn(*args, **kwargs)
         except self._excluded:
-            (permit or Permit(self, generation, start)).ignored()
+            self._settle(generation, start, permit, IGNORED, "", None)
             raise
         except Exception as exc:
             kind = "timeout" if isinstance(exc, TimeoutError) else "exception"
-            (permit or Permit(self, generation, start)).failure(kind, exc)
+            self._settle(generation, start, permit, FAILURE, kind, exc)
             raise
         except BaseException:
-            (permit or Permit(self, generation, start)).release()
+            self._settle(generation, start, permit, RELEASED, "", None)
             raise
-        if permit is None and self._fast_record and generation == self._generation:
+        if self._fast_record and generation == self._generation:
             self._consecutive = 0
             self._window.success()
         else:
-            (permit or Permit(self, generation, start)).success()
+            self._settle(generation, start, permit, SUCCESS, "", None)
         return result
 
     def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:

@@ -47,7 +47,7 @@ class Permit:
             b._consecutive = 0
             b._window.success()
         else:
-            b._settle(self, SUCCESS, "", None)
+            b._settle(self._generation, self._start, self, SUCCESS, "", None)
 
     def failure(self, kind: str = "exception", error: BaseException | str | None = None) -> None:
         """The call failed; `kind` classifies it ("timeout", "transport", "protocol", "tool_error", ...).
@@ -78,7 +78,7 @@ class Permit:
         if b is None:
             raise PermitError("this permit's outcome was already reported")
         self._breaker = None
-        b._settle(self, outcome, kind, error)
+        b._settle(self._generation, self._start, self, outcome, kind, error)
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,10 +102,20 @@ class BreakerProtocol(BreakerCore):
         self._open(now, "probe timed out", backoff=True)
         return True
 
-    def _settle(self, permit: Permit, outcome: int, kind: str, error: BaseException | str | None) -> None:
-        """Apply one outcome (the general path; Permit.success handles the plain closed case itself)."""
+    def _settle(
+        self,
+        generation: int,
+        start: float | None,
+        probe: Permit | None,
+        outcome: int,
+        kind: str,
+        error: BaseException | str | None,
+    ) -> None:
+        """Apply the outcome of a call admitted in `generation` at `start` (the general path).
+
+        `probe` is the permit (None when `call()` admitted it without one, which never happens in half-open).
+        """
         now = self._clock()
-        start = permit._start
         duration = now - start if start is not None else 0.0
         limit = self._slow
         slow = limit is not None and outcome <= FAILURE and start is not None and duration >= limit
@@ -119,10 +129,11 @@ class BreakerProtocol(BreakerCore):
             elif outcome == IGNORED:
                 deliver(listeners, CallIgnored(self.name, now, duration))
         state = self._state
-        if permit._generation != self._generation or state is _DISABLED:
+        if generation != self._generation or state is _DISABLED:
             return  # stale (its state has ended) or disabled: nothing is recorded
         if state is _HALF_OPEN:
-            del self._probes[permit]
+            assert probe is not None  # half-open admits through acquire() only
+            del self._probes[probe]
             self._rejection = None
             if outcome == SUCCESS:
                 self._probe_successes += 1
