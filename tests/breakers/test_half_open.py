@@ -245,3 +245,12 @@ def test_rejections_are_announced_with_state_and_retry_after(clock: FakeClock) -
     clock.advance(3)
     reject(breaker.acquire())
     assert events.of(CallRejected) == [CallRejected("svc", 3, S.OPEN, 7)]
+
+
+def test_reconfiguring_half_open_timeout_moves_the_retry_after_of_a_full_half_open(clock: FakeClock) -> None:
+    breaker = tripped(clock, half_open_max_calls=1, half_open_timeout=5)
+    clock.advance(10)
+    admit(breaker.acquire())
+    assert reject(breaker.acquire()).retry_after == 5
+    breaker.reconfigure(breaker.config.model_copy(update={"half_open_timeout": 8.0}))
+    assert reject(breaker.acquire()).retry_after == 8

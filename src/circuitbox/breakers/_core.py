@@ -202,6 +202,7 @@ class BreakerCore:
             config = config.model_copy(update={"name": self.name})
         if _shape(config) != _shape(self.config):
             self._window = _make_window(config)
+        self._rejection = None  # its deadline may depend on the old half_open_timeout
         self._apply(config)
 
     # -- listeners -------------------------------------------------------------------------------------------
