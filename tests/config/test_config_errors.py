@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from circuitbox.server.config import ConfigError, load_config, parse_config
-
 from tests.config.support import check, write
 
 

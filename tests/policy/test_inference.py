@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from circuitbox.breakers._profiles import infer_preset
-
 from tests.config.support import one
 
 

@@ -9,7 +9,6 @@ import pytest
 
 from circuitbox.server.config import ConfigError, parse_config
 from circuitbox.server.policy import POLICY_FIELDS, TextFallback, ToolFallback
-
 from tests.config.support import one
 
 
