@@ -118,3 +118,18 @@ def test_export_json_holds_the_summary_and_every_snapshot(clock: FakeClock) -> N
 def test_the_process_wide_manager_is_one_registry() -> None:
     manager = get_circuit_breaker_manager()
     assert isinstance(manager, BreakerRegistry) and manager is get_circuit_breaker_manager()
+
+
+def test_the_seed_imports_work_from_the_package() -> None:
+    import circuitbox.breakers as breakers
+
+    assert set(breakers.__all__) >= {
+        "CircuitBreaker",
+        "CircuitBreakerConfig",
+        "CircuitOpenError",
+        "CircuitState",
+        "BreakerRegistry",
+        "get_circuit_breaker_manager",
+        "profile",
+    }
+    assert all(hasattr(breakers, name) for name in breakers.__all__)

@@ -15,6 +15,7 @@ from circuitbox.breakers._events import (
     StateTransition,
 )
 from circuitbox.breakers._permit import Permit, Rejection
+from circuitbox.breakers._profiles import profile
 from circuitbox.breakers._registry import BreakerRegistry, get_circuit_breaker_manager
 from circuitbox.breakers._snapshot import BreakerSnapshot
 from circuitbox.breakers._state import TRANSITIONS, CircuitState
@@ -42,4 +43,5 @@ __all__ = [
     "Rejection",
     "StateTransition",
     "get_circuit_breaker_manager",
+    "profile",
 ]
