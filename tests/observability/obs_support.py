@@ -50,11 +50,12 @@ async def trip(breaker: CircuitBreaker, clock: FakeClock) -> None:
     permit = breaker.acquire()
     assert not permit.rejected
     clock.advance(0.001)
-    permit.ignored()  # type: ignore[union-attr]
+    permit.ignored()
     for kind in ("timeout", "transport"):
         permit = breaker.acquire()
+        assert not permit.rejected
         clock.advance(0.04)
-        permit.failure(kind, "it broke")  # type: ignore[union-attr]
+        permit.failure(kind, "it broke")
     with suppress(Boom):
         await breaker.call(taking, clock, 0.04, fail=True)
     assert str(breaker.state) == "open"

@@ -36,9 +36,10 @@ async def test_the_open_duration_runs_from_the_opening_through_half_open_and_sto
 
         clock.advance(11)
         permit = breaker.acquire()  # half_open now; the duration keeps running
+        assert not permit.rejected
         wall.advance(5)
         assert value(samples((await scrape(url)).text), "circuit_breaker_open_duration_seconds", **PS) == 80
-        permit.success()  # type: ignore[union-attr]
+        permit.success()
         found = samples((await scrape(url)).text)
     assert value(found, "circuit_breaker_state", **PS) == 0
     assert value(found, "circuit_breaker_open_duration_seconds", **PS) == 0
