@@ -242,8 +242,6 @@ def problem(error: Mapping[str, Any], known: Sequence[str] = ()) -> str:
     if kind == "extra_forbidden":
         close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
         return "unknown key" + (f" (did you mean {close[0]}?)" if close else "")
-    if kind == "missing":
-        return "required"
     if kind in _EXPECTED:
         return f"{_EXPECTED[kind]}, got {_got(error.get('input'))}"
     message = str(error["msg"])

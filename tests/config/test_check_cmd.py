@@ -1,0 +1,270 @@
+"""`circuitbox check`: the policy table and JSON, `--connect` against real downstreams, secrets never shown."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+
+from circuitbox.server import check_cmd
+from circuitbox.server.config import parse_config
+from circuitbox.server.policy import POLICY_FIELDS
+from tests.config.support import check, time_server, write
+
+SECRET_ENV = "hunter2-env-value"
+SECRET_HEADER = "hunter2-header-value"
+SECRET_URL = "hunter2-url-password"
+SECRET_ARG = "hunter2-arg-value"
+
+
+def secret_config() -> dict[str, Any]:
+    return {
+        "environment": "staging",
+        "mcpServers": {
+            "time": {
+                **time_server(),
+                "env": {"API_TOKEN": SECRET_ENV},
+                "tools": {"get_*": {"call_timeout": 5}, "convert_time": {"fallback": {"text": "clocks are down"}}},
+            },
+            "slack": {
+                "url": f"http://bot:{SECRET_URL}@127.0.0.1:1/mcp?token={SECRET_URL}",
+                "headers": {"Authorization": f"Bearer {SECRET_HEADER}"},
+                "enabled": False,
+            },
+            "tools": {"command": "some-server", "args": [f"--token={SECRET_ARG}"], "preset": "none"},
+        },
+    }
+
+
+def namespace(config: Path | None, **flags: Any) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    check_cmd.add_arguments(parser)
+    args = parser.parse_args([str(config)] if config else [])
+    for key, value in flags.items():
+        setattr(args, key, value)
+    return args
+
+
+def assert_no_secrets(text: str) -> None:
+    for secret in (SECRET_ENV, SECRET_HEADER, SECRET_URL, SECRET_ARG):
+        assert secret not in text
+
+
+def test_the_table_shows_every_field_with_its_source_and_the_preset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert check_cmd.run(namespace(write(tmp_path, secret_config()))) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("environment: staging (from config)    config: ")
+    assert (
+        "server slack  [http: http://127.0.0.1:1/mcp]  namespace: 'slack'  preset: slack (inferred)  [disabled]" in out
+    )
+    assert "server tools  [stdio: some-server]  namespace: 'tools'  preset: none" in out
+    slack = out.split("server slack")[1].split("server tools")[0]
+    assert [line.split()[0] for line in slack.splitlines()[2:] if line.strip()] == list(POLICY_FIELDS)
+    assert "  call_timeout              15       preset" in slack
+    assert "  timeout                   90       environment" in slack
+    assert "  ignore_errors             []       default" in slack
+    assert "  slow_call_duration        5        preset" in slack
+    assert_no_secrets(out + err)
+
+
+def test_the_json_has_exactly_the_documented_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert check_cmd.run(namespace(write(tmp_path, secret_config()), json=True)) == 0
+    out, _ = capsys.readouterr()
+    report = json.loads(out)
+    assert set(report) == {"environment", "servers"}
+    assert report["environment"] == "staging"
+    assert [s["server"] for s in report["servers"]] == ["time", "slack", "tools"]
+    assert [s["preset"] for s in report["servers"]] == [None, "slack", None]
+    for server in report["servers"]:
+        assert set(server) == {"server", "preset", "policy", "tools"}
+        assert list(server["policy"]) == list(POLICY_FIELDS)
+        assert all(set(item) == {"value", "source"} for item in server["policy"].values())
+        assert server["tools"] == []  # only with --connect
+    assert report["servers"][1]["policy"]["failure_threshold"] == {"value": 5, "source": "preset"}
+    assert report["servers"][0]["policy"]["fallback"] == {"value": None, "source": "default"}
+    assert_no_secrets(out)
+
+
+def test_check_connect_lists_the_tools_of_a_real_stdio_downstream_with_their_policies(tmp_path: Path) -> None:
+    config = secret_config()
+    del config["mcpServers"]["tools"]  # not a real server
+    done = check(str(write(tmp_path, config)), "--connect", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    report = json.loads(done.stdout)
+    time_entry = report["servers"][0]
+    tools = {t["tool"]: t["policy"] for t in time_entry["tools"]}
+    assert set(tools) == {"get_current_time", "convert_time"}
+    assert tools["get_current_time"]["call_timeout"] == {"value": 5.0, "source": "tool:get_*"}
+    assert tools["convert_time"]["fallback"] == {"value": {"text": "clocks are down"}, "source": "tool:convert_time"}
+    assert tools["convert_time"]["call_timeout"] == {"value": 30.0, "source": "default"}
+    assert report["servers"][1]["tools"] == []  # disabled: not started
+    assert_no_secrets(done.stdout + done.stderr)
+
+
+def test_check_connect_as_a_table_shows_what_differs_per_tool(tmp_path: Path) -> None:
+    config = {"environment": "testing", "mcpServers": {"time": {**time_server(), "tools": {"get_*": {"jitter": 0}}}}}
+    done = check(str(write(tmp_path, config)), "--connect", "--environment", "production")
+    assert done.returncode == 0, done.stderr
+    assert "environment: testing (from config)" in done.stdout
+    assert "  tool get_current_time: as the server, except\n    jitter" in done.stdout
+    assert "  tool convert_time: as the server\n" in done.stdout
+
+
+def test_the_environment_flag_applies_when_the_file_names_none(tmp_path: Path) -> None:
+    done = check(str(write(tmp_path, {"mcpServers": {"a": {"command": "x"}}})), "--json", "--environment", "testing")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["environment"] == "testing"
+    assert report["servers"][0]["policy"]["failure_threshold"] == {"value": 20, "source": "environment"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+SSE_SERVER = """
+import sys, uvicorn
+from mcp.server import MCPServer
+app = MCPServer("sse-test")
+
+@app.tool()
+def ping() -> str:
+    return "pong"
+
+uvicorn.run(app.sse_app(), host="127.0.0.1", port=int(sys.argv[1]), log_level="error")
+"""
+
+
+def serve(args: list[str], port: int) -> Iterator[None]:
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with anyio.from_thread.start_blocking_portal() as portal:
+            portal.call(_wait_for_port, port)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def http_chaos() -> Iterator[str]:
+    """The bundled chaos server over streamable HTTP; yields its /mcp URL."""
+    port = free_port()
+    chaos = [sys.executable, "-m", "circuitbox", "chaos", "--transport", "http", "--port", str(port)]
+    yield from (f"http://127.0.0.1:{port}/mcp" for _ in serve([*chaos, "--tool", "echo=healthy"], port))
+
+
+@pytest.fixture
+def sse_server() -> Iterator[str]:
+    """A one-tool SDK server over SSE; yields its /sse URL."""
+    port = free_port()
+    yield from (f"http://127.0.0.1:{port}/sse" for _ in serve([sys.executable, "-c", SSE_SERVER, str(port)], port))
+
+
+async def _wait_for_port(port: int) -> None:
+    with anyio.fail_after(30):
+        while True:
+            try:
+                stream = await anyio.connect_tcp("127.0.0.1", port)
+            except OSError:
+                await anyio.sleep(0.05)
+            else:
+                await stream.aclose()
+                return
+
+
+FAILING = {
+    "crashes": {"command": sys.executable, "args": ["-c", "import sys; sys.stderr.write('boom: no licence\\n')"]},
+    "silent": {"command": sys.executable, "args": ["-c", "pass"]},
+    "hangs": {"command": sys.executable, "args": ["-c", "import time; time.sleep(60)"], "startup_timeout": 0.5},
+    "refused": {"url": f"http://127.0.0.1:{free_port()}/mcp", "headers": {"X-Key": SECRET_HEADER}},
+    "refused_sse": {"type": "sse", "url": f"http://127.0.0.1:{free_port()}/sse"},
+}
+
+
+@pytest.mark.anyio
+async def test_connect_reports_each_downstream_that_fails_and_lists_the_others(
+    http_chaos: str, sse_server: str
+) -> None:
+    off = {"command": "never-started", "enabled": False}
+    servers = {"web": {"url": http_chaos}, **FAILING, "off": off, "events": {"type": "sse", "url": sse_server}}
+    config = parse_config({"mcpServers": servers}, env={})
+    with anyio.fail_after(60):
+        tools, errors = await check_cmd.connect_all(config)
+    assert list(tools) == ["web", "events"]
+    assert "echo" in tools["web"]
+    assert tools["events"] == ["ping"]
+    assert set(errors) == set(FAILING)
+    assert errors["crashes"].endswith("its stderr ended with: boom: no licence")
+    assert errors["hangs"] == "TimeoutError: no tool list within startup_timeout (0.5s)"
+    assert errors["silent"].startswith("MCPError")
+    assert "Connect" in errors["refused"] and "Connect" in errors["refused_sse"]
+    assert SECRET_HEADER not in str(errors)
+
+
+def test_the_table_lists_each_tool_with_only_what_differs_from_its_server(tmp_path: Path) -> None:
+    config = parse_config({"mcpServers": {"s": {"command": "x", "tools": {"a*": {"jitter": 0}}}}}, env={})
+    out = io.StringIO()
+    check_cmd.print_table(config, check_cmd.build_report(config, {"s": ["abc", "xyz"]}), out)
+    text = out.getvalue()
+    assert "  tool abc: as the server, except\n    jitter                    0        tool:a*\n" in text
+    assert text.endswith("  tool xyz: as the server\n")
+
+
+def test_a_downstream_that_fails_under_connect_exits_1_with_a_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, {"mcpServers": {"silent": FAILING["silent"]}})
+    assert check_cmd.run(namespace(path, connect=True)) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("environment: production")
+    assert err.startswith("circuitbox: server 'silent' could not be listed: MCPError")
+
+
+def test_a_config_error_under_connect_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert check_cmd.run(namespace(write(tmp_path, {"mcpServers": {}}), connect=True)) == 2
+    assert capsys.readouterr().err == "circuitbox: config error: mcpServers: no servers configured\n"
+
+
+class Pages:
+    """A session stand-in that serves its tools two per page."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.cursors: list[str | None] = []
+
+    async def list_tools(self, *, params: types.PaginatedRequestParams | None = None) -> types.ListToolsResult:
+        cursor = params.cursor if params else None
+        self.cursors.append(cursor)
+        start = int(cursor or 0)
+        page = [types.Tool(name=n, input_schema={"type": "object"}) for n in self.names[start : start + 2]]
+        more = start + 2 < len(self.names)
+        return types.ListToolsResult(tools=page, next_cursor=str(start + 2) if more else None)
+
+
+@pytest.mark.anyio
+async def test_listing_follows_every_page() -> None:
+    session = Pages(["a", "b", "c", "d", "e"])
+    assert await check_cmd._all_tools(session) == ["a", "b", "c", "d", "e"]
+    assert session.cursors == [None, "2", "4"]
+
+
+def test_an_error_is_described_in_one_line_without_its_groups() -> None:
+    nested = ExceptionGroup("outer", [ExceptionGroup("inner", [OSError("line one\nline two")])])
+    assert check_cmd.describe(nested) == "OSError: line one"
+    assert check_cmd.describe(ValueError()) == "ValueError"
