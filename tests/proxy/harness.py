@@ -108,3 +108,17 @@ async def wait_for_port(port: int, limit: float = 30) -> None:
 def everything_http_args(transport: str) -> list[str]:
     node = shutil.which("node") or "node"
     return [node, "--require", str(Path(__file__).with_name("loopback.cjs")), str(EVERYTHING), transport]
+
+
+def pid_of(config_path: Path) -> int:
+    """The PID of the `circuitbox serve` process started with `config_path` (unique per test)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in cmdline and str(config_path).encode() in cmdline:
+            return int(entry.name)
+    raise LookupError(f"no circuitbox serve process for {config_path}")

@@ -137,8 +137,8 @@ class Downstream:
                     self.session, self.state, self.last_error = session, Connection.CONNECTED, None
                     self.connects += 1
                     logger.info("server %r connected with %d tools", self.name, len(self.listing.tools))
+                    await self._announce()  # before anyone waiting on the first attempt lists the catalog
                     self.first_attempt_done.set()
-                    await self._announce()
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self._refresh_loop, session)
                         await closed.wait()

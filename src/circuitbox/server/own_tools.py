@@ -37,6 +37,7 @@ _SNAPSHOT = {
         "retry_after": {"type": ["number", "null"]},
         "last_error": {"type": ["string", "null"]},
         "health_score": {"type": "number"},
+        "policy": {"type": "object"},
     },
     "required": ["server", "tool", "state"],
 }
@@ -165,8 +166,25 @@ def _filtered(proxy: Proxy, args: dict[str, Any]) -> list[tuple[str, str, Any]]:
     return rows
 
 
-def _row(server: str, tool: str, snapshot: Any) -> dict[str, Any]:
-    return {"server": server, "tool": tool, **snapshot.to_dict()}
+# The thresholds shown beside each breaker's state, so an operator sees what applies after circuit_configure.
+POLICY_FIELDS = (
+    "failure_threshold",
+    "success_threshold",
+    "timeout",
+    "half_open_max_calls",
+    "failure_rate_threshold",
+    "minimum_calls",
+    "slow_call_duration",
+    "call_timeout",
+)
+
+
+def _row(server: str, tool: str, snapshot: Any, proxy: Proxy | None = None) -> dict[str, Any]:
+    row = {"server": server, "tool": tool, **snapshot.to_dict()}
+    breaker = proxy.find_breaker(server, tool) if proxy is not None else None
+    if breaker is not None:
+        row["policy"] = {field: getattr(breaker.config, field) for field in POLICY_FIELDS}
+    return row
 
 
 def _answer(text: str, data: dict[str, Any]) -> types.CallToolResult:
@@ -174,7 +192,7 @@ def _answer(text: str, data: dict[str, Any]) -> types.CallToolResult:
 
 
 async def circuit_status(proxy: Proxy, args: dict[str, Any]) -> types.CallToolResult:
-    breakers = [_row(*row) for row in _filtered(proxy, args)]
+    breakers = [_row(*row, proxy) for row in _filtered(proxy, args)]
     servers = [proxy.server_status(name) for name in proxy.downstreams if args.get("server") in (None, name)]
     data = {"breakers": breakers, "servers": servers, "summary": proxy.registry.summary()}
     lines = [
@@ -194,7 +212,7 @@ async def circuit_status(proxy: Proxy, args: dict[str, Any]) -> types.CallToolRe
 
 async def circuit_metrics(proxy: Proxy, args: dict[str, Any]) -> types.CallToolResult:
     rows = _filtered(proxy, args)
-    tools = [{**_row(srv, tool, snap), **proxy.tool_stats(srv, tool)} for srv, tool, snap in rows]
+    tools = [{**_row(srv, tool, snap, proxy), **proxy.tool_stats(srv, tool)} for srv, tool, snap in rows]
     per_server: dict[str, list[float]] = {}
     for entry in tools:
         per_server.setdefault(entry["server"], []).append(entry["health_score"])
@@ -211,7 +229,7 @@ async def circuit_reset(proxy: Proxy, args: dict[str, Any]) -> types.CallToolRes
         if breaker is not None:
             breaker.reset()
             proxy.audit("reset", server, tool, str(snap.state), "closed")
-            changed.append(_row(server, tool, breaker.snapshot()))
+            changed.append(_row(server, tool, breaker.snapshot(), proxy))
     return _answer(f"Reset {len(changed)} breaker(s).", {"changed": changed})
 
 
@@ -239,7 +257,7 @@ async def circuit_force(proxy: Proxy, args: dict[str, Any]) -> types.CallToolRes
         else:
             breaker.force(_FORCE_STATES[target])
         proxy.audit("force", server, name, before, str(breaker.state))
-        changed.append(_row(server, name, breaker.snapshot()))
+        changed.append(_row(server, name, breaker.snapshot(), proxy))
     return _answer(f"{len(changed)} breaker(s) now {target}.", {"changed": changed})
 
 

@@ -244,6 +244,9 @@ class Proxy:
             MCPError: unknown tool, or the downstream rejected the arguments.
         """
         found = self.catalog.tools.get(name)
+        if found is None and not all(d.first_attempt_done.is_set() for d in self.downstreams.values()):
+            await self.wait_first_attempts()  # an agent may call a tool it knows before its server is up
+            found = self.catalog.tools.get(name)
         if found is None:
             raise MCPError(
                 code=types.INVALID_PARAMS,
