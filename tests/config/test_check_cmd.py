@@ -16,6 +16,7 @@ import anyio
 import mcp_types as types
 import pytest
 
+from circuitbox.breakers._profiles import PRESETS
 from circuitbox.server import check_cmd
 from circuitbox.server.config import parse_config
 from circuitbox.server.policy import POLICY_FIELDS
@@ -71,7 +72,8 @@ def test_the_table_shows_every_field_with_its_source_and_the_preset(
     )
     assert "server tools  [stdio: some-server]  namespace: 'tools'  preset: none" in out
     slack = out.split("server slack")[1].split("server tools")[0]
-    assert [line.split()[0] for line in slack.splitlines()[2:] if line.strip()] == list(POLICY_FIELDS)
+    assert slack.splitlines()[1] == f"  ({PRESETS['slack'].doc})"  # why the preset's values are what they are
+    assert [line.split()[0] for line in slack.splitlines()[3:] if line.strip()] == list(POLICY_FIELDS)
     assert "  call_timeout              15       preset" in slack
     assert "  timeout                   90       environment" in slack
     assert "  ignore_errors             []       default" in slack

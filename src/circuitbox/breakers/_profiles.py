@@ -58,127 +58,45 @@ class Preset:
         return {"failure_threshold": self.failure_threshold(environment), **self.tuning}
 
 
-def _p(name: str, low: int, high: int, call: float, slow: float, keywords: str, doc: str) -> Preset:
-    tuning = {"call_timeout": call, "slow_call_duration": slow}
-    return Preset(name, low, high, doc, tuning, tuple(keywords.split()))
-
+# fmt: off
+_TABLE: tuple[tuple[str, int, int, float, float, str, str], ...] = (
+    # name, failure-threshold range, call_timeout, slow_call_duration, inference keywords, why
+    ("claude", 2, 5, 60, 30, "claude anthropic",
+     "Anthropic's API: a paid, reliable chat API, so trip early; a long answer may take a minute to generate."),
+    ("openai", 2, 5, 60, 30, "openai gpt chatgpt",
+     "OpenAI's API (alias gpt-4): like claude, trip early to save cost; a minute per generation."),
+    ("gemini", 3, 8, 60, 30, "gemini",
+     "Google Gemini: experimental models fail more often, so more failures are tolerated."),
+    ("deepseek", 2, 5, 120, 60, "deepseek",
+     "DeepSeek: reasoning models think before answering, so calls get two minutes before they time out."),
+    ("groq", 2, 3, 15, 5, "groq",
+     "Groq: fast inference is the point of the service, so a slow call is already a failure sign (15 s)."),
+    ("ollama", 15, 50, 300, 120, "ollama",
+     "Ollama: a local model is slow (loading weights, CPU inference) and free, so many failures are tolerated "
+     "and calls get five minutes; two minutes counts as slow."),
+    ("docker", 3, 8, 120, 60, "docker",
+     "Docker: image pulls and builds take minutes, so calls get two minutes."),
+    ("kubernetes", 3, 10, 60, 30, "kubernetes kubectl k8s kube",
+     "Kubernetes: cluster operations wait on the API server and on rollouts; a minute per call."),
+    ("desktop-commander", 5, 30, 120, 60, "desktop-commander desktopcommander",
+     "Desktop Commander: shell commands fail for ordinary reasons (a bad path, a non-zero exit) that say "
+     "nothing about the server's health, so many failures are tolerated; commands may run two minutes."),
+    ("prometheus", 2, 5, 15, 5, "prometheus promql",
+     "Prometheus: queries answer in milliseconds when healthy, so 15 s is generous and 5 s is slow."),
+    ("slack", 3, 8, 15, 5, "slack",
+     "Slack: a chat API that answers fast (15 s deadline) but rate-limits, so a few failures are tolerated."),
+    ("s3", 2, 5, 60, 30, "s3 minio",
+     "S3 / MinIO: storage should not fail; large objects take time, so a minute per call."),
+    ("security-scanner", 3, 10, 600, 300,
+     "security-scanner security-scan semgrep trivy bandit snyk grype gitleaks trufflehog codeql",
+     "Security scanners (semgrep, trivy, bandit, ...): a scan of a repository or an image takes minutes, so "
+     "calls get ten minutes and five count as slow."),
+)
+# fmt: on
 
 PRESETS: Mapping[str, Preset] = {
-    p.name: p
-    for p in (
-        _p(
-            "claude",
-            2,
-            5,
-            60,
-            30,
-            "claude anthropic",
-            "Anthropic's API: a paid, reliable chat API, so trip early; a long answer may take a minute to generate.",
-        ),
-        _p(
-            "openai",
-            2,
-            5,
-            60,
-            30,
-            "openai gpt chatgpt",
-            "OpenAI's API (alias gpt-4): like claude, trip early to save cost; a minute per generation.",
-        ),
-        _p(
-            "gemini",
-            3,
-            8,
-            60,
-            30,
-            "gemini",
-            "Google Gemini: experimental models fail more often, so more failures are tolerated.",
-        ),
-        _p(
-            "deepseek",
-            2,
-            5,
-            120,
-            60,
-            "deepseek",
-            "DeepSeek: reasoning models think before answering, so calls get two minutes before they time out.",
-        ),
-        _p(
-            "groq",
-            2,
-            3,
-            15,
-            5,
-            "groq",
-            "Groq: fast inference is the point of the service, so a slow call is already a failure sign (15 s).",
-        ),
-        _p(
-            "ollama",
-            15,
-            50,
-            300,
-            120,
-            "ollama",
-            "Ollama: a local model is slow (loading weights, CPU inference) and free, so many failures are "
-            "tolerated and calls get five minutes; two minutes counts as slow.",
-        ),
-        _p("docker", 3, 8, 120, 60, "docker", "Docker: image pulls and builds take minutes, so calls get two minutes."),
-        _p(
-            "kubernetes",
-            3,
-            10,
-            60,
-            30,
-            "kubernetes kubectl k8s kube",
-            "Kubernetes: cluster operations wait on the API server and rollouts; a minute per call.",
-        ),
-        _p(
-            "desktop-commander",
-            5,
-            30,
-            120,
-            60,
-            "desktop-commander desktopcommander",
-            "Desktop Commander: local shell commands fail for ordinary reasons (a bad path, a non-zero exit) that "
-            "say nothing about the server's health, so many failures are tolerated; commands may run two minutes.",
-        ),
-        _p(
-            "prometheus",
-            2,
-            5,
-            15,
-            5,
-            "prometheus promql",
-            "Prometheus: queries answer in milliseconds when healthy, so 15 s is generous and 5 s is slow.",
-        ),
-        _p(
-            "slack",
-            3,
-            8,
-            15,
-            5,
-            "slack",
-            "Slack: a chat API that answers fast (15 s deadline) but rate-limits, so a few failures are tolerated.",
-        ),
-        _p(
-            "s3",
-            2,
-            5,
-            60,
-            30,
-            "s3 minio",
-            "S3 / MinIO: storage should not fail; large objects take time, so a minute per call.",
-        ),
-        _p(
-            "security-scanner",
-            3,
-            10,
-            600,
-            300,
-            "security-scanner security-scan semgrep trivy bandit snyk grype gitleaks trufflehog codeql",
-            "Security scanners (semgrep, trivy, bandit, ...): a scan of a repository or image takes minutes, so "
-            "calls get ten minutes and five count as slow.",
-        ),
-    )
+    name: Preset(name, low, high, doc, {"call_timeout": call, "slow_call_duration": slow}, tuple(words.split()))
+    for name, low, high, call, slow, words, doc in _TABLE
 }
 """The thirteen service presets (DESIGN.md), each explained in its `doc`."""
 

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+from circuitbox.breakers._profiles import PRESETS
 from circuitbox.server.config import ConfigError, ProxyConfig, ServerConfig, discover_config_path, load_config
 from circuitbox.server.policy import POLICY_FIELDS, ToolPolicy
 
@@ -100,6 +101,8 @@ def print_table(config: ProxyConfig, report: dict[str, Any], out: TextIO) -> Non
         state = "" if server.enabled else "  [disabled]"
         head = f"server {server.name}  [{where(server)}]  namespace: {server.namespace!r}  preset: {preset}{state}"
         print(f"\n{head}", file=out)
+        if server.preset:
+            print(f"  ({PRESETS[server.preset].doc})", file=out)
         rows = [(f, _show(i["value"]), i["source"]) for f, i in entry["policy"].items()]
         values = max(len(v) for _, v, _ in rows)
         print(f"  {'field':<{width}}  {'value':<{values}}  source", file=out)
