@@ -172,6 +172,16 @@ def test_repr_and_str_never_show_env_or_header_values() -> None:
     assert "'Authorization': '***'" in repr(config.servers["k8s"])
 
 
+def test_repr_shows_neither_args_nor_url_credentials_where_an_expanded_secret_may_hide() -> None:
+    entries = {"a": {"command": "srv", "args": ["--token=${T}"]}, "b": {"url": "https://u:${T}@h:8443/mcp?k=${T}#${T}"}}
+    config = parse_config({"mcpServers": entries}, env={"T": "expanded-secret"})
+    a, b = config.servers.values()
+    assert repr(a).startswith("ServerConfig(name='a', target='stdio: srv', args=<1>, env={}, headers={}")
+    assert b.target() == "http: https://h:8443/mcp"
+    assert "expanded-secret" not in repr(config)
+    assert b.url == "https://u:expanded-secret@h:8443/mcp?k=expanded-secret#expanded-secret"
+
+
 def test_json_and_toml_files_load_the_same(tmp_path: Path) -> None:
     toml = """
 environment = "staging"

@@ -15,7 +15,6 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TextIO
-from urllib.parse import urlsplit
 
 from circuitbox.breakers._profiles import PRESETS
 from circuitbox.server.config import ConfigError, ProxyConfig, ServerConfig, discover_config_path, load_config
@@ -73,15 +72,6 @@ def build_report(config: ProxyConfig, tools: dict[str, list[str]] | None) -> dic
     return {"environment": config.environment, "servers": servers}
 
 
-def where(server: ServerConfig) -> str:
-    if server.transport == "stdio":
-        return f"stdio: {server.command}"
-    parts = urlsplit(server.url or "")
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{server.transport}: {parts.scheme}://{host}{port}{parts.path}"
-
-
 def _show(value: Any) -> str:
     if value is None:
         return "none"
@@ -99,7 +89,7 @@ def print_table(config: ProxyConfig, report: dict[str, Any], out: TextIO) -> Non
         server = config.servers[entry["server"]]
         preset = f"{server.preset} ({server.preset_source})" if server.preset else "none"
         state = "" if server.enabled else "  [disabled]"
-        head = f"server {server.name}  [{where(server)}]  namespace: {server.namespace!r}  preset: {preset}{state}"
+        head = f"server {server.name}  [{server.target()}]  namespace: {server.namespace!r}  preset: {preset}{state}"
         print(f"\n{head}", file=out)
         if server.preset:
             print(f"  ({PRESETS[server.preset].doc})", file=out)

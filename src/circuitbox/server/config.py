@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from circuitbox.breakers._profiles import check_environment, check_preset, environment_from, infer_preset
 from circuitbox.server._config_model import (
@@ -68,12 +69,20 @@ class ServerConfig:
     tools: tuple[tuple[str, Layer], ...] = ()
     """(exact name or glob, layer) in file order."""
 
+    def target(self) -> str:
+        """Where the server is, safe to show: the command without its args (an expanded secret may hide there),
+        or the URL without credentials, query or fragment."""
+        if self.transport == "stdio":
+            return f"stdio: {self.command}"
+        parts = urlsplit(self.url or "")
+        port = f":{parts.port}" if parts.port else ""
+        return f"{self.transport}: {parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
+
     def __repr__(self) -> str:
-        where = f"command={self.command!r}, args={self.args!r}" if self.transport == "stdio" else f"url={self.url!r}"
         return (
-            f"ServerConfig(name={self.name!r}, transport={self.transport!r}, {where}, env={_masked(self.env)}, "
-            f"headers={_masked(self.headers)}, namespace={self.namespace!r}, preset={self.preset!r}, "
-            f"enabled={self.enabled!r})"
+            f"ServerConfig(name={self.name!r}, target={self.target()!r}, args=<{len(self.args)}>, "
+            f"env={_masked(self.env)}, headers={_masked(self.headers)}, namespace={self.namespace!r}, "
+            f"preset={self.preset!r}, enabled={self.enabled!r})"
         )
 
 
