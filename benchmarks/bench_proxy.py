@@ -114,7 +114,7 @@ def write_config(folder: Path, downstream: list[str], name: str) -> Path:
         "command": downstream[0],
         "args": downstream[1:],
         "namespace": "",
-        "breaker": {"failure_threshold": 3, "timeout": 3600, "minimum_calls": 1000},
+        "breaker": {"failure_threshold": 3, "timeout": 3600, "minimum_calls": 100},
     }
     path.write_text(json.dumps({"environment": "production", "mcpServers": {"d": server}}))
     return path
