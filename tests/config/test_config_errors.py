@@ -63,6 +63,10 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     (servers(d={"command": "d", "env": {"K": "${TOKEN}"}}), "mcpServers.d.env.K: environment variable TOKEN"),
     (servers(d={"url": "http://${HOST}/mcp"}), "mcpServers.d.url: environment variable HOST is not set"),
     (servers(d={"url": "http://h", "headers": {"Auth": "${T}"}}), "mcpServers.d.headers.Auth: environment variable T"),
+    (
+        {"servers": {"gh": {"command": "gh-mcp", "env": {"GITHUB_TOKEN": "${input:token}"}}}},
+        "servers.gh.env.GITHUB_TOKEN: ${input:token} asks VS Code to prompt for a value, which circuitbox cannot do",
+    ),
     (servers(), "mcpServers: no servers configured"),
     ({"servers": {}}, "servers: no servers configured"),
     ({"environment": "production"}, "mcpServers: no servers configured"),
@@ -71,6 +75,7 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     (servers(d={"type": "sse"}), "mcpServers.d.url: required for type sse"),
     (servers(d={"type": "stdio", "url": "http://h"}), "mcpServers.d.command: required"),
     (servers(d={"command": "d", "url": "http://h"}), "mcpServers.d: set either command (stdio) or url"),
+    (servers(d={"url": "http://a", "serverUrl": "http://b"}), "mcpServers.d.serverUrl: unknown key"),
     (servers(d={"command": "d", "enabled": True, "disabled": True}), "mcpServers.d: enabled and disabled contradict"),
     (servers(d={"command": "d", "preset": "mongo"}), "mcpServers.d.preset: unknown preset 'mongo'; valid: claude"),
     ({"environment": "prod", **servers(d={"command": "d"})}, "environment: unknown environment 'prod'; valid: dev"),

@@ -87,6 +87,11 @@ def test_circuitbox_keys_of_a_server_are_read() -> None:
     assert (server.cwd, server.namespace, server.startup_timeout, server.enabled) == ("/tmp", "", 5, False)
 
 
+def test_windsurfs_server_url_is_read_as_the_url() -> None:
+    server = one({"serverUrl": "https://h/mcp"}).servers["srv"]
+    assert (server.transport, server.url) == ("http", "https://h/mcp")
+
+
 def test_clines_disabled_key_is_read_as_enabled_false() -> None:
     assert one({"command": "x", "disabled": True}).servers["srv"].enabled is False
     assert one({"command": "x", "disabled": False, "enabled": True}).servers["srv"].enabled is True

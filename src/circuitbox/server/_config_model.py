@@ -181,6 +181,8 @@ def strip_client_keys(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str
         for name, entry in servers.items():
             if isinstance(entry, Mapping):
                 entry = dict(entry)
+                if "serverUrl" in entry and "url" not in entry:  # Windsurf's name for url
+                    entry["url"] = entry.pop("serverUrl")
                 for key in sorted(CLIENT_SERVER_KEYS & entry.keys()):
                     del entry[key]
                     warnings.append(f"{table}.{name}.{key}: ignored (an agent client's key circuitbox does not use)")

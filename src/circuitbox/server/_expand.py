@@ -1,8 +1,9 @@
 """`${VAR}` and `${VAR:-default}` in command, args, cwd, env, url and headers.
 
-The forms are Claude Code's; `${env:VAR}` (Cursor, VS Code) is accepted too. `${VAR:-default}` uses the default
-when VAR is unset or empty, as the shell does; `$${` stands for a literal `${`. Anything else with a `$` is left
-as it is, so a shell snippet in `args` survives.
+The forms are Claude Code's; `${env:VAR}` (Cursor, VS Code) is accepted too, and VS Code's `${input:id}` is an
+error that says what to do instead. `${VAR:-default}` uses the default when VAR is unset or empty, as the shell
+does; `$${` stands for a literal `${`. Anything else with a `$` is left as it is, so a shell snippet in `args`
+survives.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 
 from circuitbox.server._config_model import ConfigError
 
-_REFERENCE = re.compile(r"\$\$\{|\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_REFERENCE = re.compile(r"\$\$\{|\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{input:([^}]*)\}")
 
 
 def expand(value: str, env: Mapping[str, str], path: str) -> str:
@@ -23,7 +24,12 @@ def expand(value: str, env: Mapping[str, str], path: str) -> str:
     """
 
     def replace(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
+        name, default, prompt = match.group(1), match.group(2), match.group(3)
+        if prompt is not None:
+            raise ConfigError(
+                f"{path}: ${{input:{prompt}}} asks VS Code to prompt for a value, which circuitbox cannot do; "
+                "use ${VAR} and set the environment variable"
+            )
         if name is None:
             return "${"
         found = env.get(name)
