@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import anyio
 import httpx2
 import pytest
-from obs_support import collector_with, make_breaker, serving, taking, trip
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 
@@ -20,6 +19,8 @@ from circuitbox.observability import (
     metrics_route,
     start_metrics_server,
 )
+
+from .obs_support import collector_with, make_breaker, serving, taking, trip
 
 pytestmark = pytest.mark.anyio
 

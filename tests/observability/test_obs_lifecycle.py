@@ -4,7 +4,6 @@ from collections.abc import Iterator
 
 import httpx2
 import pytest
-from obs_support import make_breaker, samples, scrape, serving, taking, trip, value
 from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
@@ -12,6 +11,8 @@ from circuitbox.breakers import BreakerRegistry, CircuitState
 from circuitbox.breakers.testing import FakeClock
 from circuitbox.observability import MetricsCollector
 from circuitbox.observability._series import RESERVOIR_SIZE
+
+from .obs_support import make_breaker, samples, scrape, serving, taking, trip, value
 
 pytestmark = pytest.mark.anyio
 

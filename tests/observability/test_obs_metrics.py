@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import pytest
-from obs_support import collector_with, make_breaker, samples, scrape, serving, taking, trip, value
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
 from circuitbox.breakers import BreakerRegistry, CircuitBreakerConfig
 from circuitbox.breakers.testing import FakeClock
 from circuitbox.observability import BUCKETS, MetricsCollector, health_report
+
+from .obs_support import collector_with, make_breaker, samples, scrape, serving, taking, trip, value
 
 pytestmark = pytest.mark.anyio
 

@@ -13,11 +13,12 @@ import anyio
 import anyio.abc
 import httpx2
 import pytest
-from obs_support import collector_with, free_port, make_breaker, scrape, serving, taking, trip
 
 from circuitbox.breakers.testing import FakeClock
 from circuitbox.cli import main as cli_main
 from circuitbox.observability import build_dashboard, build_rules, to_yaml
+
+from .obs_support import collector_with, free_port, make_breaker, scrape, serving, taking, trip
 
 pytestmark = pytest.mark.anyio
 
