@@ -9,6 +9,7 @@ then with every breaker forced to `disabled`; a summary compares the two.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 DEFAULT_SEED = 7
@@ -29,4 +30,17 @@ def run(args: argparse.Namespace) -> int:
     from circuitbox.demo._run import demo
 
     timing = QUICK if args.quick else NORMAL
-    return anyio.run(demo, timing, args.seed, args.fault, sys.stdout)
+    try:
+        return anyio.run(demo, timing, args.seed, args.fault, sys.stdout)
+    except Exception as exc:
+        if not broken_pipe(exc):
+            raise
+        # The reader went away (`circuitbox demo | head`): stop quietly, as Python's docs advise.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def broken_pipe(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return any(broken_pipe(inner) for inner in exc.exceptions)
+    return isinstance(exc, BrokenPipeError)

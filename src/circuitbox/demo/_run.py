@@ -11,6 +11,7 @@ from typing import TextIO
 import anyio
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
+from circuitbox.demo import broken_pipe
 from circuitbox.demo._model import Outcome
 from circuitbox.demo._plan import FAILING, HEALTHY, TOOLS, Timing, proxy_config, published
 from circuitbox.demo._scenario import Scenario, tool_call
@@ -28,6 +29,8 @@ async def demo(timing: Timing, seed: int, fault: str, out: TextIO) -> int:
         try:
             outcomes = await _both_runs(Path(tmp), timing, seed, fault, view)
         except Exception as exc:
+            if broken_pipe(exc):
+                raise
             view.close()
             view.write(f"circuitbox demo: failed: {_describe(exc)}")
             log = Path(tmp) / "proxy.log"

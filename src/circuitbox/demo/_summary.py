@@ -29,6 +29,7 @@ def _rows(on: Outcome, off: Outcome) -> list[tuple[str, str, str]]:
         both("  downstream calls saved by fast-fail", on.saved(FAILING), off.saved(FAILING)),
         both(f"agent time lost waiting on '{FAILING}'", seconds(on.waited(FAILING)), seconds(off.waited(FAILING))),
         ("answer time p50", *latency(50)),
+        ("answer time p95", *latency(95)),
         ("answer time p99", *latency(99)),
         ("worst answer time", *latency(100)),
         both(
@@ -54,9 +55,9 @@ def summary(on: Outcome, off: Outcome, timing: Timing, fault: str) -> list[str]:
     """The comparison table and what it means, as lines of plain text."""
     what = "hangs" if fault == "hang" else "returns errors"
     lines = [
-        f"Summary: the same {timing.total:.0f} s scenario twice, {timing.callers} concurrent callers; every"
+        f"Summary: the same {timing.total:g} s scenario twice, {timing.callers} concurrent callers; every"
         f" '{FAILING}' tool {what}",
-        f"from {timing.warmup:.0f} s to {timing.heal_at:.0f} s; call_timeout {timing.call_timeout:g} s, circuit opens"
+        f"from {timing.warmup:g} s to {timing.heal_at:g} s; call_timeout {timing.call_timeout:g} s, circuit opens"
         f" after 3 failures in a row, first probe after {timing.open_timeout:g} s.",
         "Without breakers = the same proxy with every breaker forced to 'disabled' (admin tool circuit_force):",
         "every call goes through to the server and waits for its answer or for call_timeout.",
@@ -65,11 +66,17 @@ def summary(on: Outcome, off: Outcome, timing: Timing, fault: str) -> list[str]:
     ]
     lines += [f"  {label:<42} {a:>16} {b:>18}" for label, a, b in _rows(on, off)]
     more = on.count("ok") - off.count("ok")
-    ratio = f" ({more / off.count('ok'):+.0%})" if off.count("ok") else ""
+    healthy_on, healthy_off = len(on.of(HEALTHY)), len(off.of(HEALTHY))
     lines += [
         "",
-        f"With breakers the agent got {more} more calls done{ratio}, waited"
-        f" {seconds(off.waited(FAILING) - on.waited(FAILING))} less on the broken server, and"
-        f" {on.saved(FAILING)} calls never reached it while it was down.",
+        f"With breakers the agent got {more} more calls done{_ratio(more, off.count('ok'))}, waited"
+        f" {seconds(off.waited(FAILING) - on.waited(FAILING))} less on the broken server, and {on.saved(FAILING)}"
+        " calls never reached it.",
+        f"The healthy '{HEALTHY}' served {healthy_on} calls instead of {healthy_off}"
+        f"{_ratio(healthy_on - healthy_off, healthy_off)}: callers were not stuck waiting on '{FAILING}'.",
     ]
     return lines
+
+
+def _ratio(more: int, base: int) -> str:
+    return f" ({more / base:+.0%})" if base else ""

@@ -66,11 +66,12 @@ class PlainView:
         if at < self._next:
             return
         self._next = at - at % 1.0 + 1.0
-        states = " ".join(f"{published(t.server, t.tool)}={t.state}" for t in scenario.tallies.values())
+        servers: dict[str, list[str]] = {}
+        for t in scenario.tallies.values():
+            servers.setdefault(t.server, []).append(f"{t.tool}={t.state}")
+        states = " | ".join(f"{server}: {' '.join(tools)}" for server, tools in servers.items())
         fast = sum(t.fast_fails for t in scenario.tallies.values())
-        self.write(
-            f"  [{at:5.1f} s] {scenario.phase:<9} {len(scenario.calls):>4} answered, {fast} fast-fails | {states}"
-        )
+        self.write(f"  [{at:5.1f} s] {scenario.phase:<9} {len(scenario.calls):>4} answered, {fast:>3} fast | {states}")
 
     def end(self, scenario: Scenario) -> None:
         self.write(f"  done: {headline(scenario)}")
