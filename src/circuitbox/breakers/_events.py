@@ -21,11 +21,10 @@ def _quick_init(cls: type[T]) -> type[T]:
 
     The generated one calls object.__setattr__ per field and costs twice as much; events are built per call.
     """
-    setters = [(getattr(cls, f.name).__set__) for f in fields(cls)]  # type: ignore[arg-type]
-    names = ", ".join(f.name for f in fields(cls))  # type: ignore[arg-type]
-    body = "".join(f"    _s{i}(self, {f.name})\n" for i, f in enumerate(fields(cls)))  # type: ignore[arg-type]
-    namespace: dict[str, Any] = {f"_s{i}": setter for i, setter in enumerate(setters)}
-    exec(f"def __init__(self, {names}):\n{body}", namespace)  # built from field names only
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    namespace: dict[str, Any] = {f"_set_{name}": getattr(cls, name).__set__ for name in names}
+    body = "".join(f"    _set_{name}(self, {name})\n" for name in names)
+    exec(f"def __init__(self, {', '.join(names)}):\n{body}", namespace)  # code made of field names only
     init = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     cls.__init__ = init  # type: ignore[method-assign]
