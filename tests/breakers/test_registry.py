@@ -133,3 +133,21 @@ def test_the_seed_imports_work_from_the_package() -> None:
         "profile",
     }
     assert all(hasattr(breakers, name) for name in breakers.__all__)
+
+
+def test_ten_thousand_named_breakers_with_count_windows_of_100_fit_in_20_mb() -> None:
+    import gc
+    import tracemalloc
+
+    config = CircuitBreakerConfig(sliding_window_size=100)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        registry = BreakerRegistry()
+        for i in range(10_000):
+            registry.get_or_create(f"server{i // 20}__tool{i % 20}", config)
+        used, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(registry) == 10_000
+    assert used < 20_000_000, f"{used / 1e6:.1f} MB"
