@@ -6,11 +6,11 @@ import functools
 import hmac
 import logging
 import signal
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
-from circuitbox.server.config import ConfigError, ProxyConfig
 from mcp.server import Server
 from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
@@ -20,6 +20,8 @@ from starlette.routing import Mount, Route
 
 from circuitbox.observability.collector import MetricsCollector
 from circuitbox.observability.http import metrics_app, start_metrics_server
+from circuitbox.observability.logging import TransitionLogger
+from circuitbox.server.config import ConfigError, ProxyConfig
 from circuitbox.server.proxy import Proxy
 
 logger = logging.getLogger("circuitbox")
@@ -31,27 +33,20 @@ ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 def build_proxy(config: ProxyConfig, *, metrics: bool = True, **kwargs: Any) -> tuple[Proxy, MetricsCollector | None]:
     """A proxy whose breakers feed a metrics collector on its own Prometheus registry (never the global one)."""
     if not metrics:
-        return Proxy(config, **kwargs), None
+        proxy = Proxy(config, **kwargs)
+        proxy.registry.add_listener(TransitionLogger(proxy.guard.labels_for))
+        return proxy, None
     collector = MetricsCollector(CollectorRegistry())
     proxy = Proxy(
         config,
         on_new_breaker=lambda breaker, server, tool: collector.bind(breaker.name, server=server, tool=tool),
+        on_forget_breaker=collector.forget,
         tool_stats=lambda breaker: collector.tool_stats(breaker.name),
         **kwargs,
     )
     collector.attach(proxy.registry)
-    proxy.on_catalog_change(lambda old, new: _forget_vanished(proxy, collector, old, new))
+    proxy.registry.add_listener(TransitionLogger(proxy.guard.labels_for))
     return proxy, collector
-
-
-def _forget_vanished(proxy: Proxy, collector: MetricsCollector, old: Any, new: Any) -> None:
-    """Series and breakers of tools that vanished from a downstream go away, so cardinality stays bounded."""
-    gone = {route for route, _ in old.tools.values()} - {route for route, _ in new.tools.values()}
-    for route in gone:
-        breaker = proxy.find_breaker(route.server, route.name)
-        if breaker is not None:
-            collector.forget(breaker.name)
-            proxy.guard.forget(route.server, route.name)
 
 
 def advertise_list_changed(server: Server[Any], proxy: Proxy) -> None:
@@ -88,6 +83,17 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+def _lifespan_of(inner: Starlette) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    """The outer app runs the MCP app's lifespan (its session manager) as its own."""
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        async with inner.router.lifespan_context(inner):
+            yield
+
+    return lifespan
+
+
 def http_app(proxy: Proxy, collector: MetricsCollector | None, host: str, token: str | None) -> ASGIApp:
     server = proxy.build_server()
     advertise_list_changed(server, proxy)
@@ -103,7 +109,7 @@ def http_app(proxy: Proxy, collector: MetricsCollector | None, host: str, token:
         routes.insert(0, Route("/metrics", metrics_app(collector.registry)))
     app = Starlette(
         routes=routes,
-        lifespan=lambda _: mcp_app.router.lifespan_context(mcp_app),
+        lifespan=_lifespan_of(mcp_app),
     )
     return BearerAuth(app, token) if token else app
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from enum import Enum
 
 import mcp_types as types
-from circuitbox.server.policy import ToolPolicy
 from mcp import MCPError
+
+from circuitbox.server.policy import ToolPolicy
 
 # JSON-RPC codes that mean "the caller asked wrongly", not "the server is unwell".
 CALLER_MISTAKES = frozenset({types.INVALID_PARAMS, types.METHOD_NOT_FOUND, types.INVALID_REQUEST})

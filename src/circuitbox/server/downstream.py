@@ -24,6 +24,7 @@ from mcp.client.session import IncomingMessage
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.dispatcher import ProgressFnT
 from pydantic import BaseModel
 
 from circuitbox.server._watched import WatchedStream
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("circuitbox.downstream")
 
 T = TypeVar("T", bound=BaseModel)
-ProgressCallback = Callable[[float, float | None, str | None], Awaitable[None]]
+ProgressCallback = ProgressFnT
 
 
 class Connection(StrEnum):

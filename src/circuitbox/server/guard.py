@@ -15,13 +15,13 @@ from typing import Any
 
 import anyio
 import mcp_types as types
-from circuitbox.server.config import ProxyConfig
-from circuitbox.server.policy import ToolPolicy
 from mcp import MCPError
 
 from circuitbox.breakers import BreakerRegistry, CircuitBreaker, CircuitBreakerConfig, Rejection
 from circuitbox.server.classify import CALLER_MISTAKES, Outcome, Verdict, classify_error, classify_result
+from circuitbox.server.config import ProxyConfig
 from circuitbox.server.downstream import Downstream, DownstreamUnavailableError, ProgressCallback
+from circuitbox.server.policy import ToolPolicy
 
 logger = logging.getLogger("circuitbox.guard")
 
@@ -41,11 +41,14 @@ class Guard:
         registry: BreakerRegistry,
         *,
         on_new_breaker: Callable[[CircuitBreaker, str, str], None] | None = None,
+        on_forget: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self._breakers: dict[tuple[str, str], tuple[CircuitBreaker, ToolPolicy]] = {}
         self._on_new_breaker = on_new_breaker
+        self._on_forget = on_forget
+        self._labels: dict[str, tuple[str, str]] = {}
         # Run-time changes (circuit_configure), in order: (server, tool glob, settings). Kept so that breakers
         # created later, and breakers rebuilt by a reload, get them too.
         self._overrides: list[tuple[str, str, dict[str, Any]]] = []
@@ -57,6 +60,7 @@ class Guard:
             policy = self._with_overrides(server, tool, self.config.policy(server, tool))
             breaker = self.registry.get_or_create(breaker_name(server, tool), policy.breaker)
             found = self._breakers[key] = (breaker, policy)
+            self._labels[breaker.name] = key
             if self._on_new_breaker is not None:
                 self._on_new_breaker(breaker, server, tool)
         return found
@@ -112,10 +116,18 @@ class Guard:
         found = self._breakers.get((server, tool))
         return found[0] if found else None
 
+    def labels_for(self, name: str) -> tuple[str, str]:
+        """(server, tool) of a breaker name; a name the guard did not create is its own server."""
+        return self._labels.get(name, (name, ""))
+
     def forget(self, server: str, tool: str) -> None:
         found = self._breakers.pop((server, tool), None)
         if found is not None:
-            self.registry.remove(found[0].name)
+            name = found[0].name
+            self.registry.remove(name)
+            self._labels.pop(name, None)
+            if self._on_forget is not None:
+                self._on_forget(name)
 
     async def call(
         self,

@@ -9,13 +9,11 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
 import mcp_types as types
-from circuitbox.server.config import ProxyConfig, ServerConfig
-from circuitbox.server.policy import TextFallback, ToolFallback
 from mcp import MCPError
 from mcp.server import NotificationOptions, Server
 from mcp.server.context import ServerRequestContext
@@ -28,15 +26,19 @@ from mcp.server.subscriptions import (
     ToolsListChanged,
 )
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel
 
 from circuitbox import __version__
 from circuitbox.breakers import BreakerRegistry, CircuitBreaker, Rejection
 from circuitbox.server.catalog import Catalog, build_catalog
+from circuitbox.server.config import ProxyConfig, ServerConfig
 from circuitbox.server.downstream import Backoff, Downstream
 from circuitbox.server.guard import Guard, error_result, rejection_result
 from circuitbox.server.own_tools import own_tools
+from circuitbox.server.policy import TextFallback, ToolFallback
 
 logger = logging.getLogger("circuitbox.proxy")
+ResultT = TypeVar("ResultT", bound=BaseModel)
 audit_log = logging.getLogger("circuitbox.audit")
 
 # How long a first tools/list waits for downstreams that are still starting: long enough for a Python or Node
@@ -58,11 +60,12 @@ class Proxy:
         registry: BreakerRegistry | None = None,
         backoff: Callable[[], Backoff] | None = None,
         on_new_breaker: Callable[[CircuitBreaker, str, str], None] | None = None,
+        on_forget_breaker: Callable[[str], None] | None = None,
         tool_stats: Callable[[CircuitBreaker], dict[str, Any]] | None = None,
     ) -> None:
         self.config = config
         self.registry = registry if registry is not None else BreakerRegistry()
-        self.guard = Guard(config, self.registry, on_new_breaker=on_new_breaker)
+        self.guard = Guard(config, self.registry, on_new_breaker=on_new_breaker, on_forget=on_forget_breaker)
         self._backoff = backoff
         self.downstreams = {name: self._downstream(server) for name, server in config.servers.items() if server.enabled}
         self._scopes: dict[str, anyio.CancelScope] = {}
@@ -119,9 +122,9 @@ class Proxy:
                 self._launch(self.downstreams[name])
                 if name not in report["restarted"]:
                     report["added"].append(name)
-        for server, tool, _ in self.guard.known():
-            if server not in wanted:
-                self.guard.forget(server, tool)
+        for owner, tool, _ in self.guard.known():
+            if owner not in wanted:
+                self.guard.forget(owner, tool)
         await self._listing_changed(None)
         logger.warning("config reloaded: %s", {k: v for k, v in report.items() if v})
         return report
@@ -139,6 +142,10 @@ class Proxy:
         self.catalog = build_catalog(
             ((d.name, d.config.namespace, d.listing) for d in self.downstreams.values()), reserved=self.own
         )
+        # Breakers (and their metric series) of tools a downstream no longer lists go away: bounded cardinality.
+        gone = {route for route, _ in old.tools.values()} - {route for route, _ in self.catalog.tools.values()}
+        for route in gone:
+            self.guard.forget(route.server, route.name)
         for listener in self._catalog_listeners:
             listener(old, self.catalog)
         await self._relay_changes(old, self.catalog)
@@ -304,7 +311,7 @@ class Proxy:
         request = types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri=params.uri))
         return await self._forward(server, request, types.ReadResourceResult)
 
-    async def _forward(self, server: str, request: Any, result_type: Any) -> Any:
+    async def _forward(self, server: str, request: Any, result_type: type[ResultT]) -> ResultT:
         """Prompts and resources are not guarded by breakers, but still bounded and never left unanswered."""
         downstream = self.downstreams[server]
         timeout = self.config.policy(server).call_timeout
