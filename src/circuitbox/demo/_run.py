@@ -62,8 +62,9 @@ async def _both_runs(tmp: Path, timing: Timing, seed: int, fault: str, view: Liv
     )
     view.write(
         f"circuitbox demo: circuitbox (a child process over stdio) in front of two chaos MCP servers, '{FAILING}'"
-        f" and '{HEALTHY}'.\n{timing.callers} scripted callers call their tools while '{FAILING}' breaks and heals."
-        " Starting...\n"
+        f" and '{HEALTHY}'.\n{timing.callers} scripted callers call their tools while '{FAILING}' breaks and heals.\n"
+        "Columns: fast-fail = answered by an open circuit without touching the server; opened = from the outage's"
+        " start\nto the open circuit; recovered = from the heal to healthy again. Starting...\n"
     )
     outcomes: list[Outcome] = []
     with (tmp / "proxy.log").open("w") as log:
