@@ -146,7 +146,9 @@ async def bench(rounds: int, calls: int) -> dict[str, Any]:
                     row.setdefault(f"tput{n}", []).append(await throughput(session, tool, calls * 2, n))
         fast_fail = await _fast_fail(sessions["circuitbox"], calls)
     listing = await _listing(folder, rounds)
+    in_process = await _fast_fail_in_process(calls)
     return {
+        "fast_fail_in_process": in_process,
         "results": {k: {m: statistics.median(v) for m, v in row.items()} for k, row in results.items()},
         "fast_fail": fast_fail,
         "listing": listing,
@@ -173,6 +175,31 @@ async def _fast_fail(session: ClientSession, calls: int) -> dict[str, float]:
     result = await session.call_tool("down", {})
     assert (result.meta or {}).get("circuitbox/breaker", {}).get("state") == "open"
     return {"rejected": rejected, "success": ok}
+
+
+async def _fast_fail_in_process(calls: int) -> dict[str, float]:
+    """The same comparison with the agent in-process (memory streams): what the proxy itself takes to refuse a
+    call, without the agent-side stdio hop that the end-to-end figure includes."""
+    from mcp import Client
+
+    from circuitbox.server.app import build_proxy
+    from circuitbox.server.config import parse_config
+
+    server = {"command": CHAOS[0], "args": CHAOS[1:], "namespace": "", "breaker": {"failure_threshold": 3}}
+    proxy, _ = build_proxy(parse_config({"environment": "production", "mcpServers": {"d": server}}))
+    async with anyio.create_task_group() as tg:
+        await proxy.start(tg)
+        async with Client(proxy.build_server(), mode="legacy") as client:
+            for _ in range(3):
+                await client.call_tool("down", {})
+            timings: dict[str, list[float]] = {"rejected": [], "success": []}
+            for i in range(calls):
+                for tool, key in (("down", "rejected"), ("echo", "success")):
+                    began = time.perf_counter()
+                    await client.call_tool(tool, {"message": f"m{i}"})
+                    timings[key].append(time.perf_counter() - began)
+        tg.cancel_scope.cancel()
+    return {key: statistics.median(values) for key, values in timings.items()}
 
 
 async def _listing(folder: Path, rounds: int) -> dict[str, float]:
@@ -203,11 +230,13 @@ def report(data: dict[str, Any]) -> str:
             f"{row['tput8']:.0f} | {row['tput8'] / bare['tput8']:.2f}x | "
             f"{row['tput64']:.0f} | {row['tput64'] / bare['tput64']:.2f}x |"
         )
-    ff, listing = data["fast_fail"], data["listing"]
+    ff, fi, listing = data["fast_fail"], data["fast_fail_in_process"], data["listing"]
     lines += [
         "",
         f"fast-fail while open: {ff['rejected'] * 1e3:.3f} ms vs successful round trip {ff['success'] * 1e3:.3f} ms "
-        f"({ff['success'] / ff['rejected']:.1f}x faster)",
+        f"({ff['success'] / ff['rejected']:.1f}x faster; both include the agent's own stdio hop to the proxy)",
+        f"fast-fail with the agent in-process: {fi['rejected'] * 1e3:.3f} ms vs successful round trip "
+        f"{fi['success'] * 1e3:.3f} ms ({fi['success'] / fi['rejected']:.1f}x faster)",
         f"tools/list of 1,000 tools: direct {listing['direct'] * 1e3:.1f} ms, through circuitbox "
         f"{listing['circuitbox'] * 1e3:.1f} ms ({listing['circuitbox'] / listing['direct']:.2f}x)",
     ]
