@@ -113,9 +113,7 @@ async def test_switching_at_run_time_and_flapping_heals_by_itself() -> None:
         await session.call_tool("chaos_control", {"action": "set", "tool": "echo", "behaviour": "error"})
         assert (await session.call_tool("echo", {})).is_error
         set_at = time.monotonic()
-        await session.call_tool(
-            "chaos_control", {"action": "set", "tool": "echo", "behaviour": "flapping:0.5:60"}
-        )
+        await session.call_tool("chaos_control", {"action": "set", "tool": "echo", "behaviour": "flapping:0.5:60"})
         first = await session.call_tool("echo", {})
         if time.monotonic() - set_at < 0.5:  # only meaningful while still inside the down period
             assert first.is_error

@@ -139,9 +139,7 @@ async def perform(
     return answer(entry, args)
 
 
-def build_server(
-    state: ChaosState, wire: Wire | None = None, *, name: str = "circuitbox-chaos"
-) -> ChaosServer:
+def build_server(state: ChaosState, wire: Wire | None = None, *, name: str = "circuitbox-chaos") -> ChaosServer:
     """A chaos server over `state`; `wire` is the stdio protocol stream (garbage goes there)."""
     bus = InMemorySubscriptionBus()
 
@@ -177,9 +175,7 @@ def build_server(
 
     async def list_prompts(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
         arg = types.PromptArgument(name="topic", description="what to rehearse", required=False)
-        prompt = types.Prompt(
-            name="chaos_prompt", description="A prompt from the chaos server.", arguments=[arg]
-        )
+        prompt = types.Prompt(name="chaos_prompt", description="A prompt from the chaos server.", arguments=[arg])
         return types.ListPromptsResult(prompts=[prompt])
 
     async def get_prompt(ctx: Ctx, params: types.GetPromptRequestParams) -> types.GetPromptResult:
@@ -195,9 +191,7 @@ def build_server(
         "chaos://behaviours": ("behaviours", "text/plain", lambda: SYNTAX),
     }
 
-    async def list_resources(
-        ctx: Ctx, params: types.PaginatedRequestParams | None
-    ) -> types.ListResourcesResult:
+    async def list_resources(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
         listed = [types.Resource(uri=u, name=n, mime_type=m) for u, (n, m, _) in resources.items()]
         return types.ListResourcesResult(resources=listed)
 

@@ -35,21 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tool", action="append", default=[], metavar="NAME=BEHAVIOUR", help="a tool and its behaviour"
     )
-    parser.add_argument(
-        "--spec", metavar="JSON|PATH", help="tools and seed as JSON; --tool entries override it"
-    )
-    parser.add_argument(
-        "--seed", type=int, help="seed for fail and latency ranges (per tool), for reproducible runs"
-    )
+    parser.add_argument("--spec", metavar="JSON|PATH", help="tools and seed as JSON; --tool entries override it")
+    parser.add_argument("--seed", type=int, help="seed for fail and latency ranges (per tool), for reproducible runs")
     parser.add_argument("--transport", choices=["stdio", "http"], default="stdio")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
-    parser.add_argument(
-        "--port", type=int, default=8766, help="HTTP port (default 8766); the endpoint is /mcp"
-    )
+    parser.add_argument("--port", type=int, default=8766, help="HTTP port (default 8766); the endpoint is /mcp")
     parser.add_argument("--name", default="circuitbox-chaos", help="server name announced to clients")
-    parser.add_argument(
-        "--startup-delay", type=float, default=0.0, metavar="S", help="wait S seconds before serving"
-    )
+    parser.add_argument("--startup-delay", type=float, default=0.0, metavar="S", help="wait S seconds before serving")
     parser.add_argument("--log-level", default="WARNING", help="stderr log level (default WARNING)")
 
 
@@ -111,9 +103,7 @@ async def _serve(args: argparse.Namespace, tools: dict[str, Behaviour], seed: in
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        stream=sys.stderr, level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s"
-    )
+    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:
         tools, seed = tools_from_args(args)
     except (ConfigError, OSError) as exc:
