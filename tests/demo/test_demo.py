@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
 import sys
+from typing import cast
 
 import anyio
 import pytest
+from mcp import ClientSession
 
 from circuitbox.demo._model import Call, Outcome, ToolTally, percentile
 from circuitbox.demo._plan import FAILING, HEALTHY, QUICK
+from circuitbox.demo._scenario import Scenario
 from circuitbox.demo._summary import summary
+from circuitbox.demo._view import LiveView, PlainView
 
 pytestmark = pytest.mark.anyio
 
@@ -73,3 +78,38 @@ def test_percentiles_are_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert percentile(values, 50) == 50 and percentile(values, 99) == 99 and percentile(values, 100) == 100
     assert percentile([], 99) == 0.0 and percentile([3.0], 1) == 3.0
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def scenario(view: LiveView | PlainView) -> Scenario:
+    session = cast(ClientSession, None)  # rendering never touches the session
+    s = Scenario(session, QUICK, seed=1, breakers=True, fault="hang", view=view)
+    s._record(Call(FAILING, "query", 0.1, 0.6, "failed"))
+    s.outage_at = 0.0
+    s._record(Call(FAILING, "query", 0.8, 0.001, "fast_fail"))
+    s._state_seen(s.tallies[(FAILING, "query")], "open")
+    return s
+
+
+def test_on_a_terminal_the_table_is_redrawn_in_place_and_when_piped_only_plain_lines_are_written() -> None:
+    terminal = Terminal()
+    live = LiveView(terminal)
+    s = scenario(live)
+    live.update(s)
+    live.update(s)
+    drawn = terminal.getvalue()
+    assert re.search(r"\x1b\[\d+F\x1b\[J", drawn)  # cursor up over the previous frame, clear below
+    assert "OPEN" in drawn and "\x1b[31;1m" in drawn  # an open circuit in red
+
+    piped = io.StringIO()
+    plain = PlainView(piped)
+    s = scenario(plain)
+    plain.update(s)
+    plain.end(s)
+    text = piped.getvalue()
+    assert "\x1b" not in text and "\r" not in text
+    assert f"{FAILING}__query OPEN" in text and "search: query=open" in text

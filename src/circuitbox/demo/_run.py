@@ -31,13 +31,14 @@ async def demo(timing: Timing, seed: int, fault: str, out: TextIO) -> int:
         except Exception as exc:
             if broken_pipe(exc):
                 raise
-            view.close()
             view.write(f"circuitbox demo: failed: {_describe(exc)}")
             log = Path(tmp) / "proxy.log"
             tail = log.read_text(errors="replace").strip().splitlines()[-15:] if log.exists() else []
             if tail:
                 view.write("last lines of the proxy's log:\n  " + "\n  ".join(tail))
             return 1
+        finally:
+            view.close()  # the cursor comes back even on Ctrl-C
     on, off = outcomes
     for line in summary(on, off, timing, fault):
         view.write(line)

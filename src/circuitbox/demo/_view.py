@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, TextIO
 
 from circuitbox.demo._model import ToolTally, percentile
@@ -118,5 +119,6 @@ class LiveView:
         self.write()
 
     def close(self) -> None:
-        self.out.write("\x1b[?25h")
-        self.out.flush()
+        with contextlib.suppress(OSError):
+            self.out.write("\x1b[?25h")
+            self.out.flush()
