@@ -21,6 +21,7 @@ from starlette.routing import Mount, Route
 from circuitbox.observability.collector import MetricsCollector
 from circuitbox.observability.http import metrics_app, start_metrics_server
 from circuitbox.observability.logging import TransitionLogger
+from circuitbox.server._stdio import AnswerMalformed
 from circuitbox.server.config import ConfigError, ProxyConfig
 from circuitbox.server.proxy import Proxy
 
@@ -138,7 +139,7 @@ async def serve(
                 tg.start_soon(start_metrics_server, collector.registry, config.metrics_host, port_)
             server = proxy.build_server()
             async with stdio_server() as (read, write):
-                await server.run(read, write, proxy.initialization_options(server))
+                await server.run(AnswerMalformed(read, write), write, proxy.initialization_options(server))
         tg.cancel_scope.cancel()
 
 
