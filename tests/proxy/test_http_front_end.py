@@ -58,6 +58,13 @@ async def test_every_request_needs_the_token_and_the_right_one_gets_through(tmp_
             assert wrong.status_code == 401
             right = await http.get(f"{url}/metrics", headers={"Authorization": "Bearer s3cret"})
             assert right.status_code == 200
+            # DNS-rebinding protection: a page served from another name cannot drive the proxy, token or not.
+            rebound = await http.post(
+                f"{url}/mcp",
+                json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                headers={"Authorization": "Bearer s3cret", "Host": "evil.example", "Accept": "application/json"},
+            )
+            assert rebound.status_code in (403, 421)
 
         headers = {"Authorization": "Bearer s3cret"}
         async with (

@@ -6,7 +6,7 @@ import functools
 import hmac
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -95,10 +95,13 @@ def _lifespan_of(inner: Starlette) -> Callable[[Starlette], AbstractAsyncContext
     return lifespan
 
 
-def http_app(proxy: Proxy, collector: MetricsCollector | None, host: str, token: str | None) -> ASGIApp:
+def http_app(
+    proxy: Proxy, collector: MetricsCollector | None, host: str, token: str | None, extra_hosts: Sequence[str] = ()
+) -> ASGIApp:
     server = proxy.build_server()
     advertise_list_changed(server, proxy)
-    allowed = {f"{host}:*", "127.0.0.1:*", "localhost:*", "[::1]:*"}
+    # DNS-rebinding protection stays on whatever the bind address: the Host header must name this listener.
+    allowed = {f"{host}:*", "127.0.0.1:*", "localhost:*", "[::1]:*", *(f"{h}:*" for h in extra_hosts)}
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
         allowed_hosts=sorted(allowed),
@@ -125,6 +128,7 @@ async def serve(
     *,
     metrics: bool = True,
     reload_config: Callable[[], ProxyConfig] | None = None,
+    allowed_hosts: Sequence[str] = (),
 ) -> None:
     proxy, collector = build_proxy(config, metrics=metrics)
     async with anyio.create_task_group() as tg:
@@ -132,7 +136,7 @@ async def serve(
         if reload_config is not None:
             tg.start_soon(_reload_on_sighup, proxy, reload_config)
         if transport == "http":
-            await _serve_http(http_app(proxy, collector, host, token), host, port)
+            await _serve_http(http_app(proxy, collector, host, token, allowed_hosts), host, port)
         else:
             port_ = metrics_port if metrics_port is not None else config.metrics_port
             if port_ is not None and collector is not None:

@@ -23,6 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", choices=("stdio", "http"), default="stdio")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP listen address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name clients use to reach the HTTP listener (DNS-rebinding protection; repeatable)",
+    )
     parser.add_argument("--metrics-port", type=int, help="stdio mode: serve /metrics on this port")
     parser.add_argument("--environment", help="environment profile (development, staging, production, testing)")
     parser.add_argument("--auth-token", help="bearer token the HTTP listener requires (or $CIRCUITBOX_AUTH_TOKEN)")
@@ -77,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             token,
             metrics=not args.no_metrics,
             reload_config=read_config,
+            allowed_hosts=args.allowed_host,
         )
     )
     return 0
