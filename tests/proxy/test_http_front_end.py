@@ -11,6 +11,7 @@ import httpx2
 import pytest
 from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.subscriptions import ToolsListChanged
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from tests.proxy.harness import chaos, free_port, running_process, write_config
@@ -92,3 +93,10 @@ async def test_a_2026_era_client_is_served_too(tmp_path: Path) -> None:
         assert "c__echo" in {tool.name for tool in tools.tools}
         result = await client.call_tool("c__echo", {"message": "modern era"})
         assert not result.is_error
+        # A downstream's list change reaches a 2026-era client on its subscriptions/listen stream.
+        async with client.listen(tools_list_changed=True) as subscription:
+            await client.call_tool("c__chaos_control", {"action": "add_tool", "tool": "fresh"})
+            with anyio.fail_after(10):
+                event = await anext(aiter(subscription))
+        assert isinstance(event, ToolsListChanged)
+        assert "c__fresh" in {tool.name for tool in (await client.list_tools()).tools}
