@@ -11,8 +11,8 @@ import httpx2
 import pytest
 from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.subscriptions import ToolsListChanged
 from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.subscriptions import ToolsListChanged
 
 from tests.proxy.harness import chaos, free_port, running_process, write_config
 
