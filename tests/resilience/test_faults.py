@@ -287,12 +287,6 @@ async def test_one_of_three_downstreams_dead_at_start_costs_the_other_two_nothin
         figures(f"dead at start: {' '.join(dead[1:])[:30]}", **load.figures(), first_list=first_list)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy bug: Proxy.wait_first_attempts() runs on every tools/list, so while one downstream is stuck "
-    "starting (up to startup_timeout + 2 s) every list waits FIRST_LIST_WAIT (10 s), and the SDK client's hidden "
-    "tools/list makes plain tool calls of healthy servers wait too",
-)
 async def test_a_downstream_stuck_starting_delays_only_the_very_first_tool_list(tmp_path: Path) -> None:
     config = {
         "mcpServers": {

@@ -70,6 +70,7 @@ class Proxy:
         self.downstreams = {name: self._downstream(server) for name, server in config.servers.items() if server.enabled}
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._tg: anyio.abc.TaskGroup | None = None
+        self._first_wait_until: float | None = None
         self.own = own_tools(config.admin_enabled)
         self.catalog = Catalog()
         self._tool_stats = tool_stats
@@ -85,6 +86,7 @@ class Proxy:
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         """Start every downstream's owner task; returns at once (nothing waits for a downstream here)."""
         self._tg = tg
+        self._first_wait_until = anyio.current_time() + FIRST_LIST_WAIT
         for downstream in self.downstreams.values():
             self._launch(downstream)
 
@@ -129,8 +131,12 @@ class Proxy:
         logger.warning("config reloaded: %s", {k: v for k, v in report.items() if v})
         return report
 
-    async def wait_first_attempts(self, limit: float = FIRST_LIST_WAIT) -> None:
-        with anyio.move_on_after(limit):
+    async def wait_first_attempts(self) -> None:
+        """Until every downstream's first connection attempt has ended, but never past the start-up grace period:
+        one downstream stuck starting must delay only the agent's very first lists, not every later one."""
+        if self._first_wait_until is None:
+            self._first_wait_until = anyio.current_time() + FIRST_LIST_WAIT
+        with anyio.move_on_after(max(0.0, self._first_wait_until - anyio.current_time())):
             for downstream in self.downstreams.values():
                 await downstream.first_attempt_done.wait()
 
