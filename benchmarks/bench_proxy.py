@@ -187,11 +187,26 @@ async def _fast_fail_in_process(calls: int) -> dict[str, float]:
 
     server = {"command": CHAOS[0], "args": CHAOS[1:], "namespace": "", "breaker": {"failure_threshold": 3}}
     proxy, _ = build_proxy(parse_config({"environment": "production", "mcpServers": {"d": server}}))
+    # Time spent inside circuitbox's own call path (catalog, breaker, forward or refuse), without the SDK's
+    # per-message work on either side.
+    inside: dict[str, list[float]] = {"down": [], "echo": []}
+    routed = proxy.call
+
+    async def timed_call(name: str, *args: Any, **kwargs: Any) -> types.CallToolResult:
+        began = time.perf_counter()
+        try:
+            return await routed(name, *args, **kwargs)
+        finally:
+            inside[name].append(time.perf_counter() - began)
+
+    proxy.call = timed_call  # type: ignore[method-assign]
     async with anyio.create_task_group() as tg:
         await proxy.start(tg)
         async with Client(proxy.build_server(), mode="legacy") as client:
             for _ in range(3):
                 await client.call_tool("down", {})
+            inside["down"].clear()
+            inside["echo"].clear()
             timings: dict[str, list[float]] = {"rejected": [], "success": []}
             for i in range(calls):
                 for tool, key in (("down", "rejected"), ("echo", "success")):
@@ -199,6 +214,7 @@ async def _fast_fail_in_process(calls: int) -> dict[str, float]:
                     await client.call_tool(tool, {"message": f"m{i}"})
                     timings[key].append(time.perf_counter() - began)
         tg.cancel_scope.cancel()
+    timings["rejected_inside"], timings["success_inside"] = inside["down"], inside["echo"]
     return {key: statistics.median(values) for key, values in timings.items()}
 
 
@@ -237,6 +253,8 @@ def report(data: dict[str, Any]) -> str:
         f"({ff['success'] / ff['rejected']:.1f}x faster; both include the agent's own stdio hop to the proxy)",
         f"fast-fail with the agent in-process: {fi['rejected'] * 1e3:.3f} ms vs successful round trip "
         f"{fi['success'] * 1e3:.3f} ms ({fi['success'] / fi['rejected']:.1f}x faster)",
+        f"inside circuitbox's call path: refusal {fi['rejected_inside'] * 1e6:.0f} us vs forwarded call "
+        f"{fi['success_inside'] * 1e6:.0f} us ({fi['success_inside'] / fi['rejected_inside']:.0f}x faster)",
         f"tools/list of 1,000 tools: direct {listing['direct'] * 1e3:.1f} ms, through circuitbox "
         f"{listing['circuitbox'] * 1e3:.1f} ms ({listing['circuitbox'] / listing['direct']:.2f}x)",
     ]
