@@ -21,7 +21,7 @@ from starlette.routing import Mount, Route
 from circuitbox.observability.collector import MetricsCollector
 from circuitbox.observability.http import metrics_app, start_metrics_server
 from circuitbox.observability.logging import TransitionLogger
-from circuitbox.server._stdio import AnswerMalformed
+from circuitbox.server._streams import AnswerMalformed
 from circuitbox.server.config import ConfigError, ProxyConfig
 from circuitbox.server.proxy import Proxy
 

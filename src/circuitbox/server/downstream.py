@@ -27,7 +27,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.dispatcher import ProgressFnT
 from pydantic import BaseModel
 
-from circuitbox.server._watched import WatchedStream
+from circuitbox.server._streams import WatchedStream
 
 if TYPE_CHECKING:
     from circuitbox.server.config import ServerConfig

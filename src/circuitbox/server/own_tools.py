@@ -167,7 +167,7 @@ def _filtered(proxy: Proxy, args: dict[str, Any]) -> list[tuple[str, str, Any]]:
 
 
 # The thresholds shown beside each breaker's state, so an operator sees what applies after circuit_configure.
-POLICY_FIELDS = (
+STATUS_POLICY_FIELDS = (
     "failure_threshold",
     "success_threshold",
     "timeout",
@@ -183,7 +183,7 @@ def _row(server: str, tool: str, snapshot: Any, proxy: Proxy | None = None) -> d
     row = {"server": server, "tool": tool, **snapshot.to_dict()}
     breaker = proxy.find_breaker(server, tool) if proxy is not None else None
     if breaker is not None:
-        row["policy"] = {field: getattr(breaker.config, field) for field in POLICY_FIELDS}
+        row["policy"] = {field: getattr(breaker.config, field) for field in STATUS_POLICY_FIELDS}
     return row
 
 
