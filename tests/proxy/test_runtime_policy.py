@@ -103,3 +103,68 @@ async def test_sighup_reloads_servers_and_policies_without_dropping_a_call_in_fl
         assert not (await session.call_tool("d__hello", {})).is_error
         row = (await status(session, tool="flaky"))["breakers"][0]
         assert row["policy"]["failure_threshold"] == 4 and row["consecutive_failures"] == 1  # state kept
+
+
+async def test_a_reload_that_changes_a_servers_connection_keeps_its_breakers_and_answers_calls_in_flight(
+    tmp_path: Path,
+) -> None:
+    first = {"mcpServers": {"c": {**chaos("slow=latency:2", "flaky=error"), "breaker": LENIENT}}}
+    async with proxy_session(tmp_path, first) as session:
+        for _ in range(2):
+            await session.call_tool("c__flaky", {})
+        path = tmp_path / "circuitbox.json"
+        second = {
+            "environment": "testing",
+            "mcpServers": {"c": {**chaos("slow=latency:2", "flaky=error", seed=2), "breaker": LENIENT}},
+        }
+        answers: list[types.CallToolResult] = []
+
+        async def slow_call() -> None:
+            answers.append(await session.call_tool("c__slow", {}))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow_call)
+            with anyio.fail_after(10):
+                while (await status(session, tool="slow"))["breakers"] == []:
+                    await anyio.sleep(0.02)  # until the proxy has admitted the slow call
+            path.write_text(json.dumps(second))  # a new seed: new args, so a new connection
+            os.kill(pid_of(path), signal.SIGHUP)
+            with anyio.fail_after(20):
+                while (await status(session, server="c"))["servers"][0]["connects"] < 1 or not answers:
+                    await anyio.sleep(0.05)
+        assert not answers[0].is_error, text(answers[0])  # answered by the old connection before it retired
+        row = (await status(session, tool="flaky"))["breakers"][0]
+        assert row["consecutive_failures"] == 2  # the breaker survived the restart of its server
+        with anyio.fail_after(20):
+            while (result := await session.call_tool("c__slow", {})).is_error:
+                await anyio.sleep(0.1)  # until the new connection is up; bounded
+        assert not result.is_error
+
+
+async def test_a_reload_the_policies_cannot_take_is_refused_and_the_proxy_keeps_serving(tmp_path: Path) -> None:
+    first = {"mcpServers": {"c": {**chaos("ok=healthy"), "breaker": LENIENT}}}
+    async with proxy_session(tmp_path, first) as session:
+        assert not (await session.call_tool("c__ok", {})).is_error
+        path = tmp_path / "circuitbox.json"
+        path.write_text('{"mcpServers": {"c": {"command": "x", "brekaer": {}}}}')  # invalid: refused
+        os.kill(pid_of(path), signal.SIGHUP)
+        path.write_text(json.dumps({"mcpServers": {}}))  # no servers: refused too
+        os.kill(pid_of(path), signal.SIGHUP)
+        assert not (await session.call_tool("c__ok", {})).is_error
+        row = (await status(session, tool="ok"))["breakers"][0]
+        assert row["calls"] == 2 and row["policy"]["failure_threshold"] == 10
+
+
+async def test_circuit_configure_is_all_or_nothing_and_checks_its_arguments(tmp_path: Path) -> None:
+    server = {**chaos("ok=healthy", "bad=healthy"), "breaker": LENIENT, "tools": {"bad": {"max_timeout": 40}}}
+    async with proxy_session(tmp_path, {"admin": {"enabled": True}, "mcpServers": {"c": server}}) as session:
+        await session.call_tool("c__ok", {})
+        # 300 s is fine for `ok` but above `bad`'s max_timeout: nothing may change.
+        with pytest.raises(MCPError, match="max_timeout"):
+            await session.call_tool("circuit_configure", {"server": "c", "settings": {"timeout": 300}})
+        assert (await status(session, tool="ok"))["breakers"][0]["policy"]["timeout"] == 30
+        with pytest.raises(MCPError, match="'tool' must be a string"):
+            await session.call_tool("circuit_configure", {"server": "c", "tool": 123, "settings": {"timeout": 5}})
+        with pytest.raises(MCPError, match="no tool 'nope'"):
+            await session.call_tool("circuit_force", {"server": "c", "tool": "nope", "state": "open"})
+        assert not (await session.call_tool("c__bad", {})).is_error  # nothing poisoned the later breakers

@@ -140,11 +140,19 @@ async def serve(
         else:
             port_ = metrics_port if metrics_port is not None else config.metrics_port
             if port_ is not None and collector is not None:
-                tg.start_soon(start_metrics_server, collector.registry, config.metrics_host, port_)
+                tg.start_soon(_serve_metrics, collector.registry, config.metrics_host, port_)
             server = proxy.build_server()
             async with stdio_server() as (read, write):
                 await server.run(AnswerMalformed(read, write), write, proxy.initialization_options(server))
         tg.cancel_scope.cancel()
+
+
+async def _serve_metrics(registry: CollectorRegistry, host: str, port: int) -> None:
+    """A busy metrics port (two agents sharing one config, say) costs the metrics endpoint, never the proxy."""
+    try:
+        await start_metrics_server(registry, host, port)
+    except OSError as exc:
+        logger.error("metrics endpoint disabled: cannot listen on %s:%d: %s", host, port, exc)
 
 
 async def _reload_on_sighup(proxy: Proxy, reload_config: Callable[[], ProxyConfig]) -> None:
@@ -152,11 +160,11 @@ async def _reload_on_sighup(proxy: Proxy, reload_config: Callable[[], ProxyConfi
     with anyio.open_signal_receiver(signal.SIGHUP) as signals:
         async for _ in signals:
             try:
-                config = reload_config()
-            except ConfigError as exc:
+                await proxy.reload(reload_config())
+            except (ConfigError, ValueError) as exc:
                 logger.error("config reload refused, keeping the running config: %s", exc)
-                continue
-            await proxy.reload(config)
+            except Exception:  # a reload must never take the proxy down
+                logger.exception("config reload failed, keeping the running config")
 
 
 async def _serve_http(app: ASGIApp, host: str, port: int) -> None:

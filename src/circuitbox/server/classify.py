@@ -17,9 +17,12 @@ from mcp import MCPError
 
 from circuitbox.server.policy import ToolPolicy
 
-# JSON-RPC codes that mean "the caller asked wrongly", not "the server is unwell".
-CALLER_MISTAKES = frozenset({types.INVALID_PARAMS, types.METHOD_NOT_FOUND, types.INVALID_REQUEST})
-_VALIDATION = re.compile(r"input validation|validation error|invalid (arguments|params|parameters)|-32602", re.I)
+# JSON-RPC codes that mean "the caller asked wrongly", not "the server is unwell". Not -32600: circuitbox builds the
+# request itself, and the SDK reports transport trouble (a lost HTTP session, a wrong content type) with that code.
+CALLER_MISTAKES = frozenset({types.INVALID_PARAMS, types.METHOD_NOT_FOUND})
+# Only texts that *start* as an input-validation report: "Output validation error" or an API's own "validation
+# error" deep in a message are the server's trouble, not the caller's.
+_VALIDATION = re.compile(r"^\s*(MCP error -32602|Input validation error|Invalid (arguments|params|parameters))", re.I)
 
 
 class Verdict(Enum):
@@ -62,7 +65,7 @@ def classify_error(exc: MCPError) -> Outcome:
     message = f"MCP error {code}: {exc.error.message}"
     if code in CALLER_MISTAKES:
         return Outcome(Verdict.IGNORED, error=message)
-    if code == types.CONNECTION_CLOSED:
+    if code in (types.CONNECTION_CLOSED, types.INVALID_REQUEST):
         return Outcome(Verdict.FAILURE, "transport", message)
     if code == types.REQUEST_TIMEOUT:
         return Outcome(Verdict.FAILURE, "timeout", message)

@@ -101,7 +101,10 @@ class Downstream:
         self._on_listing = on_listing
         self._backoff = backoff or Backoff()
         self._refresh = anyio.Event()
-        self._stopped = False
+        self._closed = anyio.Event()
+        self.in_flight = 0
+        self._idle = anyio.Event()
+        self._idle.set()
 
     # -- the owner task -------------------------------------------------------------------------------------------
 
@@ -114,7 +117,7 @@ class Downstream:
                 await self._connect_and_serve()
                 self.last_error = self.last_error or "connection closed"
             except Exception as exc:  # every failure of a downstream stays inside its owner
-                self.last_error = _describe(exc)
+                self.last_error = self.redact(_describe(exc))
             self.session = None
             self.first_attempt_done.set()
             if anyio.current_time() - began - self._backoff.initial >= self._backoff.stable_after:
@@ -125,8 +128,20 @@ class Downstream:
             logger.warning("server %r disconnected (%s); reconnecting in %.1fs", self.name, self.last_error, delay)
             await anyio.sleep(delay)
 
+    def redact(self, text: str) -> str:
+        """Error texts can quote what the transport sent (an illegal header value, a URL): never show secrets."""
+        for secret in (*self.config.headers.values(), *self.config.env.values()):
+            for form in {secret, secret.strip(), repr(secret.encode())[2:-1]}:
+                if len(form) >= 4:
+                    text = text.replace(form, "***")
+        return text
+
+    def request_reconnect(self) -> None:
+        """Drop the current connection (the owner reconnects), e.g. when an HTTP downstream lost our session."""
+        self._closed.set()
+
     async def _connect_and_serve(self) -> None:
-        closed = anyio.Event()
+        closed = self._closed = anyio.Event()
         startup = anyio.CancelScope(deadline=anyio.current_time() + self.config.startup_timeout)
         with startup:
             async with self._transport() as (read, write):
@@ -176,9 +191,10 @@ class Downstream:
             await self._refresh.wait()
             self._refresh = anyio.Event()
             try:
-                self.listing = await self._fetch_listing(session)
+                with anyio.fail_after(self.config.startup_timeout):  # a hung list must not freeze the catalog
+                    self.listing = await self._fetch_listing(session)
             except Exception as exc:
-                logger.warning("server %r: refreshing its lists failed: %s", self.name, _describe(exc))
+                logger.warning("server %r: refreshing its lists failed: %s", self.name, self.redact(_describe(exc)))
                 continue
             await self._announce()
 
@@ -224,7 +240,18 @@ class Downstream:
             mcp.MCPError: the downstream answered with an error or the connection closed.
         """
         session = self.connected_session()
-        return await session.send_request(request, result_type, progress_callback=progress)
+        self.in_flight += 1
+        self._idle = anyio.Event() if self.in_flight == 1 else self._idle
+        try:
+            return await session.send_request(request, result_type, progress_callback=progress)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until no request is in flight (used to retire a downstream replaced by a reload without dropping calls)."""
+        await self._idle.wait()
 
 
 async def _paginate(session: ClientSession, request_type: Any, result_type: Any, attr: str) -> tuple[Any, ...]:

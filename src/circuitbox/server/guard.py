@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import anyio
@@ -19,7 +19,7 @@ from mcp import MCPError
 
 from circuitbox.breakers import BreakerRegistry, CircuitBreaker, CircuitBreakerConfig, Rejection
 from circuitbox.server.classify import CALLER_MISTAKES, Outcome, Verdict, classify_error, classify_result
-from circuitbox.server.config import ProxyConfig
+from circuitbox.server.config import ConfigError, ProxyConfig
 from circuitbox.server.downstream import Downstream, DownstreamUnavailableError, ProgressCallback
 from circuitbox.server.policy import ToolPolicy
 
@@ -65,16 +65,24 @@ class Guard:
                 self._on_new_breaker(breaker, server, tool)
         return found
 
-    def reload(self, config: ProxyConfig) -> None:
-        self.config = config
+    def plan_reload(self, config: ProxyConfig) -> list[tuple[str, str, ToolPolicy]]:
+        """Every existing breaker's policy under `config` (with run-time overrides), computed before anything changes.
 
-    def retune(self) -> list[tuple[str, str]]:
-        """Recompute every breaker's policy from the current config; reconfigure only those that changed."""
+        Raises:
+            ConfigError, ValueError: a policy that the new file makes invalid; nothing has been changed.
+        """
+        return [
+            (server, tool, self._with_overrides(server, tool, config.policy(server, tool)))
+            for (server, tool) in self._breakers
+            if server in config.servers
+        ]
+
+    def apply_reload(self, config: ProxyConfig, plan: list[tuple[str, str, ToolPolicy]]) -> list[tuple[str, str]]:
+        """Switch to `config`; reconfigure only the breakers whose policy changed (their window and state stay)."""
+        self.config = config
         changed = []
-        for (server, tool), (breaker, policy) in list(self._breakers.items()):
-            if server not in self.config.servers:
-                continue
-            new = self._with_overrides(server, tool, self.config.policy(server, tool))
+        for server, tool, new in plan:
+            breaker, policy = self._breakers[(server, tool)]
             if new != policy:
                 if new.breaker != policy.breaker:
                     breaker.reconfigure(new.breaker)
@@ -88,25 +96,37 @@ class Guard:
                 policy = apply_settings(policy, settings)
         return policy
 
-    def configure(self, server: str, pattern: str, settings: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    def configure(
+        self, server: str, pattern: str, settings: Mapping[str, Any], tools: Iterable[str] = ()
+    ) -> list[tuple[str, dict[str, Any]]]:
         """Change thresholds of the breakers of `server` whose tool matches `pattern`, now and for later ones.
 
-        Returns (tool, {field: (old, new)}) for every existing breaker changed; window state is kept.
+        `tools` are the server's known tool names: the change is validated against each matching one's policy
+        first, so it is applied everywhere or nowhere. Returns (tool, {field: (old, new)}) for every existing
+        breaker changed; window state is kept.
 
         Raises:
-            ValueError: a setting is unknown or out of range (validated like the config file).
+            ValueError: a setting is unknown or out of range for some tool (validated like the config file).
         """
-        apply_settings(self.config.policy(server), settings)  # validate before changing anything
+        apply_settings(self.config.policy(server), settings)
+        for tool in tools:
+            if fnmatch.fnmatchcase(tool, pattern) and (server, tool) not in self._breakers:
+                apply_settings(self._with_overrides(server, tool, self.config.policy(server, tool)), settings)
+        planned = [
+            (tool, breaker, policy, apply_settings(policy, settings))
+            for (srv, tool), (breaker, policy) in self._breakers.items()
+            if srv == server and fnmatch.fnmatchcase(tool, pattern)
+        ]
         self._overrides.append((server, pattern, dict(settings)))
         changed = []
-        for (srv, tool), (breaker, policy) in list(self._breakers.items()):
-            if srv == server and fnmatch.fnmatchcase(tool, pattern):
-                new = apply_settings(policy, settings)
-                breaker.reconfigure(new.breaker)
-                self._breakers[(srv, tool)] = (breaker, new)
-                diff = {k: (_value(policy, k), _value(new, k)) for k in settings}
-                changed.append((tool, diff))
+        for tool, breaker, policy, new in planned:
+            breaker.reconfigure(new.breaker)
+            self._breakers[(server, tool)] = (breaker, new)
+            changed.append((tool, {k: (_value(policy, k), _value(new, k)) for k in settings}))
         return changed
+
+    def policies_of(self, server: str) -> list[tuple[str, CircuitBreaker, ToolPolicy]]:
+        return [(tool, breaker, policy) for (srv, tool), (breaker, policy) in self._breakers.items() if srv == server]
 
     def known(self) -> list[tuple[str, str, CircuitBreaker]]:
         """Every breaker created so far, as (server, tool, breaker)."""
@@ -141,7 +161,11 @@ class Guard:
         Raises:
             MCPError: the agent's own mistake, as the downstream reported it (invalid params, unknown tool).
         """
-        breaker, policy = self.breaker(downstream.name, tool)
+        try:
+            breaker, policy = self.breaker(downstream.name, tool)
+        except (ConfigError, ValueError) as exc:  # a policy only this tool's name makes invalid: still an answer
+            logger.error("no valid policy for %s/%s: %s", downstream.name, tool, exc)
+            return error_result(f"Tool '{tool}' of server '{downstream.name}' has an invalid circuit policy: {exc}")
         permit = breaker.acquire()
         if permit.rejected:
             assert isinstance(permit, Rejection)
@@ -159,12 +183,15 @@ class Guard:
             return error_result(f"Tool '{tool}' is unavailable: {exc}. circuitbox is reconnecting to it.")
         except MCPError as exc:
             outcome = classify_error(exc)
-            _record(permit, outcome)
+            error = downstream.redact(outcome.error or "")
+            _record(permit, Outcome(outcome.verdict, outcome.kind, error))
             if exc.error.code in CALLER_MISTAKES:
                 raise
-            return error_result(f"Tool '{tool}' of server '{downstream.name}' failed: {outcome.error}")
+            if exc.error.code == types.INVALID_REQUEST:
+                downstream.request_reconnect()  # e.g. an HTTP downstream that lost our session: start afresh
+            return error_result(f"Tool '{tool}' of server '{downstream.name}' failed: {error}")
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            permit.failure("transport", f"{type(exc).__name__}: {exc}")
+            permit.failure("transport", downstream.redact(f"{type(exc).__name__}: {exc}"))
             return error_result(f"Tool '{tool}' of server '{downstream.name}' failed: the connection broke.")
         except Exception as exc:  # a bug or a malformed answer: still one failure, still an answer
             logger.exception("call to %s/%s failed unexpectedly", downstream.name, tool)

@@ -150,6 +150,35 @@ CONFIGURE = _tool(
 )
 
 
+_JSON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "string": str,
+    "object": dict,
+    "integer": int,
+    "number": (int, float),
+}
+
+
+def check_arguments(tool: types.Tool, args: dict[str, Any]) -> None:
+    """Our own tools' arguments against their input schema (flat: types, enums, required, no extras).
+
+    Raises:
+        MCPError: -32602 naming the argument and the problem.
+    """
+    schema = tool.input_schema
+    properties: dict[str, Any] = schema.get("properties", {})
+    problems = [f"missing argument {name!r}" for name in schema.get("required", []) if name not in args]
+    for name, value in args.items():
+        spec = properties.get(name)
+        if spec is None:
+            problems.append(f"unknown argument {name!r}; known: {', '.join(properties)}")
+        elif "type" in spec and not isinstance(value, _JSON_TYPES[spec["type"]]):
+            problems.append(f"argument {name!r} must be a {spec['type']}, got {type(value).__name__}")
+        elif "enum" in spec and value not in spec["enum"]:
+            problems.append(f"argument {name!r} must be one of {', '.join(map(str, spec['enum']))}")
+    if problems:
+        raise MCPError(code=types.INVALID_PARAMS, message=f"{tool.name}: " + "; ".join(problems))
+
+
 def _filtered(proxy: Proxy, args: dict[str, Any]) -> list[tuple[str, str, Any]]:
     server, tool, state = args.get("server"), args.get("tool"), args.get("state")
     if server is not None and server not in proxy.downstreams:
@@ -247,7 +276,10 @@ async def circuit_force(proxy: Proxy, args: dict[str, Any]) -> types.CallToolRes
     server, tool = args["server"], args.get("tool")
     if server not in proxy.downstreams:
         raise MCPError(code=types.INVALID_PARAMS, message=f"unknown server {server!r}")
-    names = [tool] if tool else proxy.tools_of(server)
+    known = proxy.tools_of(server)
+    if tool is not None and tool not in known:
+        raise MCPError(code=types.INVALID_PARAMS, message=f"server {server!r} has no tool {tool!r}")
+    names = [tool] if tool else known
     changed = []
     for name in names:
         breaker = proxy.breaker(server, name)
@@ -268,9 +300,10 @@ async def circuit_configure(proxy: Proxy, args: dict[str, Any]) -> types.CallToo
     if not isinstance(settings, dict) or not settings:
         raise MCPError(code=types.INVALID_PARAMS, message="settings must be a non-empty object of breaker fields")
     try:
-        changed = proxy.guard.configure(server, pattern, settings)
+        changed = proxy.guard.configure(server, pattern, settings, proxy.tools_of(server))
     except ValueError as exc:
         raise MCPError(code=types.INVALID_PARAMS, message=f"invalid settings: {exc}") from None
+    proxy.audit("configure", server, pattern, "-", repr(settings))
     rows = []
     for tool, diff in changed:
         for field, (old, new) in diff.items():

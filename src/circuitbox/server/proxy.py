@@ -34,7 +34,7 @@ from circuitbox.server.catalog import Catalog, build_catalog
 from circuitbox.server.config import ProxyConfig, ServerConfig
 from circuitbox.server.downstream import Backoff, Downstream
 from circuitbox.server.guard import Guard, error_result, rejection_result
-from circuitbox.server.own_tools import own_tools
+from circuitbox.server.own_tools import check_arguments, own_tools
 from circuitbox.server.policy import TextFallback, ToolFallback
 
 logger = logging.getLogger("circuitbox.proxy")
@@ -101,29 +101,41 @@ class Proxy:
         self._tg.start_soon(own, name=f"downstream {downstream.name}")
 
     async def reload(self, config: ProxyConfig) -> dict[str, list[str]]:
-        """Apply a new config without a restart.
+        """Apply a new config without a restart, or not at all.
 
-        Servers added are started, removed ones stopped; a server whose connection settings changed is restarted
-        (its in-flight calls are answered with a transport error). Breakers keep their state and window unless
-        their policy changed, and then only their thresholds change.
+        Every policy is computed first: a file that makes any existing breaker's policy invalid raises and changes
+        nothing. Servers added are started, removed ones stopped (their breakers go). A server whose connection
+        settings changed gets a new owner that inherits its listing, so its tools and breakers stay; the old
+        connection is retired once its calls in flight have been answered. Breakers keep their state and window
+        unless their policy changed, and then only their thresholds change.
+
+        Raises:
+            ConfigError, ValueError: the new config cannot be applied; the running one stays in force.
         """
+        plan = self.guard.plan_reload(config)
         old = self.config
         wanted = {name: server for name, server in config.servers.items() if server.enabled}
         report: dict[str, list[str]] = {"added": [], "removed": [], "restarted": [], "retuned": []}
-        for name in list(self.downstreams):
-            if name not in wanted or _connection(wanted[name]) != _connection(old.servers[name]):
-                self._scopes.pop(name).cancel()
+        for name, downstream in list(self.downstreams.items()):
+            if name not in wanted:
+                self._retire(downstream)
                 del self.downstreams[name]
-                report["removed" if name not in wanted else "restarted"].append(name)
+                report["removed"].append(name)
+            elif _connection(wanted[name]) != _connection(old.servers[name]):
+                self._retire(downstream)
+                fresh = self.downstreams[name] = self._downstream(wanted[name])
+                fresh.listing = downstream.listing  # tools stay published (and answer clearly) while it connects
+                self._launch(fresh)
+                report["restarted"].append(name)
+            else:
+                downstream.config = wanted[name]  # namespace, startup_timeout: no reconnect needed
         self.config = config
-        self.guard.reload(config)
-        report["retuned"] = [f"{server}/{tool}" for server, tool in self.guard.retune()]
+        report["retuned"] = [f"{server}/{tool}" for server, tool in self.guard.apply_reload(config, plan)]
         for name, server in wanted.items():
             if name not in self.downstreams:
                 self.downstreams[name] = self._downstream(server)
                 self._launch(self.downstreams[name])
-                if name not in report["restarted"]:
-                    report["added"].append(name)
+                report["added"].append(name)
         for owner, tool, _ in self.guard.known():
             if owner not in wanted:
                 self.guard.forget(owner, tool)
@@ -131,13 +143,26 @@ class Proxy:
         logger.warning("config reloaded: %s", {k: v for k, v in report.items() if v})
         return report
 
+    def _retire(self, downstream: Downstream) -> None:
+        """Stop an owner once its calls in flight are answered (bounded by the longest call deadline)."""
+        scope = self._scopes.pop(downstream.name)
+        limit = max((p.call_timeout for _, _, p in self.guard.policies_of(downstream.name)), default=30.0)
+
+        async def retire() -> None:
+            with anyio.move_on_after(limit + 1):
+                await downstream.wait_idle()
+            scope.cancel()
+
+        assert self._tg is not None
+        self._tg.start_soon(retire, name=f"retire {downstream.name}")
+
     async def wait_first_attempts(self) -> None:
         """Until every downstream's first connection attempt has ended, but never past the start-up grace period:
         one downstream stuck starting must delay only the agent's very first lists, not every later one."""
         if self._first_wait_until is None:
             self._first_wait_until = anyio.current_time() + FIRST_LIST_WAIT
         with anyio.move_on_after(max(0.0, self._first_wait_until - anyio.current_time())):
-            for downstream in self.downstreams.values():
+            for downstream in list(self.downstreams.values()):
                 await downstream.first_attempt_done.wait()
 
     def on_catalog_change(self, listener: Callable[[Catalog, Catalog], None]) -> None:
@@ -245,7 +270,9 @@ class Proxy:
         self._remember(ctx)
         own = self.own.get(params.name)
         if own is not None:
-            return await own[1](self, dict(params.arguments or {}))
+            arguments = dict(params.arguments or {})
+            check_arguments(own[0], arguments)
+            return await own[1](self, arguments)
         return await self.call(params.name, params.arguments, _progress_relay(ctx))
 
     async def call(
@@ -344,8 +371,6 @@ def _connection(server: ServerConfig) -> tuple[Any, ...]:
         server.cwd,
         server.url,
         dict(server.headers),
-        server.namespace,
-        server.startup_timeout,
     )
 
 

@@ -51,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
     from circuitbox.observability.logging import configure_logging
 
     configure_logging(args.log_format, args.log_level)
+    # The HTTP client logs every request at INFO, with its URL: noise on the hot path, and URLs can carry secrets.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     token = args.auth_token or os.environ.get("CIRCUITBOX_AUTH_TOKEN") or None
     if args.transport == "http" and not is_loopback(args.host) and not token:
         print(
