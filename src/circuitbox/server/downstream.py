@@ -38,6 +38,9 @@ T = TypeVar("T", bound=BaseModel)
 ProgressCallback = ProgressFnT
 
 
+DOWN_AFTER = 5  # consecutive failed connection attempts before a server is reported "down" rather than "restarting"
+
+
 class Connection(StrEnum):
     STARTING = "starting"
     CONNECTED = "connected"
@@ -123,7 +126,8 @@ class Downstream:
             if anyio.current_time() - began - self._backoff.initial >= self._backoff.stable_after:
                 failures = 0
             failures += 1
-            self.state = Connection.RESTARTING
+            # Still retried (at the longest backoff), but reported as down after repeated failures.
+            self.state = Connection.DOWN if failures >= DOWN_AFTER else Connection.RESTARTING
             delay = self._backoff.delay(failures)
             logger.warning("server %r disconnected (%s); reconnecting in %.1fs", self.name, self.last_error, delay)
             await anyio.sleep(delay)

@@ -130,6 +130,7 @@ class Proxy:
             else:
                 downstream.config = wanted[name]  # namespace, startup_timeout: no reconnect needed
         self.config = config
+        self.own = own_tools(config.admin_enabled)
         report["retuned"] = [f"{server}/{tool}" for server, tool in self.guard.apply_reload(config, plan)]
         for name, server in wanted.items():
             if name not in self.downstreams:
@@ -194,7 +195,9 @@ class Proxy:
             data = notification.model_dump(by_alias=True, mode="json", exclude_none=True)
             for connection in list(self._connections):  # handshake-era clients
                 try:
-                    await connection.outbound.notify(data["method"], data.get("params"))
+                    # Bounded: a client that stopped reading must not stall the downstream owner relaying this.
+                    with anyio.move_on_after(1):
+                        await connection.outbound.notify(data["method"], data.get("params"))
                 except Exception as exc:
                     logger.debug("could not notify a client of a list change: %s", exc)
 
@@ -267,7 +270,6 @@ class Proxy:
         return types.ListToolsResult(tools=[tool for tool, _ in self.own.values()] + self.catalog.tool_list())
 
     async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
-        self._remember(ctx)
         own = self.own.get(params.name)
         if own is not None:
             arguments = dict(params.arguments or {})
