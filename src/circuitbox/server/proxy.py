@@ -140,7 +140,7 @@ class Proxy:
         for owner, tool, _ in self.guard.known():
             if owner not in wanted:
                 self.guard.forget(owner, tool)
-        await self._listing_changed(None)
+        await self._listing_changed(None, own_tools_changed=old.admin_enabled != config.admin_enabled)
         logger.warning("config reloaded: %s", {k: v for k, v in report.items() if v})
         return report
 
@@ -169,7 +169,7 @@ class Proxy:
     def on_catalog_change(self, listener: Callable[[Catalog, Catalog], None]) -> None:
         self._catalog_listeners.append(listener)
 
-    async def _listing_changed(self, _: Downstream | None) -> None:
+    async def _listing_changed(self, _: Downstream | None, *, own_tools_changed: bool = False) -> None:
         old = self.catalog
         self.catalog = build_catalog(
             ((d.name, d.config.namespace, d.listing) for d in self.downstreams.values()), reserved=self.own
@@ -180,11 +180,11 @@ class Proxy:
             self.guard.forget(route.server, route.name)
         for listener in self._catalog_listeners:
             listener(old, self.catalog)
-        await self._relay_changes(old, self.catalog)
+        await self._relay_changes(old, self.catalog, own_tools_changed)
 
-    async def _relay_changes(self, old: Catalog, new: Catalog) -> None:
+    async def _relay_changes(self, old: Catalog, new: Catalog, own_tools_changed: bool = False) -> None:
         events: list[tuple[Any, types.ServerNotification]] = []
-        if old.tool_list() != new.tool_list():
+        if own_tools_changed or old.tool_list() != new.tool_list():
             events.append((ToolsListChanged(), types.ToolListChangedNotification()))
         if old.prompt_list() != new.prompt_list():
             events.append((PromptsListChanged(), types.PromptListChangedNotification()))
