@@ -10,7 +10,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 from mcp import ClientSession, StdioServerParameters, stdio_client
@@ -59,6 +59,7 @@ async def proxy_session(
     *,
     message_handler: Callable[[Any], Any] | None = None,
     extra_args: list[str] | None = None,
+    errlog: TextIO | None = None,
 ) -> AsyncIterator[ClientSession]:
     """`circuitbox serve` over stdio as a child process, driven by the SDK's real client."""
     path = write_config(tmp_path, config)
@@ -69,7 +70,7 @@ async def proxy_session(
         cwd=str(tmp_path),
     )
     async with (
-        stdio_client(params) as (read, write),
+        stdio_client(params, errlog=errlog or sys.stderr) as (read, write),
         ClientSession(read, write, message_handler=message_handler, read_timeout_seconds=60) as session,
     ):
         with anyio.fail_after(30):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -46,3 +47,17 @@ async def test_own_tools_reject_arguments_of_the_wrong_type_by_name(tmp_path: Pa
             await session.call_tool("circuit_status", {"server": ["c"]})
         with pytest.raises(MCPError, match="unknown argument 'srever'"):
             await session.call_tool("circuit_metrics", {"srever": "c"})
+
+
+async def test_json_logs_carry_one_object_per_line_with_the_transition(tmp_path: Path) -> None:
+    server = {**chaos("bad=error"), "breaker": {"failure_threshold": 2, "timeout": 600}}
+    log_path = tmp_path / "stderr.log"
+    with log_path.open("w") as errlog:
+        async with proxy_session(
+            tmp_path, {"mcpServers": {"c": server}}, extra_args=["--log-format", "json"], errlog=errlog
+        ) as session:
+            for _ in range(2):
+                await session.call_tool("c__bad", {})
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    opened = [r for r in records if r.get("event") == "state_transition" and r.get("to_state") == "open"]
+    assert opened and opened[0]["server"] == "c" and opened[0]["tool"] == "bad"
