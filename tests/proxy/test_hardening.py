@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from pathlib import Path
 
+import anyio
 import pytest
 from mcp import MCPError
 
 from circuitbox.server.config import parse_config
 from circuitbox.server.downstream import Downstream
-from tests.proxy.harness import chaos, proxy_session
+from tests.proxy.harness import chaos, proxy_session, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -61,3 +63,24 @@ async def test_json_logs_carry_one_object_per_line_with_the_transition(tmp_path:
     records = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     opened = [r for r in records if r.get("event") == "state_transition" and r.get("to_state") == "open"]
     assert opened and opened[0]["server"] == "c" and opened[0]["tool"] == "bad"
+
+
+async def test_a_regular_file_on_stdin_is_served_by_the_fallback_transport(tmp_path: Path) -> None:
+    """Pipes get the loop-native transport; anything else (here a file) the SDK's. The file's end is the client
+    closing stdin, which ends the session (MCP's stdio shutdown), so only the inline `initialize` is checked."""
+    config = write_config(tmp_path, {"mcpServers": {"c": chaos("ok=healthy")}})
+    init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    lines = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    ]
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with requests.open("rb") as stdin:
+        done = await anyio.run_process(
+            [sys.executable, "-m", "circuitbox", "serve", "--config", str(config)], stdin=stdin, check=False
+        )
+    answers = {a["id"]: a for a in map(json.loads, done.stdout.decode().splitlines())}
+    assert answers[1]["result"]["serverInfo"]["name"] == "circuitbox"
+    assert answers[1]["result"]["capabilities"]["tools"]["listChanged"] is True
+    assert done.returncode == 0

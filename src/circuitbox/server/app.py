@@ -12,7 +12,6 @@ from typing import Any
 
 import anyio
 from mcp.server import Server
-from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -21,6 +20,7 @@ from starlette.routing import Mount, Route
 from circuitbox.observability.collector import MetricsCollector
 from circuitbox.observability.http import metrics_app, start_metrics_server
 from circuitbox.observability.logging import TransitionLogger
+from circuitbox.server._pipes import stdio_pipes
 from circuitbox.server._streams import AnswerMalformed
 from circuitbox.server.config import ConfigError, ProxyConfig
 from circuitbox.server.proxy import Proxy
@@ -142,7 +142,7 @@ async def serve(
             if port_ is not None and collector is not None:
                 tg.start_soon(_serve_metrics, collector.registry, config.metrics_host, port_)
             server = proxy.build_server()
-            async with stdio_server() as (read, write):
+            async with stdio_pipes() as (read, write):
                 await server.run(AnswerMalformed(read, write), write, proxy.initialization_options(server))
         tg.cancel_scope.cancel()
 
