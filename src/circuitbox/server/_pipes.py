@@ -47,28 +47,45 @@ async def stdio_pipes() -> AsyncIterator[tuple[Any, Any]]:
         async with stdio_server() as streams:
             yield streams
         return
-    stdin_fd, stdout_fd = os.dup(0), os.dup(1)
-    null = os.open(os.devnull, os.O_RDONLY)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_LINE_LIMIT)
+    stdin_file = os.fdopen(os.dup(0), "rb", buffering=0)
+    stdout_file = os.fdopen(os.dup(1), "wb", buffering=0)
+    read_transport: asyncio.ReadTransport | None = None
+    try:
+        read_transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin_file)
+        write_transport, write_protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, stdout_file)
+    except (OSError, ValueError) as exc:  # a pipe the loop cannot watch after all: the SDK's transport then
+        logger.info("stdio: falling back to worker-thread pipes (%s)", exc)
+        if read_transport is not None:
+            read_transport.close()  # closes stdin_file too
+        else:
+            stdin_file.close()
+        stdout_file.close()
+        read_transport = None
+    if read_transport is None:
+        async with stdio_server() as streams:
+            yield streams
+        return
+    writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
+    # Only our dups reach the agent now: a stray print (fd 1) goes to stderr, a stray read (fd 0) sees EOF.
     saved_in, saved_out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(2, 1)
     os.close(null)
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=_LINE_LIMIT)
-    read_transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(stdin_fd, "rb", buffering=0)
-    )
-    write_transport, write_protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(stdout_fd, "wb", buffering=0)
-    )
-    writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
     to_server, server_reads = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     server_writes, from_server = anyio.create_memory_object_stream[SessionMessage](0)
+    written = anyio.Event()
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_read_lines, reader, to_server)
-            tg.start_soon(_write_messages, from_server, writer)
+            tg.start_soon(_write_messages, from_server, writer, written)
             yield server_reads, server_writes
+            # The session closes its write stream when it ends: let the last answers reach stdout, then stop
+            # reading (the reader may still be waiting for a line that will never come).
+            with anyio.move_on_after(2):
+                await written.wait()
             tg.cancel_scope.cancel()
     finally:
         read_transport.close()
@@ -102,13 +119,16 @@ async def _read_lines(reader: asyncio.StreamReader, sink: MemoryObjectSendStream
                 return
 
 
-async def _write_messages(source: MemoryObjectReceiveStream[SessionMessage], writer: asyncio.StreamWriter) -> None:
-    async with source:
-        async for message in source:
-            data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
-            writer.write(data.encode() + b"\n")
-            try:
+async def _write_messages(
+    source: MemoryObjectReceiveStream[SessionMessage], writer: asyncio.StreamWriter, written: anyio.Event
+) -> None:
+    try:
+        async with source:
+            async for message in source:
+                data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
+                writer.write(data.encode() + b"\n")
                 await writer.drain()
-            except ConnectionError:  # the agent went away: nothing left to answer
-                logger.info("stdout closed: the agent has gone")
-                return
+    except ConnectionError:  # the agent went away: nothing left to answer
+        logger.info("stdout closed: the agent has gone")
+    finally:
+        written.set()
