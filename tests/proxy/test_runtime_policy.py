@@ -5,18 +5,39 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import mcp_types as types
 import pytest
-from mcp import MCPError
+from mcp import ClientSession, MCPError
 
 from tests.proxy.harness import chaos, pid_of, proxy_session
 from tests.proxy.test_breakers_through_the_proxy import status, text
 
 pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def call_in_flight(
+    session: ClientSession, published: str, tool: str
+) -> AsyncIterator[list[types.CallToolResult]]:
+    """A call running in the background, once the proxy has admitted it; its answer lands in the list."""
+    answers: list[types.CallToolResult] = []
+
+    async def call() -> None:
+        answers.append(await session.call_tool(published, {}))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call)
+        with anyio.fail_after(10):
+            while (await status(session, tool=tool))["breakers"] == []:
+                await anyio.sleep(0.02)  # until the proxy has admitted the call (its breaker exists)
+        yield answers
+
 
 LENIENT = {"failure_threshold": 10, "timeout": 30, "jitter": 0, "minimum_calls": 100}
 
@@ -82,16 +103,7 @@ async def test_sighup_reloads_servers_and_policies_without_dropping_a_call_in_fl
                 "d": chaos("hello=healthy"),
             },
         }
-        answers: list[types.CallToolResult] = []
-
-        async def slow_call() -> None:
-            answers.append(await session.call_tool("c__slow", {}))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(slow_call)
-            with anyio.fail_after(10):
-                while (await status(session, tool="slow"))["breakers"] == []:
-                    await anyio.sleep(0.02)  # until the proxy has admitted the slow call
+        async with call_in_flight(session, "c__slow", "slow") as answers:
             path.write_text(json.dumps(second))
             os.kill(pid_of(path), signal.SIGHUP)
             with anyio.fail_after(20):
@@ -117,16 +129,7 @@ async def test_a_reload_that_changes_a_servers_connection_keeps_its_breakers_and
             "environment": "testing",
             "mcpServers": {"c": {**chaos("slow=latency:2", "flaky=error", seed=2), "breaker": LENIENT}},
         }
-        answers: list[types.CallToolResult] = []
-
-        async def slow_call() -> None:
-            answers.append(await session.call_tool("c__slow", {}))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(slow_call)
-            with anyio.fail_after(10):
-                while (await status(session, tool="slow"))["breakers"] == []:
-                    await anyio.sleep(0.02)  # until the proxy has admitted the slow call
+        async with call_in_flight(session, "c__slow", "slow") as answers:
             path.write_text(json.dumps(second))  # a new seed: new args, so a new connection
             os.kill(pid_of(path), signal.SIGHUP)
             with anyio.fail_after(20):
