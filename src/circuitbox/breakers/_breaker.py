@@ -73,9 +73,10 @@ class CircuitBreaker(BreakerProtocol):
         except BaseException:
             self._settle(generation, start, permit, RELEASED, "", None)
             raise
-        if self._fast_record and generation == self._generation:
+        fast = self._fast_window
+        if fast is not None and generation == self._generation:
             self._consecutive = 0
-            self._window.success()
+            fast.success()
         else:
             self._settle(generation, start, permit, SUCCESS, "", None)
         return result

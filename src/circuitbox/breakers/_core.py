@@ -46,7 +46,7 @@ class BreakerCore:
         "_failure_threshold",
         "_fallback",
         "_fallback_async",
-        "_fast_record",
+        "_fast_window",
         "_generation",
         "_half_open_max",
         "_hot",
@@ -124,7 +124,11 @@ class BreakerCore:
     def _refresh(self) -> None:
         self._passing = self._state in _PASSING
         self._timed = bool(self._listeners) or self._slow is not None
-        self._fast_record = self._state is _CLOSED and not self._timed and isinstance(self._window, CountWindow)
+        # The window itself when an outcome may take the fast path (closed, count window, nothing timed or observed).
+        window = self._window
+        self._fast_window = (
+            window if isinstance(window, CountWindow) and self._state is _CLOSED and not self._timed else None
+        )
 
     # -- reading --------------------------------------------------------------------------------------------
 

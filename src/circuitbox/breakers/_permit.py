@@ -42,10 +42,11 @@ class Permit:
         if b is None:
             raise PermitError("this permit's outcome was already reported")
         self._breaker = None
-        if b._fast_record and self._generation == b._generation:
+        fast = b._fast_window
+        if fast is not None and self._generation == b._generation:
             # Closed, count window, nothing timed or observed: only the window and the streak change.
             b._consecutive = 0
-            b._window.success()
+            fast.success()
         else:
             b._settle(self._generation, self._start, self, SUCCESS, "", None)
 

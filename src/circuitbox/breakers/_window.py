@@ -114,9 +114,6 @@ class TimeWindow:
                 b_calls[j] = b_failures[j] = b_slow[j] = 0
         self._head = idx
 
-    def success(self) -> None:  # pragma: no cover - the breaker never takes the fast path with a time window
-        raise NotImplementedError
-
     def record(self, code: int, now: float) -> None:
         """Record one call that ended at `now`; `code` is CALL with FAILED and/or SLOW or-ed in."""
         self.advance(now)
