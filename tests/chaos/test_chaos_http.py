@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,25 +12,9 @@ from mcp import ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.chaos.support import CHAOS, Inbox, tool_args, wait_for_stat
+from tests.net import free_port, wait_for_port
 
 pytestmark = pytest.mark.anyio
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_until_listening(port: int) -> None:
-    while True:
-        try:
-            stream = await anyio.connect_tcp("127.0.0.1", port)
-        except OSError:
-            await anyio.sleep(0.05)
-        else:
-            await stream.aclose()
-            return
 
 
 @asynccontextmanager
@@ -43,8 +26,7 @@ async def http_chaos(*args: str) -> AsyncIterator[tuple[int, list[bytes]]]:
     process = await anyio.open_process(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     async with process:
         try:
-            with anyio.fail_after(20):
-                await wait_until_listening(port)
+            await wait_for_port(port, 20)
             yield port, stdout
         finally:
             process.terminate()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from circuitbox.server import check_cmd
 from circuitbox.server.config import parse_config
 from circuitbox.server.policy import POLICY_FIELDS
 from tests.config.support import check, time_server, write
+from tests.net import free_port, wait_for_port
 
 SECRET_ENV = "hunter2-env-value"
 SECRET_HEADER = "hunter2-header-value"
@@ -133,12 +133,6 @@ def test_the_environment_flag_applies_when_the_file_names_none(tmp_path: Path) -
     assert report["servers"][0]["policy"]["failure_threshold"] == {"value": 20, "source": "environment"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 SSE_SERVER = """
 import sys, uvicorn
 from mcp.server import MCPServer
@@ -156,7 +150,7 @@ def serve(args: list[str], port: int) -> Iterator[None]:
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with anyio.from_thread.start_blocking_portal() as portal:
-            portal.call(_wait_for_port, port)
+            portal.call(wait_for_port, port)
         yield
     finally:
         proc.terminate()
@@ -176,18 +170,6 @@ def sse_server() -> Iterator[str]:
     """A one-tool SDK server over SSE; yields its /sse URL."""
     port = free_port()
     yield from (f"http://127.0.0.1:{port}/sse" for _ in serve([sys.executable, "-c", SSE_SERVER, str(port)], port))
-
-
-async def _wait_for_port(port: int) -> None:
-    with anyio.fail_after(30):
-        while True:
-            try:
-                stream = await anyio.connect_tcp("127.0.0.1", port)
-            except OSError:
-                await anyio.sleep(0.05)
-            else:
-                await stream.aclose()
-                return
 
 
 FAILING = {

@@ -17,8 +17,9 @@ import pytest
 from circuitbox.breakers.testing import FakeClock
 from circuitbox.cli import main as cli_main
 from circuitbox.observability import build_dashboard, build_rules, to_yaml
+from tests.net import free_port
 
-from .obs_support import collector_with, free_port, make_breaker, scrape, serving, taking, trip
+from .obs_support import collector_with, make_breaker, scrape, serving, taking, trip
 
 pytestmark = pytest.mark.anyio
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,6 +13,8 @@ from typing import Any, TextIO
 
 import anyio
 from mcp import ClientSession, StdioServerParameters, stdio_client
+
+from tests.net import wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 EVERYTHING = REPO / ".cache/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
@@ -37,12 +38,6 @@ def time_server() -> dict[str, Any]:
 def everything_server(transport: str = "stdio") -> dict[str, Any]:
     assert EVERYTHING.exists(), "run `bash .ci/install-test-servers.sh` to install server-everything"
     return {"command": shutil.which("node") or "node", "args": [str(EVERYTHING), transport]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(tmp_path: Path, config: dict[str, Any]) -> Path:
@@ -92,18 +87,6 @@ async def running_process(args: list[str], *, port: int, env: dict[str, str] | N
         if process.returncode is None:
             process.kill()
             await process.wait()
-
-
-async def wait_for_port(port: int, limit: float = 30) -> None:
-    with anyio.fail_after(limit):
-        while True:
-            try:
-                stream = await anyio.connect_tcp("127.0.0.1", port)
-            except OSError:
-                await anyio.sleep(0.05)  # polling an external process's socket; bounded by fail_after
-                continue
-            await stream.aclose()
-            return
 
 
 def everything_http_args(transport: str) -> list[str]:

@@ -14,7 +14,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.subscriptions import ToolsListChanged
 
-from tests.proxy.harness import chaos, free_port, running_process, write_config
+from tests.net import free_port
+from tests.proxy.harness import chaos, running_process, write_config
 
 pytestmark = pytest.mark.anyio
 

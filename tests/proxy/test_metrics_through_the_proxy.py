@@ -12,8 +12,9 @@ from mcp import ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.net import free_port
 from tests.observability.conftest import _find
-from tests.proxy.harness import chaos, free_port, running_process, write_config
+from tests.proxy.harness import chaos, running_process, write_config
 
 pytestmark = pytest.mark.anyio
 

@@ -9,9 +9,10 @@ import anyio
 import httpx2
 import pytest
 
+from tests.net import free_port
 from tests.observability.conftest import _find
 from tests.observability.test_obs_prometheus import _poll
-from tests.proxy.harness import chaos, free_port, proxy_session
+from tests.proxy.harness import chaos, proxy_session
 
 pytestmark = pytest.mark.anyio
 

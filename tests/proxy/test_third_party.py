@@ -9,10 +9,10 @@ import anyio
 import mcp_types as types
 import pytest
 
+from tests.net import free_port
 from tests.proxy.harness import (
     everything_http_args,
     everything_server,
-    free_port,
     proxy_session,
     running_process,
     time_server,
