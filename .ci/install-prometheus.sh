@@ -45,11 +45,11 @@ chmod 0777 "$work"
 deb="$(ls "$work"/prometheus_*.deb)"
 
 mkdir -p "$dest"
-rm -rf "$dest/root"
-dpkg -x "$deb" "$dest/root"
+rm -rf "$dest/unpacked"
+dpkg -x "$deb" "$dest/unpacked"
 mkdir -p "$bin"
-ln -sf ../root/usr/bin/prometheus "$bin/prometheus"  # relative: survives moving the folder
-ln -sf ../root/usr/bin/promtool "$bin/promtool"
+ln -sf ../unpacked/usr/bin/prometheus "$bin/prometheus"  # relative: survives moving the folder
+ln -sf ../unpacked/usr/bin/promtool "$bin/promtool"
 
 "$bin/promtool" --version >&2
 echo "installed prometheus into $bin" >&2
