@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from circuitbox.breakers import BreakerEvent, CircuitBreaker, CircuitBreakerConfig
+from circuitbox.breakers import BreakerEvent, CircuitBreaker, CircuitBreakerConfig, Permit, Rejection
 from circuitbox.breakers.testing import FakeClock
 
 
@@ -38,3 +38,9 @@ def make(clock: FakeClock, *, listener: Recorder | None = None, **settings: Any)
     if listener is not None:
         breaker.add_listener(listener)
     return breaker
+
+
+def admit(decision: Permit | Rejection) -> Permit:
+    """The permit of a call the breaker must admit (fails the test with the rejection otherwise)."""
+    assert isinstance(decision, Permit), f"rejected: {decision}"
+    return decision

@@ -19,14 +19,9 @@ from circuitbox.breakers import (
 )
 from circuitbox.breakers.testing import FakeClock
 
-from .conftest import Recorder, make
+from .conftest import Recorder, admit, make
 
 S = CircuitState
-
-
-def admit(decision: Permit | Rejection) -> Permit:
-    assert isinstance(decision, Permit), f"rejected: {decision}"
-    return decision
 
 
 def reject(decision: Permit | Rejection) -> Rejection:

@@ -5,18 +5,13 @@ import json
 
 import pytest
 
-from circuitbox.breakers import BreakerSnapshot, CircuitState, Permit, Rejection
+from circuitbox.breakers import BreakerSnapshot, CircuitState
 from circuitbox.breakers._snapshot import health_score
 from circuitbox.breakers.testing import FakeClock
 
-from .conftest import make
+from .conftest import admit, make
 
 S = CircuitState
-
-
-def admit(decision: Permit | Rejection) -> Permit:
-    assert isinstance(decision, Permit)
-    return decision
 
 
 def test_a_snapshot_has_every_field_design_md_lists() -> None:

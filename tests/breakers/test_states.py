@@ -8,7 +8,6 @@ from circuitbox.breakers import (
     CallSucceeded,
     CircuitState,
     IllegalTransitionError,
-    Permit,
     PermitError,
     Rejection,
     StateTransition,
@@ -16,14 +15,9 @@ from circuitbox.breakers import (
 from circuitbox.breakers._state import check_transition
 from circuitbox.breakers.testing import FakeClock
 
-from .conftest import Recorder, make
+from .conftest import Recorder, admit, make
 
 S = CircuitState
-
-
-def admit(decision: Permit | Rejection) -> Permit:
-    assert isinstance(decision, Permit), f"rejected: {decision}"
-    return decision
 
 
 def test_state_values_are_the_lowercase_strings_used_everywhere() -> None:

@@ -1,16 +1,11 @@
 from __future__ import annotations
 
-from circuitbox.breakers import CallFailed, CallSucceeded, CircuitState, Permit, Rejection, StateTransition
+from circuitbox.breakers import CallFailed, CallSucceeded, CircuitState, StateTransition
 from circuitbox.breakers.testing import FakeClock
 
-from .conftest import Recorder, make
+from .conftest import Recorder, admit, make
 
 S = CircuitState
-
-
-def admit(decision: Permit | Rejection) -> Permit:
-    assert isinstance(decision, Permit)
-    return decision
 
 
 def test_failure_threshold_consecutive_failures_open_the_circuit(clock: FakeClock) -> None:

@@ -1,15 +1,10 @@
 from __future__ import annotations
 
-from circuitbox.breakers import CircuitBreakerConfig, CircuitState, Permit, Rejection
+from circuitbox.breakers import CircuitBreakerConfig, CircuitState
 from circuitbox.breakers._window import CALL, FAILED, SLOW, CountWindow, TimeWindow
 from circuitbox.breakers.testing import FakeClock
 
-from .conftest import make
-
-
-def admit(decision: Permit | Rejection) -> Permit:
-    assert isinstance(decision, Permit)
-    return decision
+from .conftest import admit, make
 
 
 def counts(window: CountWindow | TimeWindow) -> tuple[int, int, int]:
