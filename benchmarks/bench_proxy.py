@@ -182,8 +182,8 @@ async def _fast_fail_in_process(calls: int) -> dict[str, float]:
     call, without the agent-side stdio hop that the end-to-end figure includes."""
     from mcp import Client
 
+    from circuitbox.config.load import parse_config
     from circuitbox.server.app import build_proxy
-    from circuitbox.server.config import parse_config
 
     server = {"command": CHAOS[0], "args": CHAOS[1:], "namespace": "", "breaker": {"failure_threshold": 3}}
     proxy, _ = build_proxy(parse_config({"environment": "production", "mcpServers": {"d": server}}))

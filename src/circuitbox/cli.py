@@ -13,13 +13,13 @@ from collections.abc import Sequence
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("circuitbox.server.serve_cmd", "run the proxy (stdio by default, or --transport http)"),
-    "demo": ("circuitbox.demo", "watch breakers trip and heal in front of chaos downstreams (no setup)"),
-    "check": ("circuitbox.server.check_cmd", "validate a config and print the effective policy per server/tool"),
-    "status": ("circuitbox.server.status_cmd", "print the breakers of a running instance (HTTP)"),
-    "chaos": ("circuitbox.chaos.cli", "run the bundled fault-injecting MCP server"),
-    "dashboard": ("circuitbox.observability.cli_dashboard", "print a Grafana dashboard JSON"),
-    "alerts": ("circuitbox.observability.cli_alerts", "print a Prometheus alert rules file"),
+    "serve": ("circuitbox.commands.serve", "run the proxy (stdio by default, or --transport http)"),
+    "demo": ("circuitbox.commands.demo", "watch breakers trip and heal in front of chaos downstreams (no setup)"),
+    "check": ("circuitbox.commands.check", "validate a config and print the effective policy per server/tool"),
+    "status": ("circuitbox.commands.status", "print the breakers of a running instance (HTTP)"),
+    "chaos": ("circuitbox.commands.chaos", "run the bundled fault-injecting MCP server"),
+    "dashboard": ("circuitbox.commands.dashboard", "print a Grafana dashboard JSON"),
+    "alerts": ("circuitbox.commands.alerts", "print a Prometheus alert rules file"),
 }
 
 

@@ -12,8 +12,8 @@ import pytest
 import circuitbox.chaos
 from circuitbox.chaos import DEFAULT_TOOLS
 from circuitbox.chaos._transport import _LockedText, _StdioWire
-from circuitbox.chaos.cli import add_arguments, tools_from_args
 from circuitbox.cli import main
+from circuitbox.commands.chaos import add_arguments, tools_from_args
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from circuitbox.server.config import ProxyConfig, parse_config
+from circuitbox.config.load import ProxyConfig, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 

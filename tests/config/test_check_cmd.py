@@ -15,10 +15,10 @@ import anyio
 import mcp_types as types
 import pytest
 
-from circuitbox.breakers._profiles import PRESETS
-from circuitbox.server import check_cmd
-from circuitbox.server.config import parse_config
-from circuitbox.server.policy import POLICY_FIELDS
+from circuitbox.breakers.profiles import PRESETS
+from circuitbox.commands import check as check_cmd
+from circuitbox.config.load import parse_config
+from circuitbox.config.policy import POLICY_FIELDS
 from tests.config.support import check, time_server, write
 from tests.net import free_port, wait_for_port
 

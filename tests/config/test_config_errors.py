@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from circuitbox.server.config import ConfigError, load_config, parse_config
+from circuitbox.config.load import ConfigError, load_config, parse_config
 from tests.config.support import check, write
 
 

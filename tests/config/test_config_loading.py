@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from circuitbox.server.config import ConfigError, discover_config_path, load_config, parse_config
+from circuitbox.config.load import ConfigError, discover_config_path, load_config, parse_config
 from tests.config.support import one, write
 
 DESIGN_EXAMPLE = {

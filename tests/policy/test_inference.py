@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from circuitbox.breakers._profiles import infer_preset
+from circuitbox.breakers.profiles import infer_preset
 from tests.config.support import one
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from circuitbox.server.config import ConfigError, parse_config
-from circuitbox.server.policy import POLICY_FIELDS, TextFallback, ToolFallback
+from circuitbox.config.load import ConfigError, parse_config
+from circuitbox.config.policy import POLICY_FIELDS, TextFallback, ToolFallback
 from tests.config.support import one
 
 
@@ -159,7 +159,7 @@ def test_contradicting_layers_name_the_most_specific_key_involved() -> None:
 
 
 def test_a_contradiction_only_built_in_layers_could_cause_names_the_breaker() -> None:
-    from circuitbox.server.policy import Layer, base_layers, resolve
+    from circuitbox.config.policy import Layer, base_layers, resolve
 
     broken = Layer("preset", "preset", {"minimum_calls": 500})
     with pytest.raises(ConfigError, match=r"^srv__t: minimum_calls must be <="):

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from circuitbox.breakers import CircuitBreakerConfig
-from circuitbox.breakers._profiles import (
+from circuitbox.breakers.profiles import (
     ENVIRONMENTS,
     PRESETS,
     check_environment,

@@ -11,7 +11,7 @@ import anyio
 import pytest
 from mcp import MCPError
 
-from circuitbox.server.config import parse_config
+from circuitbox.config.load import parse_config
 from circuitbox.server.downstream import Downstream
 from tests.proxy.harness import chaos, proxy_session, write_config
 

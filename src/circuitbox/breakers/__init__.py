@@ -15,10 +15,10 @@ from circuitbox.breakers._events import (
     StateTransition,
 )
 from circuitbox.breakers._permit import Permit, Rejection
-from circuitbox.breakers._profiles import profile
 from circuitbox.breakers._registry import BreakerRegistry, get_circuit_breaker_manager
 from circuitbox.breakers._snapshot import BreakerSnapshot
 from circuitbox.breakers._state import TRANSITIONS, CircuitState
+from circuitbox.breakers.profiles import profile
 
 __all__ = [
     "TRANSITIONS",

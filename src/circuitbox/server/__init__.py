@@ -1,1 +1,1 @@
-"""The circuitbox MCP proxy: config, policies, downstreams, the guarded call and the upstream server."""
+"""The MCP runtime: transports, downstream owners, the catalog, the guarded call and circuitbox's own tools."""

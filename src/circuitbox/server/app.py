@@ -17,12 +17,12 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
+from circuitbox.config.load import ConfigError, ProxyConfig
 from circuitbox.observability.collector import MetricsCollector
 from circuitbox.observability.http import metrics_app, start_metrics_server
 from circuitbox.observability.logging import TransitionLogger
 from circuitbox.server._pipes import stdio_pipes
 from circuitbox.server._streams import AnswerMalformed
-from circuitbox.server.config import ConfigError, ProxyConfig
 from circuitbox.server.proxy import Proxy
 
 logger = logging.getLogger("circuitbox")

@@ -15,7 +15,7 @@ from enum import Enum
 import mcp_types as types
 from mcp import MCPError
 
-from circuitbox.server.policy import ToolPolicy
+from circuitbox.config.policy import ToolPolicy
 
 # JSON-RPC codes that mean "the caller asked wrongly", not "the server is unwell". Not -32600: circuitbox builds the
 # request itself, and the SDK reports transport trouble (a lost HTTP session, a wrong content type) with that code.

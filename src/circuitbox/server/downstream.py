@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from circuitbox.server._streams import WatchedStream
 
 if TYPE_CHECKING:
-    from circuitbox.server.config import ServerConfig
+    from circuitbox.config.load import ServerConfig
 
 logger = logging.getLogger("circuitbox.downstream")
 

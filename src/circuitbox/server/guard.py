@@ -18,10 +18,10 @@ import mcp_types as types
 from mcp import MCPError
 
 from circuitbox.breakers import BreakerRegistry, CircuitBreaker, CircuitBreakerConfig, Rejection
+from circuitbox.config.load import ConfigError, ProxyConfig
+from circuitbox.config.policy import ToolPolicy
 from circuitbox.server.classify import CALLER_MISTAKES, Outcome, Verdict, classify_error, classify_result
-from circuitbox.server.config import ConfigError, ProxyConfig
 from circuitbox.server.downstream import Downstream, DownstreamUnavailableError, ProgressCallback
-from circuitbox.server.policy import ToolPolicy
 
 logger = logging.getLogger("circuitbox.guard")
 

@@ -30,12 +30,12 @@ from pydantic import BaseModel
 
 from circuitbox import __version__
 from circuitbox.breakers import BreakerRegistry, CircuitBreaker, Rejection
+from circuitbox.config.load import ProxyConfig, ServerConfig
+from circuitbox.config.policy import TextFallback, ToolFallback
 from circuitbox.server.catalog import Catalog, build_catalog
-from circuitbox.server.config import ProxyConfig, ServerConfig
 from circuitbox.server.downstream import Backoff, Downstream
 from circuitbox.server.guard import Guard, error_result, rejection_result
 from circuitbox.server.own_tools import check_arguments, own_tools
-from circuitbox.server.policy import TextFallback, ToolFallback
 
 logger = logging.getLogger("circuitbox.proxy")
 ResultT = TypeVar("ResultT", bound=BaseModel)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .dashboard import UID, build_dashboard
+from circuitbox.observability.dashboard import UID, build_dashboard
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 
-from circuitbox.server.config import ConfigError, ProxyConfig
+from circuitbox.config.load import ConfigError, ProxyConfig
 
 logger = logging.getLogger("circuitbox")
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from circuitbox.server.config import discover_config_path, load_config
+    from circuitbox.config.load import discover_config_path, load_config
 
     def read_config() -> ProxyConfig:
         return load_config(discover_config_path(args.config), environment=args.environment)

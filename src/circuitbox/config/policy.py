@@ -18,8 +18,8 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from circuitbox.breakers import CircuitBreakerConfig
-from circuitbox.breakers._profiles import ENVIRONMENTS, check_preset
-from circuitbox.server._config_model import (
+from circuitbox.breakers.profiles import ENVIRONMENTS, check_preset
+from circuitbox.config.model import (
     BREAKER_FIELDS,
     PROXY_FIELDS,
     ConfigError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .alerts import Thresholds, build_rules, to_yaml
+from circuitbox.observability.alerts import Thresholds, build_rules, to_yaml
 
 _D = Thresholds()
 

@@ -19,8 +19,9 @@ from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from circuitbox.breakers._profiles import check_environment, check_preset, environment_from, infer_preset
-from circuitbox.server._config_model import (
+from circuitbox.breakers.profiles import check_environment, check_preset, environment_from, infer_preset
+from circuitbox.config.expand import expand
+from circuitbox.config.model import (
     CLASSIFICATION_FIELDS,
     ConfigError,
     Overrides,
@@ -29,8 +30,7 @@ from circuitbox.server._config_model import (
     strip_client_keys,
     validate_file,
 )
-from circuitbox.server._expand import expand
-from circuitbox.server.policy import Layer, ToolPolicy, base_layers, is_glob, make_layer, resolve, tool_layers
+from circuitbox.config.policy import Layer, ToolPolicy, base_layers, is_glob, make_layer, resolve, tool_layers
 
 logger = logging.getLogger("circuitbox.config")
 

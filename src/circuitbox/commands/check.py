@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TextIO
 
-from circuitbox.breakers._profiles import PRESETS
-from circuitbox.server.config import ConfigError, ProxyConfig, ServerConfig, discover_config_path, load_config
-from circuitbox.server.policy import POLICY_FIELDS, ToolPolicy
+from circuitbox.breakers.profiles import PRESETS
+from circuitbox.config.load import ConfigError, ProxyConfig, ServerConfig, discover_config_path, load_config
+from circuitbox.config.policy import POLICY_FIELDS, ToolPolicy
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
