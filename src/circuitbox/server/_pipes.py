@@ -21,7 +21,6 @@ from typing import Any
 
 import anyio
 import mcp_types as types
-import sniffio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
@@ -40,10 +39,19 @@ def _is_pipe(fd: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
+def _on_asyncio() -> bool:
+    """Whether this task runs on an asyncio loop (under trio there is none to attach pipes to)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 @asynccontextmanager
 async def stdio_pipes() -> AsyncIterator[tuple[Any, Any]]:
     """(read stream, write stream) for `Server.run`, on loop-native pipes when possible."""
-    if sniffio.current_async_library() != "asyncio" or not (_is_pipe(0) and _is_pipe(1)):
+    if not (_on_asyncio() and _is_pipe(0) and _is_pipe(1)):
         async with stdio_server() as streams:
             yield streams
         return
