@@ -29,7 +29,8 @@ CIRCUITBOX = str(BIN / "circuitbox")
 
 def import_everything() -> int:
     # `circuitbox.__main__` runs the CLI when imported: it is exercised as `python -m circuitbox --help` instead.
-    names = [m.name for m in pkgutil.walk_packages(circuitbox.__path__, "circuitbox.") if m.name != "circuitbox.__main__"]
+    found = pkgutil.walk_packages(circuitbox.__path__, "circuitbox.")
+    names = [m.name for m in found if m.name != "circuitbox.__main__"]
     for name in names:
         importlib.import_module(name)
     subprocess.run([sys.executable, "-m", "circuitbox", "--help"], check=True, stdout=subprocess.DEVNULL)
@@ -70,7 +71,7 @@ def free_port() -> int:
 async def over_http(config: Path) -> None:
     port = free_port()
     args = [CIRCUITBOX, "serve", "--config", str(config), "--transport", "http", "--port", str(port)]
-    process = subprocess.Popen(args, cwd=config.parent, env=os.environ.copy())
+    process = subprocess.Popen(args, cwd=config.parent, env=os.environ.copy())  # noqa: ASYNC220 (a smoke script)
     try:
         with anyio.fail_after(60):
             while True:  # another process's socket: nothing to wait on but the port itself

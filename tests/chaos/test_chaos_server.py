@@ -91,7 +91,7 @@ async def test_latency_delays_the_answer() -> None:
         started = time.monotonic()
         with anyio.fail_after(5):
             assert not (await session.call_tool("slow", {})).is_error
-        assert 0.2 <= time.monotonic() - started < 3
+        assert time.monotonic() - started >= 0.2  # it waited its latency; how much longer depends on the machine
 
 
 async def test_a_cancelled_hang_is_counted_as_a_cancellation() -> None:

@@ -37,8 +37,9 @@ async def test_healthy_error_protocol_error_and_latency_over_a_real_process() ->
             await session.call_tool("broken", {})
         assert caught.value.code == -32603
         started = time.monotonic()
-        assert not (await session.call_tool("slow", {})).is_error
-        assert 0.3 <= time.monotonic() - started < 5
+        with anyio.fail_after(30):
+            assert not (await session.call_tool("slow", {})).is_error
+        assert time.monotonic() - started >= 0.3  # it waited its latency; how much longer depends on the machine
         seen: list[float] = []
 
         async def on_progress(progress: float, total: float | None, message: str | None) -> None:

@@ -22,7 +22,8 @@ async def test_an_unknown_tool_gets_a_clear_error_at_once(tmp_path: Path) -> Non
         for name in ("c__nope", "nope", "c__", "__echo", "x" * 10_000):
             answer = await timed_call(session, name, {})
             assert answer.kind in ("rpc_error", "error") and "unknown tool" in answer.text.lower(), answer
-            assert answer.seconds < 1.0
+            # It must not wait for downstreams to list (the first-list wait is 10 s); no finer wall-clock bound.
+            assert answer.seconds < 5.0
         assert (await timed_call(session, "c__echo", {"message": "fine"})).text == "fine"
 
 
