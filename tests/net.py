@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import anyio
@@ -25,3 +26,10 @@ async def wait_for_port(port: int, limit: float = 30) -> None:
                 continue
             await stream.aclose()
             return
+
+
+def import_path_env() -> dict[str, str]:
+    """`PYTHONPATH` as the test run has it, for child processes started with a minimal environment (the SDK's stdio
+    client and circuitbox's own downstreams pass only a safe default set), so they import the same `circuitbox`."""
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": path} if path else {}

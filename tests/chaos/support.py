@@ -19,6 +19,7 @@ from mcp.shared.memory import create_client_server_memory_streams
 
 from circuitbox.chaos import ChaosState
 from circuitbox.chaos._server import build_server
+from tests.net import import_path_env
 
 CHAOS = [sys.executable, "-m", "circuitbox", "chaos"]
 
@@ -51,7 +52,7 @@ def tool_args(*tools: str, seed: int | None = 1) -> list[str]:
 async def stdio_session(*args: str) -> AsyncIterator[tuple[ClientSession, Inbox]]:
     """A real `circuitbox chaos` child process over stdio, with an initialized SDK client session."""
     inbox = Inbox()
-    params = StdioServerParameters(command=CHAOS[0], args=[*CHAOS[1:], *args])
+    params = StdioServerParameters(command=CHAOS[0], args=[*CHAOS[1:], *args], env=import_path_env() or None)
     with anyio.fail_after(20):
         async with (
             stdio_client(params) as (read, write),

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import anyio
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
-from tests.net import wait_for_port
+from tests.net import import_path_env, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 EVERYTHING = REPO / ".cache/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
@@ -25,7 +25,10 @@ def chaos(*tools: str, seed: int = 1) -> dict[str, Any]:
     args = ["-m", "circuitbox", "chaos", "--seed", str(seed)]
     for spec in tools:
         args += ["--tool", spec]
-    return {"command": sys.executable, "args": args}
+    entry: dict[str, Any] = {"command": sys.executable, "args": args}
+    if env := import_path_env():
+        entry["env"] = env
+    return entry
 
 
 def time_server() -> dict[str, Any]:
@@ -61,7 +64,11 @@ async def proxy_session(
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "circuitbox", "serve", "--config", str(path), *(extra_args or [])],
-        env={"PYTHONUNBUFFERED": "1", **{k: v for k, v in os.environ.items() if k.startswith("COVERAGE")}},
+        env={
+            "PYTHONUNBUFFERED": "1",
+            **import_path_env(),
+            **{k: v for k, v in os.environ.items() if k.startswith("COVERAGE")},
+        },
         cwd=str(tmp_path),
     )
     async with (
