@@ -52,8 +52,10 @@ def build_proxy(config: ProxyConfig, *, metrics: bool = True, **kwargs: Any) -> 
 
 def advertise_list_changed(server: Server[Any], proxy: Proxy) -> None:
     # The HTTP session manager builds initialization options with defaults, which advertise listChanged=False.
-    options = proxy.initialization_options(server)
-    server.create_initialization_options = functools.partial(lambda *_a, **_k: options)  # type: ignore[method-assign]
+    # Built per session: the instructions grow as downstreams connect.
+    server.create_initialization_options = functools.partial(  # type: ignore[method-assign]
+        lambda *_a, **_k: proxy.initialization_options(server)
+    )
 
 
 class BearerAuth:

@@ -92,8 +92,11 @@ class Downstream:
         *,
         on_listing: Callable[[Downstream], Awaitable[None]] | None = None,
         backoff: Backoff | None = None,
+        on_notification: Callable[[Downstream, types.ServerNotification], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
+        self.instructions: str | None = None
+        self.capabilities: types.ServerCapabilities | None = None
         self.name = config.name
         self.state = Connection.STARTING
         self.last_error: str | None = None
@@ -102,6 +105,7 @@ class Downstream:
         self.connects = 0
         self.first_attempt_done = anyio.Event()
         self._on_listing = on_listing
+        self._on_notification = on_notification
         self._backoff = backoff or Backoff()
         self._refresh = anyio.Event()
         self._closed = anyio.Event()
@@ -151,7 +155,9 @@ class Downstream:
             async with self._transport() as (read, write):
                 watched = WatchedStream(read, closed)
                 async with ClientSession(watched, write, message_handler=self._on_message) as session:
-                    await session.initialize()
+                    initialized = await session.initialize()
+                    self.instructions = initialized.instructions
+                    self.capabilities = initialized.capabilities
                     self.listing = await self._fetch_listing(session)
                     startup.deadline = math.inf
                     self.session, self.state, self.last_error = session, Connection.CONNECTED, None
@@ -189,6 +195,11 @@ class Downstream:
             | types.ResourceListChangedNotification,
         ):
             self._refresh.set()
+        elif (
+            isinstance(message, types.LoggingMessageNotification | types.ResourceUpdatedNotification)
+            and self._on_notification is not None
+        ):
+            await self._on_notification(self, message)
 
     async def _refresh_loop(self, session: ClientSession) -> None:
         while True:

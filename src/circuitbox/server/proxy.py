@@ -7,6 +7,7 @@ outcome flows back into the breaker, whose events feed the metrics.
 from __future__ import annotations
 
 import logging
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ from mcp.server.subscriptions import (
     ResourcesListChanged,
     ToolsListChanged,
 )
+from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
@@ -36,6 +38,7 @@ from circuitbox.server.catalog import Catalog, build_catalog
 from circuitbox.server.downstream import Backoff, Downstream
 from circuitbox.server.guard import Guard, error_result, rejection_result
 from circuitbox.server.own_tools import check_arguments, own_tools
+from circuitbox.server.relay import Clients
 
 logger = logging.getLogger("circuitbox.proxy")
 ResultT = TypeVar("ResultT", bound=BaseModel)
@@ -76,12 +79,19 @@ class Proxy:
         self._tool_stats = tool_stats
         self._bus = InMemorySubscriptionBus()
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.clients = Clients()
+        self._server: Server[Any] | None = None
         self._catalog_listeners: list[Callable[[Catalog, Catalog], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
 
     def _downstream(self, server: ServerConfig) -> Downstream:
-        return Downstream(server, on_listing=self._listing_changed, backoff=self._backoff() if self._backoff else None)
+        return Downstream(
+            server,
+            on_listing=self._listing_changed,
+            backoff=self._backoff() if self._backoff else None,
+            on_notification=self._downstream_notification,
+        )
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         """Start every downstream's owner task; returns at once (nothing waits for a downstream here)."""
@@ -170,6 +180,8 @@ class Proxy:
         self._catalog_listeners.append(listener)
 
     async def _listing_changed(self, _: Downstream | None, *, own_tools_changed: bool = False) -> None:
+        if self._server is not None:
+            self._server.instructions = self.instructions()
         old = self.catalog
         self.catalog = build_catalog(
             ((d.name, d.config.namespace, d.listing) for d in self.downstreams.values()), reserved=self.own
@@ -208,6 +220,29 @@ class Proxy:
             connection = getattr(ctx.session, "_connection", None)
             if connection is not None:
                 self._connections.add(connection)
+                self.clients.add(connection)
+
+    def _client(self, ctx: ServerRequestContext[Any, Any]) -> Any:
+        connection = getattr(ctx.session, "_connection", None)
+        if connection is None or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return None
+        self._remember(ctx)
+        return self.clients.add(connection)
+
+    def instructions(self) -> str:
+        """Ours, then each connected downstream's own under its name: the agent keeps what its servers told it."""
+        parts = [INSTRUCTIONS]
+        for downstream in self.downstreams.values():
+            if downstream.instructions:
+                parts.append(f"## {downstream.name}\n{downstream.instructions}")
+        return "\n\n".join(parts)
+
+    async def _downstream_notification(self, downstream: Downstream, message: types.ServerNotification) -> None:
+        params = message.params.model_dump(by_alias=True, mode="json", exclude_none=True)  # type: ignore[union-attr]
+        if isinstance(message, types.LoggingMessageNotification):
+            await self.clients.relay_log(downstream.config.namespace, params)
+        else:
+            await self.clients.relay_updated(params)
 
     # -- what own tools read ------------------------------------------------------------------------------------------
 
@@ -246,10 +281,17 @@ class Proxy:
     # -- the MCP server -------------------------------------------------------------------------------------------
 
     def build_server(self) -> Server[Any]:
+        with warnings.catch_warnings():
+            # Logging is deprecated from 2026-07-28 on, but handshake-era clients use it: it is relayed for them.
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            self._server = self._new_server()
+        return self._server
+
+    def _new_server(self) -> Server[Any]:
         return Server(
             "circuitbox",
             version=__version__,
-            instructions=INSTRUCTIONS,
+            instructions=self.instructions(),
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
             on_list_prompts=self._list_prompts,
@@ -258,11 +300,16 @@ class Proxy:
             on_list_resource_templates=self._list_templates,
             on_read_resource=self._read_resource,
             on_subscriptions_listen=ListenHandler(self._bus),
+            on_set_logging_level=self._set_level,
+            on_completion=self._complete,
+            on_subscribe_resource=self._subscribe,
+            on_unsubscribe_resource=self._unsubscribe,
         )
 
     def initialization_options(self, server: Server[Any]) -> InitializationOptions:
         changed = NotificationOptions(tools_changed=True, prompts_changed=True, resources_changed=True)
-        return server.create_initialization_options(changed)
+        # Through the class: the HTTP front end replaces the instance's method with one that calls this.
+        return Server.create_initialization_options(server, changed)
 
     async def _list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
         self._remember(ctx)
@@ -345,6 +392,73 @@ class Proxy:
             raise MCPError(code=-32002, message=f"Resource not found: {params.uri} (no single server offers it)")
         request = types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri=params.uri))
         return await self._forward(server, request, types.ReadResourceResult)
+
+    async def _set_level(self, ctx: Any, params: types.SetLevelRequestParams) -> types.EmptyResult:
+        """The client's level is its own; each downstream that logs gets the most verbose level any client wants."""
+        state = self._client(ctx)
+        if state is not None:
+            state.level = params.level
+        level = self.clients.most_verbose_level() or params.level
+        for downstream in list(self.downstreams.values()):
+            caps = downstream.capabilities
+            if downstream.session is None or caps is None or caps.logging is None:
+                continue
+            request = types.SetLevelRequest(params=types.SetLevelRequestParams(level=level))
+            try:
+                await self._forward(downstream.name, request, types.EmptyResult)
+            except MCPError as exc:
+                logger.warning("server %r refused logging/setLevel: %s", downstream.name, exc.error.message)
+        return types.EmptyResult()
+
+    async def _complete(self, ctx: Any, params: types.CompleteRequestParams) -> types.CompleteResult:
+        ref = params.ref
+        if isinstance(ref, types.PromptReference):
+            found = self.catalog.prompts.get(ref.name)
+            if found is None:
+                raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {ref.name!r}")
+            server, ref = found[0].server, types.PromptReference(name=found[0].name)
+        else:
+            routed = self.catalog.resource_server(ref.uri) or self._template_server(ref.uri)
+            if routed is None:
+                raise MCPError(code=types.INVALID_PARAMS, message=f"No single server offers {ref.uri!r}")
+            server = routed
+        request = types.CompleteRequest(
+            params=types.CompleteRequestParams(ref=ref, argument=params.argument, context=params.context)
+        )
+        return await self._forward(server, request, types.CompleteResult)
+
+    def _template_server(self, uri_template: str) -> str | None:
+        servers = {server for _, server, template in self.catalog.templates if template.uri_template == uri_template}
+        return servers.pop() if len(servers) == 1 else None
+
+    async def _subscribe(self, ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
+        uri = str(params.uri)
+        server = self._resource_owner(uri)
+        first = not self.clients.subscribed(uri)
+        state = self._client(ctx)
+        if first:
+            request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
+            await self._forward(server, request, types.EmptyResult)
+        if state is not None:
+            state.subscriptions.add(uri)
+        return types.EmptyResult()
+
+    async def _unsubscribe(self, ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        uri = str(params.uri)
+        server = self._resource_owner(uri)
+        state = self._client(ctx)
+        if state is not None:
+            state.subscriptions.discard(uri)
+        if not self.clients.subscribed(uri):  # the last subscriber left
+            request = types.UnsubscribeRequest(params=types.UnsubscribeRequestParams(uri=uri))
+            await self._forward(server, request, types.EmptyResult)
+        return types.EmptyResult()
+
+    def _resource_owner(self, uri: str) -> str:
+        server = self.catalog.resource_server(uri)
+        if server is None:
+            raise MCPError(code=-32002, message=f"Resource not found: {uri} (no single server offers it)")
+        return server
 
     async def _forward(self, server: str, request: Any, result_type: type[ResultT]) -> ResultT:
         """Prompts and resources are not guarded by breakers, but still bounded and never left unanswered."""
