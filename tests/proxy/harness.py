@@ -58,6 +58,7 @@ async def proxy_session(
     message_handler: Callable[[Any], Any] | None = None,
     extra_args: list[str] | None = None,
     errlog: TextIO | None = None,
+    **callbacks: Any,
 ) -> AsyncIterator[ClientSession]:
     """`circuitbox serve` over stdio as a child process, driven by the SDK's real client."""
     path = write_config(tmp_path, config)
@@ -73,7 +74,7 @@ async def proxy_session(
     )
     async with (
         stdio_client(params, errlog=errlog or sys.stderr) as (read, write),
-        ClientSession(read, write, message_handler=message_handler, read_timeout_seconds=60) as session,
+        ClientSession(read, write, message_handler=message_handler, read_timeout_seconds=60, **callbacks) as session,
     ):
         with anyio.fail_after(30):
             await session.initialize()

@@ -91,3 +91,35 @@ async def test_a_completion_for_an_unknown_prompt_is_the_callers_mistake(tmp_pat
         with pytest.raises(MCPError) as missing, pytest.warns(MCPDeprecationWarning):
             await s.subscribe_resource("demo://nowhere")
         assert missing.value.error.code == -32002
+
+
+async def test_sampling_elicitation_and_roots_reach_the_calling_client_and_its_answers_reach_the_downstream(
+    tmp_path: Path,
+) -> None:
+    asked: list[str] = []
+
+    async def sampling(_: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        asked.append("sampling")
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(text="sampled by the client"), model="test-model"
+        )
+
+    async def elicitation(_: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append("elicitation")
+        return types.ElicitResult(action="decline")
+
+    async def roots(_: Any) -> types.ListRootsResult:
+        asked.append("roots")
+        return types.ListRootsResult(roots=[types.Root(uri="file:///client/root", name="the client's")])
+
+    callbacks = {"sampling_callback": sampling, "elicitation_callback": elicitation, "list_roots_callback": roots}
+    async with proxy_session(tmp_path, {"mcpServers": {"ev": everything_server()}}, **callbacks) as s:
+        names = {tool.name for tool in (await s.list_tools()).tools}
+        assert {"ev__trigger-sampling-request", "ev__trigger-elicitation-request", "ev__get-roots-list"} <= names
+        sampled = await s.call_tool("ev__trigger-sampling-request", {"prompt": "hello", "maxTokens": 5})
+        assert not sampled.is_error and "sampled by the client" in str(sampled.content)
+        elicited = await s.call_tool("ev__trigger-elicitation-request", {})
+        assert not elicited.is_error and "decline" in str(elicited.content).lower()
+        listed = await s.call_tool("ev__get-roots-list", {})
+        assert "file:///client/root" in str(listed.content)
+    assert {"sampling", "elicitation", "roots"} <= set(asked)

@@ -93,6 +93,7 @@ class Downstream:
         on_listing: Callable[[Downstream], Awaitable[None]] | None = None,
         backoff: Backoff | None = None,
         on_notification: Callable[[Downstream, types.ServerNotification], Awaitable[None]] | None = None,
+        on_server_request: Callable[[Downstream, types.ServerRequest], Awaitable[Any]] | None = None,
     ) -> None:
         self.config = config
         self.instructions: str | None = None
@@ -106,6 +107,7 @@ class Downstream:
         self.first_attempt_done = anyio.Event()
         self._on_listing = on_listing
         self._on_notification = on_notification
+        self._on_server_request = on_server_request
         self._backoff = backoff or Backoff()
         self._refresh = anyio.Event()
         self._closed = anyio.Event()
@@ -154,7 +156,9 @@ class Downstream:
         with startup:
             async with self._transport() as (read, write):
                 watched = WatchedStream(read, closed)
-                async with ClientSession(watched, write, message_handler=self._on_message) as session:
+                async with ClientSession(
+                    watched, write, message_handler=self._on_message, **self._callbacks()
+                ) as session:
                     initialized = await session.initialize()
                     self.instructions = initialized.instructions
                     self.capabilities = initialized.capabilities
@@ -171,6 +175,23 @@ class Downstream:
                         tg.cancel_scope.cancel()
         if startup.cancelled_caught:
             raise TimeoutError(f"did not start within {self.config.startup_timeout:g}s")
+
+    def _callbacks(self) -> dict[str, Any]:
+        """Sampling, elicitation and roots are offered when there is someone to relay them to (the proxy's clients)."""
+        relay = self._on_server_request
+        if relay is None:
+            return {}
+
+        async def sampling(_: Any, params: types.CreateMessageRequestParams) -> Any:
+            return await relay(self, types.CreateMessageRequest(params=params))
+
+        async def elicitation(_: Any, params: types.ElicitRequestParams) -> Any:
+            return await relay(self, types.ElicitRequest(params=params))
+
+        async def roots(_: Any) -> Any:
+            return await relay(self, types.ListRootsRequest())
+
+        return {"sampling_callback": sampling, "elicitation_callback": elicitation, "list_roots_callback": roots}
 
     def _transport(self) -> AbstractAsyncContextManager[tuple[Any, Any]]:
         cfg = self.config

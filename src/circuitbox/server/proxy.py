@@ -34,6 +34,7 @@ from circuitbox import __version__
 from circuitbox.breakers import BreakerRegistry, CircuitBreaker, Rejection
 from circuitbox.config.load import ProxyConfig, ServerConfig
 from circuitbox.config.policy import TextFallback, ToolFallback
+from circuitbox.server.callers import Callers
 from circuitbox.server.catalog import Catalog, build_catalog
 from circuitbox.server.downstream import Backoff, Downstream
 from circuitbox.server.guard import Guard, error_result, rejection_result
@@ -80,6 +81,7 @@ class Proxy:
         self._bus = InMemorySubscriptionBus()
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self.clients = Clients()
+        self.callers = Callers()
         self._server: Server[Any] | None = None
         self._catalog_listeners: list[Callable[[Catalog, Catalog], None]] = []
 
@@ -91,6 +93,7 @@ class Proxy:
             on_listing=self._listing_changed,
             backoff=self._backoff() if self._backoff else None,
             on_notification=self._downstream_notification,
+            on_server_request=self._server_request,
         )
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
@@ -322,7 +325,15 @@ class Proxy:
             arguments = dict(params.arguments or {})
             check_arguments(own[0], arguments)
             return await own[1](self, arguments)
-        return await self.call(params.name, params.arguments, _progress_relay(ctx))
+        found = self.catalog.tools.get(params.name)
+        if found is None:
+            return await self.call(params.name, params.arguments, _progress_relay(ctx))
+        with self.callers.calling(found[0].server, ctx):
+            return await self.call(params.name, params.arguments, _progress_relay(ctx))
+
+    async def _server_request(self, downstream: Downstream, request: types.ServerRequest) -> Any:
+        """A downstream asks the client something (sampling, elicitation, roots): only the caller may answer."""
+        return await self.callers.relay(downstream.name, request)
 
     async def call(
         self, name: str, arguments: dict[str, Any] | None, progress: Any = None, *, fallback_depth: int = 0
