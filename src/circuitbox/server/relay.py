@@ -50,10 +50,6 @@ class Clients:
     def subscribed(self, uri: str) -> bool:
         return any(uri in s.subscriptions for s in self._states.values())
 
-    async def notify_all(self, method: str, params: dict[str, Any] | None) -> None:
-        for connection in self.connections():
-            await _send(connection, method, params)
-
     async def relay_log(self, namespace: str, params: dict[str, Any]) -> None:
         """A downstream's log message, to every client whose level admits it, its logger prefixed."""
         level = params.get("level")
