@@ -154,13 +154,21 @@ def test_a_probe_past_half_open_timeout_counts_as_failed_on_the_next_acquire(clo
     assert len(events.of(CallSucceeded)) == 1
 
 
-def test_a_snapshot_also_notices_an_overdue_probe(clock: FakeClock) -> None:
+def test_a_snapshot_never_makes_a_transition(clock: FakeClock) -> None:
+    # A metrics scrape takes snapshots: reading must not reopen a half-open circuit or half-open an open one.
+    events = Recorder()
     breaker = tripped(clock, half_open_timeout=5)
-    clock.advance(10)
-    admit(breaker.acquire())
-    clock.advance(5)
+    breaker.add_listener(events)
+    clock.advance(10)  # open period over: the next acquire (not a snapshot) half-opens it
     snap = breaker.snapshot()
-    assert snap.state is S.OPEN and snap.retry_after == 20
+    assert (snap.state, snap.retry_after, breaker.generation) == (S.OPEN, 0.0, 1)
+    admit(breaker.acquire())
+    clock.advance(5)  # the probe is overdue: the next acquire (not a snapshot) reopens it
+    generation = breaker.generation
+    assert breaker.snapshot().state is S.HALF_OPEN and breaker.generation == generation
+    assert [e.to_state for e in events.of(StateTransition)] == [S.HALF_OPEN]
+    assert reject(breaker.acquire()).retry_after == 20
+    assert breaker.state is S.OPEN
 
 
 def test_half_open_timeout_defaults_to_call_timeout(clock: FakeClock) -> None:
@@ -168,7 +176,7 @@ def test_half_open_timeout_defaults_to_call_timeout(clock: FakeClock) -> None:
     clock.advance(10)
     admit(breaker.acquire())
     clock.advance(3)
-    assert breaker.snapshot().state is S.OPEN
+    assert reject(breaker.acquire()).state is S.OPEN
 
 
 def test_a_cancelled_probe_frees_its_slot_and_counts_neither_way(clock: FakeClock) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ),
     (
         servers(d={"command": "d", "tools": {"rm": {"call_timeout": 0}}}),
-        "mcpServers.d.tools.rm.call_timeout: call_timeout must be > 0",
+        "mcpServers.d.tools.rm.call_timeout: call_timeout must be in (0, 604800]",
     ),
     ({"defaults": {"jitter": 1}, **servers(d={"command": "d"})}, "defaults.jitter: jitter must be in [0, 1)"),
     (
@@ -155,7 +156,7 @@ BAD_FILES: list[tuple[str, str, str]] = [
     ("env.json", '{"environment": "live", "mcpServers": {"a": {"command": "x"}}}',
      "circuitbox: config error: environment: unknown environment 'live'; valid: development, production"),
     ("range.toml", '[mcpServers.a]\ncommand = "x"\n[mcpServers.a.tools."rm_*"]\nfailure_threshold = 0\n',
-     "circuitbox: config error: mcpServers.a.tools.rm_*.failure_threshold: failure_threshold must be >= 1, got 0"),
+     "circuitbox: config error: mcpServers.a.tools.rm_*.failure_threshold: failure_threshold must be in [1, 100000]"),
 ]  # fmt: skip
 
 
@@ -174,3 +175,26 @@ def test_check_without_a_file_to_find_exits_2(tmp_path: Path) -> None:
     done = check(cwd=tmp_path)
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.startswith("circuitbox: config error: no config file")
+
+
+@pytest.mark.parametrize(
+    ("name", "entry", "key"),
+    [
+        ("a__b", {"command": "d"}, "mcpServers.a__b"),
+        ("a_", {"command": "d"}, "mcpServers.a_"),
+        ("a", {"command": "d", "namespace": "x__y"}, "mcpServers.a.namespace"),
+        ("ok", {"command": "d", "namespace": "x_"}, "mcpServers.ok.namespace"),
+    ],
+)
+def test_a_server_name_or_namespace_that_could_collide_around_the_separator_is_refused(
+    name: str, entry: dict[str, Any], key: str
+) -> None:
+    # Server a__b's tool c and server a's tool b__c would both be a__b__c (breaker and published name).
+    with pytest.raises(ConfigError, match=re.escape(key) + r": .*'__'"):
+        parse_config(servers(**{name: entry, "a": {"command": "d"}} if name != "a" else {name: entry}))
+
+
+def test_servers_whose_names_only_share_a_prefix_keep_apart_breaker_names() -> None:
+    config = parse_config(servers(a={"command": "d"}, a_b={"command": "d"}))
+    names = {config.policy("a", "b__c").breaker.name, config.policy("a_b", "c").breaker.name}
+    assert names == {"a__b__c", "a_b__c"}

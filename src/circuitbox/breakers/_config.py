@@ -8,6 +8,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+MAX_COUNT = 100_000
+"""Upper bound of every count (thresholds, probes, window calls, time-window buckets): a window holds this many
+entries in memory, so an unbounded value is a memory bomb (sliding_window_size=1e9 once took 2.9 GB)."""
+MAX_SECONDS = 7 * 86_400.0
+"""Upper bound of every duration: a week."""
+MAX_MULTIPLIER = 100.0
+
 
 def _range(
     field: str,
@@ -40,11 +47,11 @@ class CircuitBreakerConfig(BaseModel):
     name: str = "default"
     """The breaker's name (the registry replaces it by the name it is registered under)."""
     failure_threshold: int = 5
-    """Consecutive failures that open the circuit (>= 1)."""
+    """Consecutive failures that open the circuit (1 to 100000, like every count)."""
     success_threshold: int = 3
     """Successful probes in half-open that close it (>= 1)."""
     timeout: float = 60.0
-    """Seconds the circuit stays open before it lets probes through (> 0)."""
+    """Seconds the circuit stays open before it lets probes through (> 0, at most a week, like every duration)."""
     half_open_max_calls: int = 3
     """Probes allowed in flight at once in half-open (>= 1); the rest are rejected at once."""
     failure_rate_threshold: float = 0.5
@@ -62,7 +69,7 @@ class CircuitBreakerConfig(BaseModel):
     slow_call_rate_threshold: float = 1.0
     """Slow fraction of the window that opens the circuit (0 < x <= 1; 1.0: only when every call is slow)."""
     timeout_multiplier: float = 2.0
-    """Factor the open period grows by each time a probe fails (>= 1)."""
+    """Factor the open period grows by each time a probe fails (1 to 100)."""
     max_timeout: float = 300.0
     """Cap of the open period (>= timeout)."""
     jitter: float = 0.1
@@ -86,20 +93,20 @@ class CircuitBreakerConfig(BaseModel):
     )
     @classmethod
     def _at_least_one(cls, value: int, info: Any) -> int:
-        _range(info.field_name, value, low=1)
+        _range(info.field_name, value, low=1, high=MAX_COUNT)
         return value
 
-    @field_validator("timeout", "call_timeout", "window_bucket_seconds")
+    @field_validator("timeout", "max_timeout", "call_timeout", "window_bucket_seconds")
     @classmethod
     def _positive(cls, value: float, info: Any) -> float:
-        _range(info.field_name, value, low=0, low_open=True)
+        _range(info.field_name, value, low=0, high=MAX_SECONDS, low_open=True)
         return value
 
     @field_validator("slow_call_duration", "half_open_timeout")
     @classmethod
     def _positive_or_none(cls, value: float | None, info: Any) -> float | None:
         if value is not None:
-            _range(info.field_name, value, low=0, low_open=True)
+            _range(info.field_name, value, low=0, high=MAX_SECONDS, low_open=True)
         return value
 
     @field_validator("failure_rate_threshold", "slow_call_rate_threshold")
@@ -111,7 +118,7 @@ class CircuitBreakerConfig(BaseModel):
     @field_validator("timeout_multiplier")
     @classmethod
     def _multiplier(cls, value: float) -> float:
-        _range("timeout_multiplier", value, low=1)
+        _range("timeout_multiplier", value, low=1, high=MAX_MULTIPLIER)
         return value
 
     @field_validator("jitter")
@@ -137,6 +144,11 @@ class CircuitBreakerConfig(BaseModel):
                 high=self.sliding_window_size,
                 low_open=True,
             )
+            if self.sliding_window_size / self.window_bucket_seconds > MAX_COUNT:
+                raise ValueError(
+                    f"a time window of {self.sliding_window_size}s in buckets of {self.window_bucket_seconds:g}s "
+                    f"holds more than {MAX_COUNT} buckets; widen window_bucket_seconds"
+                )
         return self
 
     @property

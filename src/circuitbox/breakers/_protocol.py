@@ -26,10 +26,9 @@ class BreakerProtocol(BreakerCore):
     __slots__ = ()
 
     def snapshot(self) -> BreakerSnapshot:
-        """State, window counts, rates and health now (an overdue probe is expired first)."""
+        """State, window counts, rates and health now. A pure read: it never makes a transition (an elapsed open
+        period or an overdue probe is acted on by the next `acquire()`), so a metrics scrape changes nothing."""
         now = self._clock()
-        if self._probes:
-            self._expire_probes(now)
         window = self._window
         window.advance(now)
         calls, failures, slow = window.calls, window.failures, window.slow

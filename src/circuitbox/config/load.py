@@ -248,6 +248,11 @@ def _server(name: str, entry: ServerEntry, path: tuple[str, str], env: Mapping[s
     args = tuple(str(x(a, f"args[{i}]")) for i, a in enumerate(entry.args))
     child_env = {k: str(x(v, f"env.{k}")) for k, v in entry.env.items()}
     headers = {k: str(x(v, f"headers.{k}")) for k, v in entry.headers.items()}
+    # Names are joined as server__tool (breakers) and namespace__tool (published): a '__' inside or a '_' at the
+    # end would let server a__b's tool c and server a's tool b__c share one name, breaker and all.
+    for value, key in ((name, where), (entry.namespace, f"{where}.namespace")):
+        if value and ("__" in value or value.endswith("_")):
+            raise ConfigError(f"{key}: {value!r} may not contain '__' or end with '_' ('__' comes before tool names)")
     namespace = name if entry.namespace is None else entry.namespace
     if not _NAMESPACE.fullmatch(namespace):
         hint = "" if entry.namespace is not None else " (the server's name is used by default; set a namespace)"
