@@ -96,6 +96,8 @@ class ProxyConfig:
     admin_enabled: bool = False
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    http_max_sessions: int = 1000
+    http_session_idle_timeout: float = 600.0
     source: str = "<config>"
     defaults: Layer | None = field(default=None, repr=False)
     warnings: tuple[str, ...] = ()
@@ -199,6 +201,8 @@ def parse_config(
         admin_enabled=file.admin.enabled,
         metrics_port=file.metrics.port,
         metrics_host=file.metrics.host,
+        http_max_sessions=file.http.max_sessions,
+        http_session_idle_timeout=file.http.session_idle_timeout,
         source=source,
         defaults=make_layer(file.defaults, "defaults", ("defaults",)) if file.defaults else None,
         warnings=tuple(warnings),

@@ -149,6 +149,13 @@ class Metrics(_Strict):
     """Address the metrics port binds to."""
 
 
+class Http(_Strict):
+    max_sessions: int = Field(1000, ge=1)
+    """Upstream HTTP sessions open at once; past it a new client gets 503 until a session closes or idles out."""
+    session_idle_timeout: float = Field(600, gt=0)
+    """Seconds without a request after which an upstream HTTP session is closed."""
+
+
 class ConfigFile(_Strict):
     """The whole file."""
 
@@ -160,6 +167,8 @@ class ConfigFile(_Strict):
     """Operator tools."""
     metrics: Metrics = Metrics()
     """Prometheus endpoint."""
+    http: Http = Http()
+    """The HTTP upstream's sessions."""
     mcpServers: dict[str, ServerEntry] | None = None
     """Downstreams (Claude Desktop, Cursor, Claude Code shape)."""
     servers: dict[str, ServerEntry] | None = None

@@ -109,7 +109,14 @@ def http_app(
         allowed_hosts=sorted(allowed),
         allowed_origins=sorted(f"http://{h}" for h in allowed),
     )
-    mcp_app = server.streamable_http_app(streamable_http_path="/mcp", host=host, transport_security=security)
+    mcp_app = server.streamable_http_app(
+        streamable_http_path="/mcp",
+        host=host,
+        transport_security=security,
+        # Ours, not the SDK's 10,000 sessions and 30 minutes: unclosed sessions must not pile up for long.
+        max_sessions=proxy.config.http_max_sessions,
+        session_idle_timeout=proxy.config.http_session_idle_timeout,
+    )
     routes: list[Route | Mount] = [Mount("/", app=mcp_app)]
     if collector is not None:
         routes.insert(0, Route("/metrics", metrics_app(collector.registry)))
