@@ -123,3 +123,19 @@ async def test_sampling_elicitation_and_roots_reach_the_calling_client_and_its_a
         listed = await s.call_tool("ev__get-roots-list", {})
         assert "file:///client/root" in str(listed.content)
     assert {"sampling", "elicitation", "roots"} <= set(asked)
+
+
+async def test_a_clients_roots_change_reaches_the_downstream_which_asks_the_client_again(tmp_path: Path) -> None:
+    asked = Inbox()
+
+    async def roots(_: Any) -> types.ListRootsResult:
+        await asked.handler("roots")
+        return types.ListRootsResult(roots=[types.Root(uri=f"file:///root/{len(asked.items)}")])
+
+    async with proxy_session(tmp_path, {"mcpServers": {"ev": everything_server()}}, list_roots_callback=roots) as s:
+        await s.list_tools()
+        await s.call_tool("ev__get-roots-list", {})  # server-everything syncs roots once, then on each change
+        before = len(asked.items)
+        with pytest.warns(MCPDeprecationWarning):
+            await s.send_roots_list_changed()
+        await asked.wait_for(str, lambda _: len(asked.items) > before)

@@ -15,19 +15,25 @@ pytestmark = pytest.mark.anyio
 
 
 class Outbound:
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, answer: Any = None) -> None:
         self.sent: list[tuple[str, Any]] = []
         self.fail = fail
+        self.answer = answer
 
     async def notify(self, method: str, params: Any) -> None:
         if self.fail:
             raise RuntimeError("client went away")
         self.sent.append((method, params))
 
+    async def send_raw_request(self, method: str, params: Any, opts: Any) -> Any:
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
 
 class Connection:
-    def __init__(self, fail: bool = False) -> None:
-        self.outbound = Outbound(fail)
+    def __init__(self, fail: bool = False, answer: Any = None) -> None:
+        self.outbound = Outbound(fail, answer)
 
 
 class Session:
@@ -104,3 +110,14 @@ async def test_a_clients_error_or_failure_goes_back_to_the_downstream_as_an_erro
     with callers.calling("s", Ctx(Session(Connection(), RuntimeError("stream closed")))):
         broken = await callers.relay("s", types.ListRootsRequest())
     assert isinstance(broken, types.ErrorData) and "stream closed" in broken.message
+
+
+async def test_with_no_call_in_flight_the_only_client_is_asked() -> None:
+    callers = Callers()
+    roots = types.ListRootsRequest()
+    answered = await callers.relay("s", roots, Connection(answer={"roots": [{"uri": "file:///only"}]}))
+    assert isinstance(answered, types.ListRootsResult) and str(answered.roots[0].uri) == "file:///only"
+    refused = MCPError(code=types.METHOD_NOT_FOUND, message="no roots")
+    assert (await callers.relay("s", roots, Connection(answer=refused))).code == types.METHOD_NOT_FOUND
+    broken = await callers.relay("s", roots, Connection(answer=RuntimeError("gone")))
+    assert isinstance(broken, types.ErrorData) and "gone" in broken.message

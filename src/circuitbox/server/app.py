@@ -151,6 +151,7 @@ async def serve(
             if port_ is not None and collector is not None:
                 tg.start_soon(_serve_metrics, collector.registry, config.metrics_host, port_)
             server = proxy.build_server()
+            proxy.stdio_upstream = True  # one client: a downstream's question with no call in flight is its
             async with stdio_pipes() as (read, write):
                 await server.run(AnswerMalformed(read, write), write, proxy.initialization_options(server))
         tg.cancel_scope.cancel()

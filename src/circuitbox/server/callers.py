@@ -49,8 +49,11 @@ class Callers:
         clients = {id(getattr(ctx.session, "_connection", ctx.session)) for ctx in calls}
         return calls[-1] if len(clients) == 1 else None
 
-    async def relay(self, server: str, request: Any) -> Any:
+    async def relay(self, server: str, request: Any, only_client: Any = None) -> Any:
+        """Ask the calling client; with no call in flight, `only_client` (a connection) when it is the only one."""
         ctx = self.caller(server)
+        if ctx is None and only_client is not None and server not in self._in_flight:
+            return await _ask_connection(only_client, server, request)
         if ctx is None:
             count = len(self._in_flight.get(server, []))
             reason = "no client has a call in flight to it" if not count else "several clients have calls in flight"
@@ -68,3 +71,15 @@ class Callers:
         except Exception as exc:
             logger.warning("relaying %s from server %r failed: %s", request.method, server, exc)
             return types.ErrorData(code=types.INTERNAL_ERROR, message=f"relaying {request.method} failed: {exc}")
+
+
+async def _ask_connection(connection: Any, server: str, request: Any) -> Any:
+    data = request.model_dump(by_alias=True, mode="json", exclude_none=True)
+    try:
+        raw = await connection.outbound.send_raw_request(data["method"], data.get("params"), None)
+        return _RESULTS[type(request)].model_validate(raw, by_name=False)
+    except MCPError as exc:
+        return exc.error
+    except Exception as exc:
+        logger.warning("relaying %s from server %r failed: %s", request.method, server, exc)
+        return types.ErrorData(code=types.INTERNAL_ERROR, message=f"relaying {request.method} failed: {exc}")

@@ -82,6 +82,7 @@ class Proxy:
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self.clients = Clients()
         self.callers = Callers()
+        self.stdio_upstream = False  # set by the stdio front end: it has exactly one client
         self._server: Server[Any] | None = None
         self._catalog_listeners: list[Callable[[Catalog, Catalog], None]] = []
 
@@ -307,6 +308,7 @@ class Proxy:
             on_completion=self._complete,
             on_subscribe_resource=self._subscribe,
             on_unsubscribe_resource=self._unsubscribe,
+            on_roots_list_changed=self._roots_changed,
         )
 
     def initialization_options(self, server: Server[Any]) -> InitializationOptions:
@@ -333,7 +335,20 @@ class Proxy:
 
     async def _server_request(self, downstream: Downstream, request: types.ServerRequest) -> Any:
         """A downstream asks the client something (sampling, elicitation, roots): only the caller may answer."""
-        return await self.callers.relay(downstream.name, request)
+        connections = self.clients.connections()
+        only = connections[0] if self.stdio_upstream and len(connections) == 1 else None
+        return await self.callers.relay(downstream.name, request, only)
+
+    async def _roots_changed(self, ctx: Any, params: Any) -> None:
+        """A client's roots changed: every downstream hears of it (they ask the client for the new list)."""
+        self._remember(ctx)
+        for downstream in list(self.downstreams.values()):
+            session = downstream.session
+            if session is not None:
+                try:
+                    await session.send_roots_list_changed()
+                except Exception as exc:
+                    logger.debug("could not tell server %r its client's roots changed: %s", downstream.name, exc)
 
     async def call(
         self, name: str, arguments: dict[str, Any] | None, progress: Any = None, *, fallback_depth: int = 0
