@@ -56,7 +56,11 @@ async def test_circuit_configure_changes_thresholds_without_losing_the_window(tm
         assert not result.is_error, text(result)
         assert result.structured_content is not None
         change = result.structured_content["changed"][0]
-        assert change["tool"] == "flaky" and change["changes"]["failure_threshold"] == {"old": 10, "new": 3}
+        assert change["tool"] == "flaky" and change["changes"]["failure_threshold"] == {
+            "old": 10,
+            "new": 3,
+            "source": "circuit_configure",
+        }
         row = (await status(session, tool="flaky"))["breakers"][0]
         assert row["policy"]["failure_threshold"] == 3 and row["consecutive_failures"] == 2  # window kept
 
@@ -69,13 +73,51 @@ async def test_circuit_configure_changes_thresholds_without_losing_the_window(tm
         assert (await status(session, tool="ok"))["breakers"][0]["policy"]["call_timeout"] == 7
 
 
-async def test_circuit_configure_rejects_unknown_fields_and_bad_values_by_name(tmp_path: Path) -> None:
+async def test_circuit_configure_rejects_unknown_fields_and_bad_values_by_name_as_tool_errors(tmp_path: Path) -> None:
     config = {"admin": {"enabled": True}, "mcpServers": {"c": chaos("ok=healthy")}}
     async with proxy_session(tmp_path, config) as session:
-        with pytest.raises(MCPError, match="failure_treshold"):
-            await session.call_tool("circuit_configure", {"server": "c", "settings": {"failure_treshold": 3}})
-        with pytest.raises(MCPError, match="failure_threshold"):
-            await session.call_tool("circuit_configure", {"server": "c", "settings": {"failure_threshold": 0}})
+        await session.call_tool("c__ok", {})
+        before = (await status(session, tool="ok"))["breakers"][0]["policy"]
+        for settings, message in [
+            ({"failure_treshold": 3}, "settings.failure_treshold: unknown key (did you mean failure_threshold?)"),
+            ({"failure_threshold": 0}, "settings.failure_threshold: failure_threshold must be in [1, 100000]"),
+            ({"failure_threshold": "4"}, "settings.failure_threshold: expected an integer, got a string"),
+            ({"timeout": True}, "settings.timeout: expected a number, got a boolean"),
+            (
+                {"sliding_window_size": 10**9},
+                "settings.sliding_window_size: sliding_window_size must be in [1, 100000]",
+            ),
+        ]:
+            result = await session.call_tool("circuit_configure", {"server": "c", "settings": settings})
+            assert result.is_error and message in text(result), text(result)
+        assert (await status(session, tool="ok"))["breakers"][0]["policy"] == before  # nothing applied
+
+
+async def test_circuit_configure_answers_the_source_of_each_value_it_set(tmp_path: Path) -> None:
+    config = {"admin": {"enabled": True}, "mcpServers": {"c": chaos("ok=healthy")}}
+    async with proxy_session(tmp_path, config) as session:
+        await session.call_tool("c__ok", {})
+        result = await session.call_tool("circuit_configure", {"server": "c", "settings": {"timeout": 9}})
+        assert result.structured_content is not None, text(result)
+        change = result.structured_content["changed"][0]["changes"]["timeout"]
+        assert (change["new"], change["source"]) == (9, "circuit_configure") and change["old"] != 9
+
+
+async def test_circuit_force_accepts_the_states_own_name_and_answers_a_policy_error_as_a_tool_error(
+    tmp_path: Path,
+) -> None:
+    # Each glob alone is valid; together they make xy's policy contradictory (timeout above max_timeout).
+    tools = {"*": {"timeout": 100, "max_timeout": 100}, "x*": {"timeout": 200}}
+    config = {"admin": {"enabled": True}, "mcpServers": {"c": {**chaos("ok=healthy", "xy=healthy"), "tools": tools}}}
+    async with proxy_session(tmp_path, config) as session:
+        await session.call_tool("c__ok", {})  # the listing is in
+        forced = await session.call_tool("circuit_force", {"server": "c", "tool": "ok", "state": "forced_open"})
+        assert not forced.is_error and text(forced) == "1 breaker now forced_open."
+        assert (await status(session, tool="ok"))["breakers"][0]["state"] == "forced_open"
+        broken = await session.call_tool("circuit_force", {"server": "c", "tool": "xy", "state": "open"})
+        assert broken.is_error and "max_timeout must be >= timeout" in text(broken), text(broken)
+        listing = await session.call_tool("circuit_status", {"server": "c"})
+        assert "c/ok: forced_open, 1 call, failure rate 0%" in text(listing)
 
 
 async def test_admin_tools_are_absent_unless_enabled(tmp_path: Path) -> None:
@@ -163,8 +205,8 @@ async def test_circuit_configure_is_all_or_nothing_and_checks_its_arguments(tmp_
     async with proxy_session(tmp_path, {"admin": {"enabled": True}, "mcpServers": {"c": server}}) as session:
         await session.call_tool("c__ok", {})
         # 300 s is fine for `ok` but above `bad`'s max_timeout: nothing may change.
-        with pytest.raises(MCPError, match="max_timeout"):
-            await session.call_tool("circuit_configure", {"server": "c", "settings": {"timeout": 300}})
+        refused = await session.call_tool("circuit_configure", {"server": "c", "settings": {"timeout": 300}})
+        assert refused.is_error and "settings.timeout: max_timeout must be >= timeout" in text(refused), text(refused)
         assert (await status(session, tool="ok"))["breakers"][0]["policy"]["timeout"] == 30
         with pytest.raises(MCPError, match="'tool' must be a string"):
             await session.call_tool("circuit_configure", {"server": "c", "tool": 123, "settings": {"timeout": 5}})

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from circuitbox.breakers.profiles import PRESETS
 from circuitbox.config.load import ConfigError, ProxyConfig, ServerConfig, discover_config_path, load_config
-from circuitbox.config.policy import POLICY_FIELDS, ToolPolicy
+from circuitbox.config.policy import POLICY_FIELDS, ToolPolicy, describe_policy
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def policy_json(policy: ToolPolicy) -> dict[str, dict[str, Any]]:
-    return {f: {"value": policy.value(f), "source": policy.sources[f]} for f in POLICY_FIELDS}
+    return describe_policy(policy)  # the same code circuit_configure answers with
 
 
 def build_report(config: ProxyConfig, tools: dict[str, list[str]] | None) -> dict[str, Any]:

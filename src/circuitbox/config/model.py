@@ -269,7 +269,7 @@ def _known_keys(loc: Sequence[str | int]) -> Sequence[str]:
         return list(ConfigFile.model_fields)
     if len(parent) == 2 and parent[0] in ("mcpServers", "servers"):
         return list(ServerEntry.model_fields)
-    if parent[-1] in ("defaults", "breaker") or (len(parent) >= 2 and parent[-2] == "tools"):
+    if parent[-1] in ("defaults", "breaker", "settings") or (len(parent) >= 2 and parent[-2] == "tools"):
         return list(Overrides.model_fields)
     return []
 

@@ -61,6 +61,10 @@ class ToolPolicy:
     sources: Mapping[str, str]
     """field -> "default" | "environment" | "preset" | "defaults" | "server" | "tool:<pattern>"."""
 
+    def raw_value(self, field: str) -> Any:
+        """A field's value as `resolve` takes it (regexes compiled, fallbacks as objects)."""
+        return getattr(self.breaker if field in BREAKER_FIELDS else self, field)
+
     def value(self, field: str) -> Any:
         """A field's value as the config file spells it (regexes as strings, fallbacks as tables)."""
         if field in BREAKER_FIELDS:
@@ -190,6 +194,32 @@ def resolve(name: str, layers: Sequence[Layer]) -> ToolPolicy:
         failure_errors=tuple(values["failure_errors"]),
         sources=MappingProxyType({f: sources[f] for f in POLICY_FIELDS}),
     )
+
+
+def describe_policy(policy: ToolPolicy) -> dict[str, dict[str, Any]]:
+    """Every field as `{"value", "source"}`: what `check --json` prints and `circuit_configure` answers."""
+    return {f: {"value": policy.value(f), "source": policy.sources[f]} for f in POLICY_FIELDS}
+
+
+RUNTIME_SOURCE = "circuit_configure"
+
+
+def retune(policy: ToolPolicy, settings: Mapping[str, Any], source: str = RUNTIME_SOURCE) -> ToolPolicy:
+    """`policy` with `settings` (policy fields, as a config file's `tools` entry spells them) laid on top.
+
+    Validated exactly like a layer of the file (strict types, ranges, cross-field rules); the values set name
+    `source` as theirs.
+
+    Raises:
+        ConfigError: naming `settings.<field>` and the problem.
+    """
+    try:
+        overrides = Overrides.model_validate(dict(settings))
+    except ValidationError as exc:
+        raise ConfigError(describe(exc.errors(), prefix=("settings",))) from None
+    current = {f: policy.raw_value(f) for f in POLICY_FIELDS}
+    layers = [Layer(policy.sources[f], policy.sources[f], {f: v}) for f, v in current.items()]
+    return resolve(policy.breaker.name, [*layers, make_layer(overrides, source, ("settings",))])
 
 
 def _strength(layers: Sequence[Layer], path: str) -> int:

@@ -7,7 +7,6 @@ downstream reports them) travel back as JSON-RPC errors.
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -17,9 +16,9 @@ import anyio
 import mcp_types as types
 from mcp import MCPError
 
-from circuitbox.breakers import BreakerRegistry, CircuitBreaker, CircuitBreakerConfig, Rejection
+from circuitbox.breakers import BreakerRegistry, CircuitBreaker, Rejection
 from circuitbox.config.load import ConfigError, ProxyConfig
-from circuitbox.config.policy import ToolPolicy
+from circuitbox.config.policy import ToolPolicy, retune
 from circuitbox.server.classify import CALLER_MISTAKES, Outcome, Verdict, classify_error, classify_result
 from circuitbox.server.downstream import Downstream, DownstreamUnavailableError, ProgressCallback
 
@@ -93,7 +92,7 @@ class Guard:
     def _with_overrides(self, server: str, tool: str, policy: ToolPolicy) -> ToolPolicy:
         for srv, pattern, settings in self._overrides:
             if srv == server and fnmatch.fnmatchcase(tool, pattern):
-                policy = apply_settings(policy, settings)
+                policy = retune(policy, settings)
         return policy
 
     def configure(
@@ -106,14 +105,15 @@ class Guard:
         breaker changed; window state is kept.
 
         Raises:
-            ValueError: a setting is unknown or out of range for some tool (validated like the config file).
+            ConfigError: a setting is unknown, of the wrong type or out of range for some tool (validated like the
+                config file, naming `settings.<field>`).
         """
-        apply_settings(self.config.policy(server), settings)
+        retune(self.config.policy(server), settings)
         for tool in tools:
             if fnmatch.fnmatchcase(tool, pattern) and (server, tool) not in self._breakers:
-                apply_settings(self._with_overrides(server, tool, self.config.policy(server, tool)), settings)
+                retune(self._with_overrides(server, tool, self.config.policy(server, tool)), settings)
         planned = [
-            (tool, breaker, policy, apply_settings(policy, settings))
+            (tool, breaker, policy, retune(policy, settings))
             for (srv, tool), (breaker, policy) in self._breakers.items()
             if srv == server and fnmatch.fnmatchcase(tool, pattern)
         ]
@@ -122,7 +122,7 @@ class Guard:
         for tool, breaker, policy, new in planned:
             breaker.reconfigure(new.breaker)
             self._breakers[(server, tool)] = (breaker, new)
-            changed.append((tool, {k: (_value(policy, k), _value(new, k)) for k in settings}))
+            changed.append((tool, {k: (policy.value(k), new.value(k), new.sources[k]) for k in settings}))
         return changed
 
     def policies_of(self, server: str) -> list[tuple[str, CircuitBreaker, ToolPolicy]]:
@@ -205,30 +205,6 @@ class Guard:
             raise
         _record(permit, classify_result(result, policy))
         return result
-
-
-def apply_settings(policy: ToolPolicy, settings: Mapping[str, Any]) -> ToolPolicy:
-    """`policy` with breaker fields (and `call_timeout`) replaced, validated by the breaker config model.
-
-    Raises:
-        ValueError: an unknown field or a value out of range.
-    """
-    fields = set(CircuitBreakerConfig.model_fields) - {"name", "fallback", "excluded_exceptions"}
-    unknown = sorted(set(settings) - fields)
-    if unknown:
-        raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
-    data = {k: getattr(policy.breaker, k) for k in fields} | dict(settings)
-    try:
-        breaker = CircuitBreakerConfig(name=policy.breaker.name, **data)
-    except Exception as exc:  # pydantic's ValidationError, reduced to its messages
-        errors = getattr(exc, "errors", None)
-        detail = "; ".join(str(e.get("msg")) for e in errors()) if callable(errors) else str(exc)
-        raise ValueError(detail) from None
-    return dataclasses.replace(policy, breaker=breaker, call_timeout=breaker.call_timeout)
-
-
-def _value(policy: ToolPolicy, field: str) -> Any:
-    return getattr(policy.breaker, field)
 
 
 def _record(permit: Any, outcome: Outcome) -> None:

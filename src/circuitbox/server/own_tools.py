@@ -14,6 +14,7 @@ import mcp_types as types
 from mcp import MCPError
 
 from circuitbox.breakers import CircuitState
+from circuitbox.config.model import ConfigError
 
 if TYPE_CHECKING:
     from circuitbox.server.proxy import Proxy
@@ -121,9 +122,9 @@ RESET = _tool(
 )
 FORCE = _tool(
     "circuit_force",
-    "Force circuit breakers into a state (admin): open (reject every call), disabled (pass everything, record "
-    "nothing), metrics_only (record, never reject) or auto (back to normal operation).",
-    {**_FILTERS, "state": {"type": "string", "enum": ["open", "disabled", "metrics_only", "auto"]}},
+    "Force circuit breakers into a state (admin): open or forced_open (reject every call), disabled (pass "
+    "everything, record nothing), metrics_only (record, never reject) or auto (back to normal operation).",
+    {**_FILTERS, "state": {"type": "string", "enum": ["open", "forced_open", "disabled", "metrics_only", "auto"]}},
     _CHANGED_OUTPUT,
     required=["server", "state"],
     read_only=False,
@@ -225,12 +226,12 @@ async def circuit_status(proxy: Proxy, args: dict[str, Any]) -> types.CallToolRe
     servers = [proxy.server_status(name) for name in proxy.downstreams if args.get("server") in (None, name)]
     data = {"breakers": breakers, "servers": servers, "summary": proxy.registry.summary()}
     lines = [
-        f"{s['server']}: {s['connection']}, {s['tools']} tools"
+        f"{s['server']}: {s['connection']}, {count(s['tools'], 'tool')}"
         + (f" (last error: {s['last_error']})" if s["last_error"] else "")
         for s in servers
     ]
     lines += [
-        f"{b['server']}/{b['tool']}: {b['state']}, {b['calls']} calls, failure rate {b['failure_rate']:.0%}"
+        f"{b['server']}/{b['tool']}: {b['state']}, {count(b['calls'], 'call')}, failure rate {b['failure_rate']:.0%}"
         + (f", retry in {b['retry_after']:.1f}s" if b.get("retry_after") else "")
         for b in breakers
     ]
@@ -259,11 +260,12 @@ async def circuit_reset(proxy: Proxy, args: dict[str, Any]) -> types.CallToolRes
             breaker.reset()
             proxy.audit("reset", server, tool, str(snap.state), "closed")
             changed.append(_row(server, tool, breaker.snapshot(), proxy))
-    return _answer(f"Reset {len(changed)} breaker(s).", {"changed": changed})
+    return _answer(f"Reset {count(len(changed), 'breaker')}.", {"changed": changed})
 
 
 _FORCE_STATES = {
     "open": CircuitState.FORCED_OPEN,
+    "forced_open": CircuitState.FORCED_OPEN,
     "disabled": CircuitState.DISABLED,
     "metrics_only": CircuitState.METRICS_ONLY,
 }
@@ -272,7 +274,7 @@ _FORCE_STATES = {
 async def circuit_force(proxy: Proxy, args: dict[str, Any]) -> types.CallToolResult:
     target = args.get("state")
     if target not in (*_FORCE_STATES, "auto"):
-        raise MCPError(code=types.INVALID_PARAMS, message="state must be one of open, disabled, metrics_only, auto")
+        raise MCPError(code=types.INVALID_PARAMS, message=f"state must be one of {', '.join(_FORCE_STATES)}, auto")
     server, tool = args["server"], args.get("tool")
     if server not in proxy.downstreams:
         raise MCPError(code=types.INVALID_PARAMS, message=f"unknown server {server!r}")
@@ -290,7 +292,7 @@ async def circuit_force(proxy: Proxy, args: dict[str, Any]) -> types.CallToolRes
             breaker.force(_FORCE_STATES[target])
         proxy.audit("force", server, name, before, str(breaker.state))
         changed.append(_row(server, name, breaker.snapshot(), proxy))
-    return _answer(f"{len(changed)} breaker(s) now {target}.", {"changed": changed})
+    return _answer(f"{count(len(changed), 'breaker')} now {target}.", {"changed": changed})
 
 
 async def circuit_configure(proxy: Proxy, args: dict[str, Any]) -> types.CallToolResult:
@@ -299,20 +301,36 @@ async def circuit_configure(proxy: Proxy, args: dict[str, Any]) -> types.CallToo
         raise MCPError(code=types.INVALID_PARAMS, message=f"unknown server {server!r}")
     if not isinstance(settings, dict) or not settings:
         raise MCPError(code=types.INVALID_PARAMS, message="settings must be a non-empty object of breaker fields")
-    try:
-        changed = proxy.guard.configure(server, pattern, settings, proxy.tools_of(server))
-    except ValueError as exc:
-        raise MCPError(code=types.INVALID_PARAMS, message=f"invalid settings: {exc}") from None
+    changed = proxy.guard.configure(server, pattern, settings, proxy.tools_of(server))
     proxy.audit("configure", server, pattern, "-", repr(settings))
     rows = []
     for tool, diff in changed:
-        for field, (old, new) in diff.items():
+        for field, (old, new, _) in diff.items():
             proxy.audit(f"configure {field}", server, tool, repr(old), repr(new))
-        rows.append({"tool": tool, "changes": {k: {"old": o, "new": n} for k, (o, n) in diff.items()}})
-    text = f"Applied {settings} to {len(rows)} existing breaker(s) of {server!r} matching {pattern!r}" + (
-        "; breakers created later get it too."
+        rows.append({"tool": tool, "changes": {k: {"old": o, "new": n, "source": w} for k, (o, n, w) in diff.items()}})
+    text = (
+        f"Applied {settings} to {count(len(rows), 'existing breaker')} of {server!r} matching {pattern!r}; "
+        "breakers created later get it too."
     )
     return _answer(text, {"changed": rows, "settings": settings})
+
+
+def count(n: int, noun: str) -> str:
+    """ "1 tool", "2 tools"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _tool_errors(handler: Handler) -> Handler:
+    """A config error (a setting circuit_configure refuses, a tool whose merged policy is contradictory) is the
+    caller's answer, as an `isError` result naming the key: never an internal error."""
+
+    async def answer(proxy: Proxy, args: dict[str, Any]) -> types.CallToolResult:
+        try:
+            return await handler(proxy, args)
+        except ConfigError as exc:
+            return types.CallToolResult(content=[types.TextContent(text=f"config error: {exc}")], is_error=True)
+
+    return answer
 
 
 def own_tools(admin: bool) -> dict[str, tuple[types.Tool, Handler]]:
@@ -322,6 +340,6 @@ def own_tools(admin: bool) -> dict[str, tuple[types.Tool, Handler]]:
     }
     if admin:
         tools[RESET.name] = (RESET, circuit_reset)
-        tools[FORCE.name] = (FORCE, circuit_force)
-        tools[CONFIGURE.name] = (CONFIGURE, circuit_configure)
+        tools[FORCE.name] = (FORCE, _tool_errors(circuit_force))
+        tools[CONFIGURE.name] = (CONFIGURE, _tool_errors(circuit_configure))
     return tools
