@@ -11,7 +11,7 @@ import pytest
 from mcp import Client, MCPDeprecationWarning, MCPError
 
 from tests.net import free_port
-from tests.proxy.harness import everything_server, proxy_session, running_process, write_config
+from tests.proxy.harness import chaos, everything_server, proxy_session, running_process, write_config
 from tests.proxy.test_http_front_end import serve_args
 
 pytestmark = pytest.mark.anyio
@@ -40,7 +40,9 @@ class Inbox:
 
 async def test_logging_completion_and_subscriptions_reach_the_downstream_and_come_back(tmp_path: Path) -> None:
     inbox = Inbox()
-    async with proxy_session(tmp_path, {"mcpServers": {"ev": everything_server()}}, message_handler=inbox.handler) as s:
+    # The chaos server declares no logging: setLevel skips it and still succeeds.
+    config = {"mcpServers": {"ev": everything_server(), "c": chaos("echo=healthy")}}
+    async with proxy_session(tmp_path, config, message_handler=inbox.handler) as s:
         caps = s.initialize_result.capabilities if s.initialize_result else None
         assert caps is not None and caps.logging is not None and caps.completions is not None
         assert caps.resources is not None and caps.resources.subscribe
@@ -56,6 +58,11 @@ async def test_logging_completion_and_subscriptions_reach_the_downstream_and_com
             types.PromptReference(name="ev__completable-prompt"), {"name": "department", "value": "Eng"}
         )
         assert completion.completion.values == ["Engineering"]
+        by_template = await s.complete(
+            types.ResourceTemplateReference(uri="demo://resource/dynamic/text/{resourceId}"),
+            {"name": "resourceId", "value": "7"},
+        )
+        assert by_template.completion.values == ["7"]
 
         resources = await s.list_resources()
         uri = str(resources.resources[0].uri)
@@ -88,6 +95,9 @@ async def test_a_completion_for_an_unknown_prompt_is_the_callers_mistake(tmp_pat
         with pytest.raises(MCPError) as raised:
             await s.complete(types.PromptReference(name="nope"), {"name": "x", "value": ""})
         assert raised.value.error.code == types.INVALID_PARAMS
+        with pytest.raises(MCPError) as unknown_uri:
+            await s.complete(types.ResourceTemplateReference(uri="nowhere://{x}"), {"name": "x", "value": ""})
+        assert unknown_uri.value.error.code == types.INVALID_PARAMS
         with pytest.raises(MCPError) as missing, pytest.warns(MCPDeprecationWarning):
             await s.subscribe_resource("demo://nowhere")
         assert missing.value.error.code == -32002
