@@ -39,8 +39,14 @@ async def test_a_busy_metrics_port_costs_the_metrics_endpoint_not_the_proxy(tmp_
         busy.listen()
         port = busy.getsockname()[1]
         config = {"metrics": {"port": port}, "mcpServers": {"c": chaos("ok=healthy")}}
-        async with proxy_session(tmp_path, config) as session:
-            assert not (await session.call_tool("c__ok", {})).is_error
+        log = tmp_path / "proxy.log"
+        with log.open("w") as errlog:
+            async with proxy_session(tmp_path, config, errlog=errlog) as session:
+                # The bind runs in the background: wait until it has failed, then prove the proxy still serves.
+                with anyio.fail_after(20):
+                    while f"metrics endpoint disabled: cannot listen on 127.0.0.1:{port}" not in log.read_text():
+                        await anyio.sleep(0.05)
+                assert not (await session.call_tool("c__ok", {})).is_error
 
 
 async def test_own_tools_reject_arguments_of_the_wrong_type_by_name(tmp_path: Path) -> None:

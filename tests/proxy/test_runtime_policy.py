@@ -186,18 +186,30 @@ async def test_a_reload_that_changes_a_servers_connection_keeps_its_breakers_and
         assert not result.is_error
 
 
+async def refusals_reach(log: Path, count: int) -> None:
+    """Until the proxy's log says `count` reloads were refused (each SIGHUP is proven handled, not assumed)."""
+    with anyio.fail_after(20):
+        while log.read_text().count("config reload refused") < count:
+            await anyio.sleep(0.05)
+
+
 async def test_a_reload_the_policies_cannot_take_is_refused_and_the_proxy_keeps_serving(tmp_path: Path) -> None:
     first = {"mcpServers": {"c": {**chaos("ok=healthy"), "breaker": LENIENT}}}
-    async with proxy_session(tmp_path, first) as session:
-        assert not (await session.call_tool("c__ok", {})).is_error
-        path = tmp_path / "circuitbox.json"
-        path.write_text('{"mcpServers": {"c": {"command": "x", "brekaer": {}}}}')  # invalid: refused
-        os.kill(pid_of(path), signal.SIGHUP)
-        path.write_text(json.dumps({"mcpServers": {}}))  # no servers: refused too
-        os.kill(pid_of(path), signal.SIGHUP)
-        assert not (await session.call_tool("c__ok", {})).is_error
-        row = (await status(session, tool="ok"))["breakers"][0]
-        assert row["calls"] == 2 and row["policy"]["failure_threshold"] == 10
+    log = tmp_path / "proxy.log"
+    with log.open("w") as errlog:
+        async with proxy_session(tmp_path, first, errlog=errlog) as session:
+            assert not (await session.call_tool("c__ok", {})).is_error
+            path = tmp_path / "circuitbox.json"
+            path.write_text('{"mcpServers": {"c": {"command": "x", "brekaer": {}}}}')  # invalid: refused
+            os.kill(pid_of(path), signal.SIGHUP)
+            await refusals_reach(log, 1)
+            path.write_text(json.dumps({"mcpServers": {}}))  # no servers: refused too
+            os.kill(pid_of(path), signal.SIGHUP)
+            await refusals_reach(log, 2)
+            assert "brekaer" in log.read_text() and "no servers configured" in log.read_text()
+            assert not (await session.call_tool("c__ok", {})).is_error
+            row = (await status(session, tool="ok"))["breakers"][0]
+            assert row["calls"] == 2 and row["policy"]["failure_threshold"] == 10
 
 
 async def test_circuit_configure_is_all_or_nothing_and_checks_its_arguments(tmp_path: Path) -> None:
