@@ -186,10 +186,14 @@ async def test_a_reload_that_changes_a_servers_connection_keeps_its_breakers_and
         assert not result.is_error
 
 
+def refusals(log: Path) -> int:
+    return log.read_text().count("config reload refused")
+
+
 async def refusals_reach(log: Path, count: int) -> None:
     """Until the proxy's log says `count` reloads were refused (each SIGHUP is proven handled, not assumed)."""
     with anyio.fail_after(20):
-        while log.read_text().count("config reload refused") < count:
+        while refusals(log) < count:
             await anyio.sleep(0.05)
 
 
