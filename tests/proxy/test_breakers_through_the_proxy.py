@@ -169,3 +169,19 @@ async def test_unknown_tools_and_bad_arguments_are_the_agents_mistake_and_never_
             await session.call_tool("c__add", {"a": "x", "b": []})
         row = (await status(session, tool="add"))["breakers"][0]
         assert row["state"] == "closed" and row["failures"] == 0
+
+
+async def test_circuit_metrics_answers_compactly_unless_asked_for_everything(tmp_path: Path) -> None:
+    server = {**chaos("ok=healthy", "bad=error"), "breaker": {"failure_threshold": 1, "timeout": 600}}
+    async with proxy_session(tmp_path, {"mcpServers": {"c": server}}) as session:
+        await session.call_tool("c__ok", {})
+        await session.call_tool("c__bad", {})
+        compact = await session.call_tool("circuit_metrics", {})
+        assert compact.structured_content is not None
+        assert [t["tool"] for t in compact.structured_content["tools"]] == ["bad"]  # only what is not healthy
+        assert compact.structured_content["summary"]["total"] == 2
+        assert text(compact).splitlines()[0] == "2 breakers: 1 healthy, 1 not; overall health 50%"
+        assert "c/bad: open" in text(compact) and "c/ok" not in text(compact)
+        everything = await session.call_tool("circuit_metrics", {"all": True})
+        assert everything.structured_content is not None
+        assert sorted(t["tool"] for t in everything.structured_content["tools"]) == ["bad", "ok"]

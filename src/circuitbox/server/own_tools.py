@@ -108,8 +108,9 @@ STATUS = _tool(
 )
 METRICS = _tool(
     "circuit_metrics",
-    "Call counters, latency percentiles, fallback activations and health scores per tool and per server.",
-    dict(_FILTERS),
+    "Call counters, latency percentiles, fallback activations and health scores per tool and per server. "
+    "Compact by default: a summary plus the breakers that are not healthy; all=true (or a tool) gives every one.",
+    {**_FILTERS, "all": {"type": "boolean", "description": "every breaker, healthy ones too (default false)"}},
     _METRICS_OUTPUT,
 )
 RESET = _tool(
@@ -154,6 +155,7 @@ CONFIGURE = _tool(
 _JSON_TYPES: dict[str, type | tuple[type, ...]] = {
     "string": str,
     "object": dict,
+    "boolean": bool,
     "integer": int,
     "number": (int, float),
 }
@@ -240,6 +242,10 @@ async def circuit_status(proxy: Proxy, args: dict[str, Any]) -> types.CallToolRe
     return _answer("\n".join(lines), data)
 
 
+def _healthy(row: dict[str, Any]) -> bool:
+    return bool(row["state"] == CircuitState.CLOSED and row["health_score"] >= 1.0)
+
+
 async def circuit_metrics(proxy: Proxy, args: dict[str, Any]) -> types.CallToolResult:
     rows = _filtered(proxy, args)
     tools = [{**_row(srv, tool, snap, proxy), **proxy.tool_stats(srv, tool)} for srv, tool, snap in rows]
@@ -248,8 +254,23 @@ async def circuit_metrics(proxy: Proxy, args: dict[str, Any]) -> types.CallToolR
         per_server.setdefault(entry["server"], []).append(entry["health_score"])
     servers = [{"server": s, "health_score": sum(v) / len(v), "breakers": len(v)} for s, v in per_server.items()]
     overall = sum(t["health_score"] for t in tools) / len(tools) if tools else 1.0
-    data = {"tools": tools, "servers": servers, "health_score": overall, "summary": proxy.registry.summary()}
-    return _answer(json.dumps(data, indent=1, default=str), data)
+    everything = args.get("all", False) or "tool" in args
+    shown = tools if everything else [t for t in tools if not _healthy(t)]
+    data = {"tools": shown, "servers": servers, "health_score": overall, "summary": proxy.registry.summary()}
+    if everything:
+        return _answer(json.dumps(data, indent=1, default=str), data)
+    lines = [
+        f"{count(len(tools), 'breaker')}: {len(tools) - len(shown)} healthy, {len(shown)} not; "
+        f"overall health {overall:.0%}"
+    ]
+    lines += [
+        f"{t['server']}/{t['tool']}: {t['state']}, health {t['health_score']:.0%}, {count(t['calls'], 'call')}, "
+        f"failure rate {t['failure_rate']:.0%}" + (f", last error: {t['last_error']}" if t.get("last_error") else "")
+        for t in shown
+    ]
+    if len(shown) < len(tools):
+        lines.append("Call circuit_metrics with all=true for every breaker's counters and latencies.")
+    return _answer("\n".join(lines), data)
 
 
 async def circuit_reset(proxy: Proxy, args: dict[str, Any]) -> types.CallToolResult:
