@@ -47,6 +47,10 @@ def _masked(values: Mapping[str, str]) -> str:
     return "{" + ", ".join(f"{k!r}: '***'" for k in values) + "}"
 
 
+MEMO_CAP = 4096
+"""Policies memoized per config; resolving again is cheap, so a full memo is simply emptied."""
+
+
 @dataclass(frozen=True, repr=False)
 class ServerConfig:
     """One downstream, validated and expanded. Its repr never shows env or header values."""
@@ -113,6 +117,8 @@ class ProxyConfig:
         key = (server, tool)
         found = self._memo.get(key)
         if found is None:
+            if len(self._memo) >= MEMO_CAP:  # tool names come from downstreams: never an unbounded map
+                self._memo.clear()
             found = self._memo[key] = self._resolve(self.servers[server], tool)
         return found
 

@@ -39,6 +39,10 @@ from ._series import Series, failure_type
 _UNAVAILABLE = frozenset({"open", "forced_open", "half_open"})
 
 
+FORGOTTEN_CAP = 4096
+"""Names of forgotten breakers kept to ignore their late events; tools come and go, so the set is capped."""
+
+
 class MetricsCollector(Collector):
     """All circuit_breaker_* families for the breakers it hears about, registered on `registry`.
 
@@ -55,7 +59,7 @@ class MetricsCollector(Collector):
         self._bindings: dict[str, tuple[str, str]] = {}
         # Names forgotten and not bound again: a late outcome of an in-flight call must not resurrect them
         # (under an unbound label, which would leak a series per removed tool).
-        self._forgotten: set[str] = set()
+        self._forgotten: dict[str, None] = {}  # an ordered set, capped at FORGOTTEN_CAP (oldest dropped)
         self._registries: list[BreakerRegistry] = []
         self._breakers: dict[str, CircuitBreaker] = {}
         registry.register(self)
@@ -118,7 +122,7 @@ class MetricsCollector(Collector):
     def bind(self, breaker_name: str, *, server: str, tool: str) -> None:
         """Give a breaker its `server`/`tool` labels (and create its series at zero)."""
         self._bindings[breaker_name] = (server, tool)
-        self._forgotten.discard(breaker_name)
+        self._forgotten.pop(breaker_name, None)
         series = self._ensure(breaker_name)
         series.server, series.tool = server, tool
 
@@ -127,7 +131,9 @@ class MetricsCollector(Collector):
         self._series.pop(breaker_name, None)
         self._bindings.pop(breaker_name, None)
         self._breakers.pop(breaker_name, None)
-        self._forgotten.add(breaker_name)
+        self._forgotten[breaker_name] = None
+        if len(self._forgotten) > FORGOTTEN_CAP:  # late events of a long-forgotten breaker only recreate a series
+            del self._forgotten[next(iter(self._forgotten))]
 
     def labels_for(self, breaker_name: str) -> tuple[str, str]:
         """The (server, tool) label pair of a breaker: its binding, else (name, "")."""

@@ -89,6 +89,21 @@ class Guard:
                 changed.append((server, tool))
         return changed
 
+    def _add_override(self, server: str, pattern: str, settings: Mapping[str, Any]) -> None:
+        """Keep only what a later change does not supersede: the list stays bounded by (pattern, field) pairs."""
+        kept = []
+        for srv, glob, old in self._overrides:
+            if srv == server and (glob == pattern or pattern == "*"):
+                old = {k: v for k, v in old.items() if k not in settings}
+            if old:
+                kept.append((srv, glob, old))
+        kept.append((server, pattern, dict(settings)))
+        self._overrides = kept
+
+    def override_count(self) -> int:
+        """Run-time changes kept (for tests and status)."""
+        return len(self._overrides)
+
     def _with_overrides(self, server: str, tool: str, policy: ToolPolicy) -> ToolPolicy:
         for srv, pattern, settings in self._overrides:
             if srv == server and fnmatch.fnmatchcase(tool, pattern):
@@ -117,7 +132,7 @@ class Guard:
             for (srv, tool), (breaker, policy) in self._breakers.items()
             if srv == server and fnmatch.fnmatchcase(tool, pattern)
         ]
-        self._overrides.append((server, pattern, dict(settings)))
+        self._add_override(server, pattern, settings)
         changed = []
         for tool, breaker, policy, new in planned:
             breaker.reconfigure(new.breaker)
