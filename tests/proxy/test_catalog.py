@@ -7,7 +7,7 @@ import logging
 import mcp_types as types
 import pytest
 
-from circuitbox.server.catalog import build_catalog, template_pattern
+from circuitbox.server.catalog import build_catalog
 from circuitbox.server.downstream import Listing
 
 
@@ -71,8 +71,20 @@ def test_a_resource_read_goes_only_to_the_server_that_offers_it() -> None:
         ("demo://r/{id}", "demo://r/7/8", False),
         ("file://{+path}", "file:///etc/hosts", True),
         ("search{?q}", "search?q=x", True),
+        ("search{?q}", "search", True),  # no variables set is a match too
+        ("search{?q}", "searchZZZ", False),  # a query expression adds "?q=...", never bare text
         ("a.b/{x}", "aXb/1", False),  # literal dots are literal
     ],
 )
 def test_uri_templates_match_the_uris_they_can_produce(template: str, uri: str, matches: bool) -> None:
-    assert bool(template_pattern(template).fullmatch(uri)) is matches
+    listing = Listing(templates=(types.ResourceTemplate(uri_template=template, name="t"),))
+    catalog = build_catalog([("s", "s", listing)])
+    assert (catalog.resource_server(uri) == "s") is matches
+
+
+def test_a_template_the_sdk_cannot_match_is_listed_but_routes_no_read(caplog: pytest.LogCaptureFixture) -> None:
+    listing = Listing(templates=(types.ResourceTemplate(uri_template="x://{a}{b}", name="t"),))
+    catalog = build_catalog([("s", "s", listing)])
+    assert [t.uri_template for t in catalog.template_list()] == ["x://{a}{b}"]
+    assert catalog.resource_server("x://ab") is None
+    assert "cannot be matched" in caplog.text

@@ -8,11 +8,11 @@ order of the servers in the config file (the first one wins) with a warning; cir
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import mcp_types as types
+from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
 from circuitbox.server.downstream import Listing
 
@@ -38,7 +38,7 @@ class Catalog:
     tools: Mapping[str, tuple[Route, types.Tool]] = field(default_factory=dict)
     prompts: Mapping[str, tuple[Route, types.Prompt]] = field(default_factory=dict)
     resources: Mapping[str, tuple[str, types.Resource]] = field(default_factory=dict)
-    templates: tuple[tuple[re.Pattern[str], str, types.ResourceTemplate], ...] = ()
+    templates: tuple[tuple[UriTemplate | None, str, types.ResourceTemplate], ...] = ()
 
     def tool_list(self) -> list[types.Tool]:
         return [tool for _, tool in self.tools.values()]
@@ -64,7 +64,9 @@ class Catalog:
         listed = self.resources.get(uri)
         if listed is not None:
             return listed[0]
-        matches = {server for pattern, server, _ in self.templates if pattern.fullmatch(uri)}
+        matches = {
+            server for parsed, server, _ in self.templates if parsed is not None and parsed.match(uri) is not None
+        }
         return matches.pop() if len(matches) == 1 else None
 
 
@@ -73,7 +75,7 @@ def build_catalog(listings: Iterable[tuple[str, str, Listing]], reserved: Collec
     tools: dict[str, tuple[Route, types.Tool]] = {}
     prompts: dict[str, tuple[Route, types.Prompt]] = {}
     resources: dict[str, tuple[str, types.Resource]] = {}
-    templates: list[tuple[re.Pattern[str], str, types.ResourceTemplate]] = []
+    templates: list[tuple[UriTemplate | None, str, types.ResourceTemplate]] = []
     for server, namespace, listing in listings:
         for tool in listing.tools:
             name = published_name(namespace, tool.name)
@@ -87,7 +89,7 @@ def build_catalog(listings: Iterable[tuple[str, str, Listing]], reserved: Collec
             if _claim(str(resource.uri), server, resources, (), "resource"):
                 resources[str(resource.uri)] = (server, resource)
         for template in listing.templates:
-            templates.append((template_pattern(template.uri_template), server, template))
+            templates.append((_parse_template(template.uri_template, server), server, template))
     return Catalog(tools, prompts, resources, tuple(templates))
 
 
@@ -104,17 +106,12 @@ def _claim(name: str, server: str, taken: Mapping[str, object], reserved: Collec
     return True
 
 
-_EXPRESSION = re.compile(r"\{([+#./;?&]?)([^}]*)\}")
-
-
-def template_pattern(template: str) -> re.Pattern[str]:
-    """A regex for the URIs an RFC 6570 template can produce (simple and reserved expansions)."""
-    parts: list[str] = []
-    last = 0
-    for match in _EXPRESSION.finditer(template):
-        parts.append(re.escape(template[last : match.start()]))
-        operator = match.group(1)
-        parts.append(".+" if operator in ("+", "#") else "[^/?#]+" if operator == "" else ".*")
-        last = match.end()
-    parts.append(re.escape(template[last:]))
-    return re.compile("".join(parts))
+def _parse_template(template: str, server: str) -> UriTemplate | None:
+    """The SDK's RFC 6570 matcher for a template; None (listed, but routing no read) when it cannot match it."""
+    try:
+        return UriTemplate.parse(template)
+    except InvalidUriTemplate as exc:
+        logger.warning(
+            "resource template %r of server %r cannot be matched, reads by it fail: %s", template, server, exc
+        )
+        return None
