@@ -112,7 +112,7 @@ class Guard:
 
     def configure(
         self, server: str, pattern: str, settings: Mapping[str, Any], tools: Iterable[str] = ()
-    ) -> list[tuple[str, dict[str, Any]]]:
+    ) -> list[tuple[str, dict[str, tuple[Any, Any, str]]]]:
         """Change thresholds of the breakers of `server` whose tool matches `pattern`, now and for later ones.
 
         `tools` are the server's known tool names: the change is validated against each matching one's policy

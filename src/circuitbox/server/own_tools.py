@@ -7,19 +7,36 @@ downstream's env or headers: they only read breaker snapshots and connection sta
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 import mcp_types as types
 from mcp import MCPError
 
-from circuitbox.breakers import CircuitState
+from circuitbox.breakers import BreakerRegistry, CircuitBreaker, CircuitState
 from circuitbox.config.model import ConfigError
 
-if TYPE_CHECKING:
-    from circuitbox.server.proxy import Proxy
 
-Handler = Callable[["Proxy", dict[str, Any]], Awaitable[types.CallToolResult]]
+class ProxyView(Protocol):
+    """What own tools read from and do to the proxy: the proxy satisfies it, own tools never import the proxy."""
+
+    @property
+    def downstreams(self) -> Mapping[str, object]: ...
+    @property
+    def registry(self) -> BreakerRegistry: ...
+    def all_breakers(self) -> list[tuple[str, str, CircuitBreaker]]: ...
+    def find_breaker(self, server: str, tool: str) -> CircuitBreaker | None: ...
+    def breaker(self, server: str, tool: str) -> CircuitBreaker: ...
+    def tools_of(self, server: str) -> list[str]: ...
+    def tool_stats(self, server: str, tool: str) -> dict[str, Any]: ...
+    def server_status(self, name: str) -> dict[str, Any]: ...
+    def audit(self, action: str, server: str, tool: str, before: str, after: str) -> None: ...
+    def configure(
+        self, server: str, pattern: str, settings: Mapping[str, Any], tools: Iterable[str]
+    ) -> list[tuple[str, dict[str, tuple[Any, Any, str]]]]: ...
+
+
+Handler = Callable[[ProxyView, dict[str, Any]], Awaitable[types.CallToolResult]]
 
 _FILTERS = {
     "server": {"type": "string", "description": "only this server (its config key)"},
@@ -182,7 +199,7 @@ def check_arguments(tool: types.Tool, args: dict[str, Any]) -> None:
         raise MCPError(code=types.INVALID_PARAMS, message=f"{tool.name}: " + "; ".join(problems))
 
 
-def _filtered(proxy: Proxy, args: dict[str, Any]) -> list[tuple[str, str, Any]]:
+def _filtered(proxy: ProxyView, args: dict[str, Any]) -> list[tuple[str, str, Any]]:
     server, tool, state = args.get("server"), args.get("tool"), args.get("state")
     if server is not None and server not in proxy.downstreams:
         raise MCPError(
@@ -211,7 +228,7 @@ STATUS_POLICY_FIELDS = (
 )
 
 
-def _row(server: str, tool: str, snapshot: Any, proxy: Proxy | None = None) -> dict[str, Any]:
+def _row(server: str, tool: str, snapshot: Any, proxy: ProxyView | None = None) -> dict[str, Any]:
     row = {"server": server, "tool": tool, **snapshot.to_dict()}
     breaker = proxy.find_breaker(server, tool) if proxy is not None else None
     if breaker is not None:
@@ -223,7 +240,7 @@ def _answer(text: str, data: dict[str, Any]) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=data)
 
 
-async def circuit_status(proxy: Proxy, args: dict[str, Any]) -> types.CallToolResult:
+async def circuit_status(proxy: ProxyView, args: dict[str, Any]) -> types.CallToolResult:
     breakers = [_row(*row, proxy) for row in _filtered(proxy, args)]
     servers = [proxy.server_status(name) for name in proxy.downstreams if args.get("server") in (None, name)]
     data = {"breakers": breakers, "servers": servers, "summary": proxy.registry.summary()}
@@ -246,7 +263,7 @@ def _healthy(row: dict[str, Any]) -> bool:
     return bool(row["state"] == CircuitState.CLOSED and row["health_score"] >= 1.0)
 
 
-async def circuit_metrics(proxy: Proxy, args: dict[str, Any]) -> types.CallToolResult:
+async def circuit_metrics(proxy: ProxyView, args: dict[str, Any]) -> types.CallToolResult:
     rows = _filtered(proxy, args)
     tools = [{**_row(srv, tool, snap, proxy), **proxy.tool_stats(srv, tool)} for srv, tool, snap in rows]
     per_server: dict[str, list[float]] = {}
@@ -273,7 +290,7 @@ async def circuit_metrics(proxy: Proxy, args: dict[str, Any]) -> types.CallToolR
     return _answer("\n".join(lines), data)
 
 
-async def circuit_reset(proxy: Proxy, args: dict[str, Any]) -> types.CallToolResult:
+async def circuit_reset(proxy: ProxyView, args: dict[str, Any]) -> types.CallToolResult:
     changed = []
     for server, tool, snap in _filtered(proxy, args):
         breaker = proxy.find_breaker(server, tool)
@@ -292,7 +309,7 @@ _FORCE_STATES = {
 }
 
 
-async def circuit_force(proxy: Proxy, args: dict[str, Any]) -> types.CallToolResult:
+async def circuit_force(proxy: ProxyView, args: dict[str, Any]) -> types.CallToolResult:
     target = args.get("state")
     if target not in (*_FORCE_STATES, "auto"):
         raise MCPError(code=types.INVALID_PARAMS, message=f"state must be one of {', '.join(_FORCE_STATES)}, auto")
@@ -316,13 +333,14 @@ async def circuit_force(proxy: Proxy, args: dict[str, Any]) -> types.CallToolRes
     return _answer(f"{count(len(changed), 'breaker')} now {target}.", {"changed": changed})
 
 
-async def circuit_configure(proxy: Proxy, args: dict[str, Any]) -> types.CallToolResult:
-    server, pattern, settings = args.get("server"), args.get("tool") or "*", args.get("settings")
+async def circuit_configure(proxy: ProxyView, args: dict[str, Any]) -> types.CallToolResult:
+    server: str = args["server"]  # required: check_arguments saw it
+    pattern, settings = args.get("tool") or "*", args.get("settings")
     if server not in proxy.downstreams:
         raise MCPError(code=types.INVALID_PARAMS, message=f"unknown server {server!r}")
     if not isinstance(settings, dict) or not settings:
         raise MCPError(code=types.INVALID_PARAMS, message="settings must be a non-empty object of breaker fields")
-    changed = proxy.guard.configure(server, pattern, settings, proxy.tools_of(server))
+    changed = proxy.configure(server, pattern, settings, proxy.tools_of(server))
     proxy.audit("configure", server, pattern, "-", repr(settings))
     rows = []
     for tool, diff in changed:
@@ -345,7 +363,7 @@ def _tool_errors(handler: Handler) -> Handler:
     """A config error (a setting circuit_configure refuses, a tool whose merged policy is contradictory) is the
     caller's answer, as an `isError` result naming the key: never an internal error."""
 
-    async def answer(proxy: Proxy, args: dict[str, Any]) -> types.CallToolResult:
+    async def answer(proxy: ProxyView, args: dict[str, Any]) -> types.CallToolResult:
         try:
             return await handler(proxy, args)
         except ConfigError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import anyio
@@ -258,6 +258,11 @@ class Proxy:
 
     def breaker(self, server: str, tool: str) -> CircuitBreaker:
         return self.guard.breaker(server, tool)[0]
+
+    def configure(
+        self, server: str, pattern: str, settings: Mapping[str, Any], tools: Iterable[str]
+    ) -> list[tuple[str, dict[str, tuple[Any, Any, str]]]]:
+        return self.guard.configure(server, pattern, settings, tools)
 
     def tools_of(self, server: str) -> list[str]:
         return self.catalog.tools_of(server)
