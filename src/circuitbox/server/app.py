@@ -21,6 +21,8 @@ from circuitbox.config.load import ConfigError, ProxyConfig
 from circuitbox.observability.collector import MetricsCollector
 from circuitbox.observability.http import metrics_app, start_metrics_server
 from circuitbox.observability.logging import TransitionLogger
+from circuitbox.observability.status_page import PATHS as STATUS_PATHS
+from circuitbox.observability.status_page import StatusApp
 from circuitbox.server._pipes import stdio_pipes
 from circuitbox.server._streams import AnswerMalformed
 from circuitbox.server.proxy import Proxy
@@ -66,7 +68,8 @@ class BearerAuth:
         self.expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
+        # /healthz answers without the token: load balancers probe it (DESIGN.md "access").
+        if scope["type"] == "http" and scope.get("path") != "/healthz":
             headers = dict(scope.get("headers") or [])
             if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
                 await send(
@@ -120,6 +123,8 @@ def http_app(
     routes: list[Route | Mount] = [Mount("/", app=mcp_app)]
     if collector is not None:
         routes.insert(0, Route("/metrics", metrics_app(collector.registry)))
+    status = StatusApp(proxy)
+    routes[:0] = [Route(path, status) for path in STATUS_PATHS]  # StatusApp answers 405 itself
     app = Starlette(
         routes=routes,
         lifespan=_lifespan_of(mcp_app),
