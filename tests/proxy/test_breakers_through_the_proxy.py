@@ -185,3 +185,14 @@ async def test_circuit_metrics_answers_compactly_unless_asked_for_everything(tmp
         everything = await session.call_tool("circuit_metrics", {"all": True})
         assert everything.structured_content is not None
         assert sorted(t["tool"] for t in everything.structured_content["tools"]) == ["bad", "ok"]
+
+
+async def test_an_invalid_request_error_from_a_stdio_downstream_does_not_respawn_it(tmp_path: Path) -> None:
+    config = {"mcpServers": {"c": {**chaos("bad=protocol_error:-32600", "ok=healthy"), "breaker": BREAKER}}}
+    async with proxy_session(tmp_path, config) as session:
+        first_pid = (await chaos_stats(session, "c"))["pid"]
+        answer = await session.call_tool("c__bad", {})
+        assert answer.is_error and "-32600" in text(answer)
+        assert not (await session.call_tool("c__ok", {})).is_error
+        assert (await chaos_stats(session, "c"))["pid"] == first_pid
+        assert (await status(session, server="c"))["servers"][0]["connects"] == 1

@@ -202,8 +202,10 @@ class Guard:
             _record(permit, Outcome(outcome.verdict, outcome.kind, error))
             if exc.error.code in CALLER_MISTAKES:
                 raise
-            if exc.error.code == types.INVALID_REQUEST:
-                downstream.request_reconnect()  # e.g. an HTTP downstream that lost our session: start afresh
+            if exc.error.code == types.INVALID_REQUEST and downstream.config.transport != "stdio":
+                # The SDK's HTTP client reports a lost session with -32600: start afresh. A stdio child that
+                # answers -32600 is alive and speaking: respawning it would cost every call in flight.
+                downstream.request_reconnect()
             return error_result(f"Tool '{tool}' of server '{downstream.name}' failed: {error}")
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             permit.failure("transport", downstream.redact(f"{type(exc).__name__}: {exc}"))
