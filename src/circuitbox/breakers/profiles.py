@@ -1,4 +1,4 @@
-"""Environment profiles, service presets and preset inference (DESIGN.md, "environments and presets").
+"""Environment profiles, service presets and preset inference (README, "Policies").
 
 A policy is built in layers, lowest first: the engine's built-in defaults, the environment profile, the service
 preset, then whatever the caller overrides. This module owns the first three; the proxy adds its file layers on top.
@@ -98,7 +98,7 @@ PRESETS: Mapping[str, Preset] = {
     name: Preset(name, low, high, doc, {"call_timeout": call, "slow_call_duration": slow}, tuple(words.split()))
     for name, low, high, call, slow, words, doc in _TABLE
 }
-"""The thirteen service presets (DESIGN.md), each explained in its `doc`."""
+"""The thirteen service presets (README, "Policies"), each explained in its `doc`."""
 
 PRESET_ALIASES: Mapping[str, str] = {"gpt-4": "openai"}
 

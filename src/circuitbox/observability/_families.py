@@ -1,6 +1,6 @@
 """The metric families one scrape yields, and how one breaker's `Series` becomes their samples.
 
-The first seven are the contract (DESIGN.md, "metrics"). The last two are extras that only the "open for
+The first seven are the contract (README, "Observability"). The last two are extras that only the "open for
 too long" alert needs, so that each breaker is judged against its own timeout.
 """
 
@@ -20,7 +20,7 @@ from ._series import FAILURE_TYPES, Series
 
 LABELS = ("server", "tool")
 
-# circuit_breaker_state values (DESIGN.md). disabled and metrics_only pass every call, so they read as closed.
+# circuit_breaker_state values (README). disabled and metrics_only pass every call, so they read as closed.
 STATE_VALUES = {"closed": 0, "open": 1, "forced_open": 1, "half_open": 2, "disabled": 0, "metrics_only": 0}
 
 
@@ -51,9 +51,7 @@ class Families:
         self.fallbacks = CounterMetricFamily(
             "circuit_breaker_fallback_activations", "Rejected calls answered by a fallback.", labels=lb
         )
-        self.health = GaugeMetricFamily(
-            "circuit_breaker_health_score", "Health score 0..1 (0 when open; see DESIGN.md).", labels=lb
-        )
+        self.health = GaugeMetricFamily("circuit_breaker_health_score", "Health score 0..1 (0 when open).", labels=lb)
         self.open_timeout = GaugeMetricFamily(
             "circuit_breaker_open_timeout_seconds",
             "Configured base open period (the breaker's timeout); not part of the contract.",

@@ -1,6 +1,6 @@
 """Health scores per breaker, per server and overall, for the `circuit_metrics` tool.
 
-Per breaker the score is the engine's (`snapshot().health_score`, DESIGN.md's formula); a server's is the
+Per breaker the score is the engine's (`snapshot().health_score`, the README's formula); a server's is the
 mean of its tools'; the overall one is the mean over all breakers (like `BreakerRegistry.summary()`), so a
 server with many tools weighs more than one with a single tool. With no breakers every score is 1.0:
 nothing is failing.

@@ -68,7 +68,7 @@ class BearerAuth:
         self.expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        # /healthz answers without the token: load balancers probe it (DESIGN.md "access").
+        # /healthz answers without the token: load balancers probe it (the README's access rules).
         if scope["type"] == "http" and scope.get("path") != "/healthz":
             headers = dict(scope.get("headers") or [])
             if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):

@@ -1,4 +1,4 @@
-"""What a downstream's answer means for its breaker (DESIGN.md, "failures in the proxy").
+"""What a downstream's answer means for its breaker (the README's policies section).
 
 Transport errors, timeouts, JSON-RPC internal errors and `isError` results are failures; caller mistakes (invalid
 params, unknown tool, an `isError` whose text reports input validation) are ignored, so an agent that keeps sending
