@@ -97,10 +97,13 @@ async def test_circuit_configure_answers_the_source_of_each_value_it_set(tmp_pat
     config = {"admin": {"enabled": True}, "mcpServers": {"c": chaos("ok=healthy")}}
     async with proxy_session(tmp_path, config) as session:
         await session.call_tool("c__ok", {})
-        result = await session.call_tool("circuit_configure", {"server": "c", "settings": {"timeout": 9}})
+        settings = {"timeout": 9, "sliding_window_size": 50}
+        result = await session.call_tool("circuit_configure", {"server": "c", "settings": settings})
         assert result.structured_content is not None, text(result)
         change = result.structured_content["changed"][0]["changes"]["timeout"]
         assert (change["new"], change["source"]) == (9, "circuit_configure") and change["old"] != 9
+        # circuit_status shows every breaker field (one field list), the one just set included.
+        assert (await status(session, tool="ok"))["breakers"][0]["policy"]["sliding_window_size"] == 50
 
 
 async def test_circuit_force_accepts_the_states_own_name_and_answers_a_policy_error_as_a_tool_error(

@@ -14,7 +14,7 @@ import mcp_types as types
 from mcp import MCPError
 
 from circuitbox.breakers import BreakerRegistry, CircuitBreaker, CircuitState
-from circuitbox.config.model import ConfigError
+from circuitbox.config.model import BREAKER_FIELDS, ConfigError
 
 
 class ProxyView(Protocol):
@@ -215,24 +215,12 @@ def _filtered(proxy: ProxyView, args: dict[str, Any]) -> list[tuple[str, str, An
     return rows
 
 
-# The thresholds shown beside each breaker's state, so an operator sees what applies after circuit_configure.
-STATUS_POLICY_FIELDS = (
-    "failure_threshold",
-    "success_threshold",
-    "timeout",
-    "half_open_max_calls",
-    "failure_rate_threshold",
-    "minimum_calls",
-    "slow_call_duration",
-    "call_timeout",
-)
-
-
+# Every breaker field is shown beside its state, so an operator sees what applies after circuit_configure.
 def _row(server: str, tool: str, snapshot: Any, proxy: ProxyView | None = None) -> dict[str, Any]:
     row = {"server": server, "tool": tool, **snapshot.to_dict()}
     breaker = proxy.find_breaker(server, tool) if proxy is not None else None
     if breaker is not None:
-        row["policy"] = {field: getattr(breaker.config, field) for field in STATUS_POLICY_FIELDS}
+        row["policy"] = {field: getattr(breaker.config, field) for field in BREAKER_FIELDS}
     return row
 
 
