@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -43,10 +44,15 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"circuitbox: config error: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_table(config, report, sys.stdout)
+    try:
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print_table(config, report, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`circuitbox check ... | head`): stop quietly, as Python's docs advise.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     for server, error in errors.items():
         print(f"circuitbox: server {server!r} could not be listed: {error}", file=sys.stderr)
     return 1 if errors else 0

@@ -7,6 +7,7 @@ import functools
 import ipaddress
 import logging
 import os
+import socket
 import sys
 
 from circuitbox.config.load import ConfigError, ProxyConfig
@@ -30,9 +31,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="a host name clients use to reach the HTTP listener (DNS-rebinding protection; repeatable)",
     )
-    parser.add_argument("--metrics-port", type=int, help="stdio mode: serve /metrics on this port")
+    parser.add_argument(
+        "--metrics-port", type=int, help="stdio mode: serve /metrics on this port (over HTTP it is on the listener)"
+    )
     parser.add_argument("--environment", help="environment profile (development, staging, production, testing)")
-    parser.add_argument("--auth-token", help="bearer token the HTTP listener requires (or $CIRCUITBOX_AUTH_TOKEN)")
+    parser.add_argument(
+        "--auth-token-file", metavar="PATH", help="file holding the bearer token the HTTP listener requires"
+    )
+    parser.add_argument(
+        "--auth-token",
+        help="the bearer token itself (other local users can read it in the process list: prefer "
+        "--auth-token-file or $CIRCUITBOX_AUTH_TOKEN)",
+    )
     parser.add_argument("--no-metrics", action="store_true", help="collect no Prometheus metrics at all")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--log-level", default="INFO")
@@ -47,6 +57,44 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def auth_token(args: argparse.Namespace) -> str | None:
+    """The token from --auth-token-file, else --auth-token, else $CIRCUITBOX_AUTH_TOKEN; None when none is set.
+
+    Raises:
+        ValueError: the file cannot be read, or the token is empty or only whitespace.
+    """
+    source, token = None, None
+    if args.auth_token_file:
+        source = f"--auth-token-file {args.auth_token_file}"
+        try:
+            with open(args.auth_token_file, encoding="utf-8") as file:
+                token = file.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read the auth token: {source}: {exc.__class__.__name__}") from None
+    elif args.auth_token is not None:
+        source, token = "--auth-token", args.auth_token
+    elif "CIRCUITBOX_AUTH_TOKEN" in os.environ:
+        source, token = "$CIRCUITBOX_AUTH_TOKEN", os.environ["CIRCUITBOX_AUTH_TOKEN"]
+    if token is None:
+        return None
+    token = token.strip()  # a file ends with a newline; spaces around a token are never part of it
+    if not token:
+        raise ValueError(f"the auth token from {source} is empty or only whitespace")
+    return token
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be listened on (the OS's reason), or None; checked before anything starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from circuitbox.observability.logging import configure_logging
 
@@ -54,11 +102,21 @@ def run(args: argparse.Namespace) -> int:
     # The HTTP client logs every request at INFO, with its URL: noise on the hot path, and URLs can carry secrets.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    token = args.auth_token or os.environ.get("CIRCUITBOX_AUTH_TOKEN") or None
+    try:
+        token = auth_token(args)
+    except ValueError as exc:
+        print(f"circuitbox: {exc}", file=sys.stderr)
+        return 2
+    if args.transport == "http" and args.metrics_port is not None:
+        print(
+            "circuitbox: --metrics-port is for stdio mode; over HTTP, /metrics is served on the listener itself",
+            file=sys.stderr,
+        )
+        return 2
     if args.transport == "http" and not is_loopback(args.host) and not token:
         print(
-            f"circuitbox: refusing to listen on {args.host} without a token: set --auth-token or "
-            "$CIRCUITBOX_AUTH_TOKEN (or listen on 127.0.0.1)",
+            f"circuitbox: refusing to listen on {args.host} without a token: set --auth-token-file, "
+            "$CIRCUITBOX_AUTH_TOKEN or --auth-token (or listen on 127.0.0.1)",
             file=sys.stderr,
         )
         return 2
@@ -71,6 +129,9 @@ def run(args: argparse.Namespace) -> int:
         config = read_config()
     except ConfigError as exc:
         print(f"circuitbox: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.transport == "http" and (busy := port_in_use(args.host, args.port)):
+        print(f"circuitbox: cannot listen on {args.host}:{args.port}: {busy}", file=sys.stderr)
         return 2
     import anyio
 
