@@ -11,8 +11,8 @@ import httpx2
 import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 
+from circuitbox.server.transports import http_client as create_mcp_http_client
 from tests.net import free_port
 from tests.proxy.harness import chaos, running_process, write_config
 

@@ -11,9 +11,9 @@ import httpx2
 import pytest
 from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.subscriptions import ToolsListChanged
 
+from circuitbox.server.transports import http_client as create_mcp_http_client
 from tests.net import free_port
 from tests.proxy.harness import chaos, running_process, write_config
 

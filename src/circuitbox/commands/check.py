@@ -13,8 +13,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TextIO
 
 from circuitbox.breakers.profiles import PRESETS
@@ -174,31 +173,10 @@ async def _all_tools(session: Any) -> list[str]:
             return names
 
 
-@asynccontextmanager
-async def _transport(server: ServerConfig, errlog: TextIO) -> AsyncIterator[tuple[Any, Any]]:
-    if server.transport == "stdio":
-        from mcp import StdioServerParameters, stdio_client
+def _transport(server: ServerConfig, errlog: TextIO) -> AbstractAsyncContextManager[tuple[Any, Any]]:
+    from circuitbox.server.transports import open_transport
 
-        assert server.command is not None
-        params = StdioServerParameters(
-            command=server.command, args=list(server.args), env=dict(server.env) or None, cwd=server.cwd
-        )
-        async with stdio_client(params, errlog=errlog) as (read, write):
-            yield read, write
-    elif server.transport == "sse":
-        from mcp.client.sse import sse_client
-
-        async with sse_client(str(server.url), headers=dict(server.headers) or None) as streams:
-            yield streams[0], streams[1]
-    else:
-        from mcp.client.streamable_http import streamable_http_client
-        from mcp.shared._httpx_utils import create_mcp_http_client
-
-        async with (
-            create_mcp_http_client(headers=dict(server.headers) or None) as client,
-            streamable_http_client(str(server.url), http_client=client) as streams,
-        ):
-            yield streams[0], streams[1]
+    return open_transport(server, errlog)
 
 
 def describe(exc: BaseException) -> str:

@@ -22,13 +22,14 @@ async def fetch_status(url: str, token: str | None, timeout: float) -> dict[str,
     import anyio
     from mcp import ClientSession
     from mcp.client.streamable_http import streamable_http_client
-    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    from circuitbox.server.transports import http_client
 
     endpoint = url.rstrip("/") + ("" if url.rstrip("/").endswith("/mcp") else "/mcp")
     headers = {"Authorization": f"Bearer {token}"} if token else None
     with anyio.fail_after(timeout):
         async with (
-            create_mcp_http_client(headers=headers) as http,
+            http_client(headers) as http,
             streamable_http_client(endpoint, http_client=http) as (read, write),
             ClientSession(read, write) as session,
         ):

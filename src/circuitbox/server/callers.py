@@ -17,6 +17,8 @@ import mcp_types as types
 from mcp import MCPError
 from mcp.shared.message import ServerMessageMetadata
 
+from circuitbox.server._sdk_private import client_connection
+
 logger = logging.getLogger("circuitbox.callers")
 
 _RESULTS: dict[type[Any], type[Any]] = {
@@ -46,7 +48,7 @@ class Callers:
     def caller(self, server: str) -> Any | None:
         """The one call whose client may answer, or None when no client or several have calls in flight."""
         calls = self._in_flight.get(server, [])
-        clients = {id(getattr(ctx.session, "_connection", ctx.session)) for ctx in calls}
+        clients = {id(client_connection(ctx.session) or ctx.session) for ctx in calls}
         return calls[-1] if len(clients) == 1 else None
 
     async def relay(self, server: str, request: Any, only_client: Any = None) -> Any:

@@ -11,23 +11,21 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import mcp_types as types
-from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
+from mcp import ClientSession, MCPError
 from mcp.client.session import IncomingMessage
-from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.dispatcher import ProgressFnT
 from pydantic import BaseModel
 
 from circuitbox.server._streams import WatchedStream
+from circuitbox.server.transports import open_transport
 
 if TYPE_CHECKING:
     from circuitbox.config.load import ServerConfig
@@ -194,17 +192,7 @@ class Downstream:
         return {"sampling_callback": sampling, "elicitation_callback": elicitation, "list_roots_callback": roots}
 
     def _transport(self) -> AbstractAsyncContextManager[tuple[Any, Any]]:
-        cfg = self.config
-        if cfg.transport == "stdio":
-            assert cfg.command is not None
-            params = StdioServerParameters(
-                command=cfg.command, args=list(cfg.args), env=dict(cfg.env) or None, cwd=cfg.cwd
-            )
-            return stdio_client(params)
-        assert cfg.url is not None
-        if cfg.transport == "sse":
-            return sse_client(cfg.url, headers=dict(cfg.headers) or None)
-        return _http_transport(cfg.url, dict(cfg.headers))
+        return open_transport(self.config)
 
     async def _on_message(self, message: IncomingMessage) -> None:
         if isinstance(message, Exception):
@@ -307,15 +295,6 @@ async def _paginate(session: ClientSession, request_type: Any, result_type: Any,
         if not cursor:
             break
     return tuple(items)
-
-
-@asynccontextmanager
-async def _http_transport(url: str, headers: dict[str, str]) -> AsyncIterator[tuple[Any, Any]]:
-    async with (
-        create_mcp_http_client(headers=headers or None) as client,
-        streamable_http_client(url, http_client=client) as streams,
-    ):
-        yield streams[0], streams[1]
 
 
 def _describe(exc: BaseException) -> str:

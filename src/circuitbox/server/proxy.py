@@ -34,6 +34,7 @@ from circuitbox import __version__
 from circuitbox.breakers import BreakerRegistry, CircuitBreaker, Rejection
 from circuitbox.config.load import ProxyConfig, ServerConfig
 from circuitbox.config.policy import TextFallback, ToolFallback
+from circuitbox.server._sdk_private import client_connection
 from circuitbox.server.callers import Callers
 from circuitbox.server.catalog import Catalog, build_catalog
 from circuitbox.server.downstream import Backoff, Downstream
@@ -219,15 +220,15 @@ class Proxy:
 
     def _remember(self, ctx: ServerRequestContext[Any, Any]) -> None:
         # Handshake-era clients learn of list changes through their connection's standalone channel. The lowlevel
-        # context only exposes the connection through the session, hence the private attribute.
+        # context only exposes the connection through the session (see _sdk_private).
         if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
-            connection = getattr(ctx.session, "_connection", None)
+            connection = client_connection(ctx.session)
             if connection is not None:
                 self._connections.add(connection)
                 self.clients.add(connection)
 
     def _client(self, ctx: ServerRequestContext[Any, Any]) -> Any:
-        connection = getattr(ctx.session, "_connection", None)
+        connection = client_connection(ctx.session)
         if connection is None or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
             return None
         self._remember(ctx)

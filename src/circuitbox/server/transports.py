@@ -1,0 +1,44 @@
+"""Opening a downstream's transport (stdio, SSE or streamable HTTP) from its config: one opener for the proxy and
+`circuitbox check --connect`, on the SDK's public client transports."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TextIO
+
+import httpx2
+from mcp import StdioServerParameters, stdio_client
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+
+from circuitbox.config.load import ServerConfig
+
+# As the SDK's own transports default: a server may hold a response stream open for minutes, nothing else should.
+HTTP_TIMEOUT = httpx2.Timeout(30.0, read=300.0)
+
+
+def http_client(headers: dict[str, str] | None = None) -> httpx2.AsyncClient:
+    """An HTTP client for MCP over HTTP (use it as a context manager); redirects stay off, as the SDK expects."""
+    return httpx2.AsyncClient(headers=headers or None, timeout=HTTP_TIMEOUT)
+
+
+def open_transport(server: ServerConfig, errlog: TextIO | None = None) -> AbstractAsyncContextManager[tuple[Any, Any]]:
+    """(read, write) streams to `server`; a stdio child's stderr goes to `errlog` (default: ours)."""
+    if server.transport == "stdio":
+        assert server.command is not None
+        params = StdioServerParameters(
+            command=server.command, args=list(server.args), env=dict(server.env) or None, cwd=server.cwd
+        )
+        return stdio_client(params, errlog=errlog or sys.stderr)
+    assert server.url is not None
+    if server.transport == "sse":
+        return sse_client(server.url, headers=dict(server.headers) or None)
+    return _http(server.url, dict(server.headers))
+
+
+@asynccontextmanager
+async def _http(url: str, headers: dict[str, str]) -> AsyncIterator[tuple[Any, Any]]:
+    async with http_client(headers) as client, streamable_http_client(url, http_client=client) as streams:
+        yield streams[0], streams[1]
