@@ -78,6 +78,16 @@ async def test_invalid_json_rpc_lines_on_stdin_leave_the_proxy_serving(tmp_path:
         assert alive(client.pid)
 
 
+async def test_a_line_over_the_message_limit_is_dropped_and_the_proxy_keeps_serving(tmp_path: Path) -> None:
+    async with raw_proxy(tmp_path, CONFIG) as client:
+        huge = json.dumps({"jsonrpc": "2.0", "id": "huge", "method": "ping", "params": {"x": "y" * (17 << 20)}})
+        await client.send_bytes(huge.encode() + b"\n")
+        answer = await client.call_tool("c__echo", {"message": "after the huge line"}, limit=30)
+        assert answer["result"]["content"][0]["text"] == "after the huge line"
+        assert alive(client.pid)
+    assert "dropped a message over" in (tmp_path / "proxy.log").read_text()
+
+
 @pytest.mark.parametrize(
     "params",
     [

@@ -27,8 +27,9 @@ from mcp.shared.message import SessionMessage
 
 logger = logging.getLogger("circuitbox")
 
-# One JSON-RPC message per line, whatever its size: a tool argument may be megabytes.
-_LINE_LIMIT = 1 << 28
+# One JSON-RPC message per line: a tool argument may be megabytes, but a line over the limit (the contract's
+# max_message_bytes) is dropped with a logged error instead of being buffered without end.
+_LINE_LIMIT = 16 << 20
 
 
 def _is_pipe(fd: int) -> bool:
@@ -105,14 +106,24 @@ async def stdio_pipes() -> AsyncIterator[tuple[Any, Any]]:
 
 
 async def _read_lines(reader: asyncio.StreamReader, sink: MemoryObjectSendStream[SessionMessage | Exception]) -> None:
+    skipping = False  # inside a line over the limit: drop everything up to its newline
     async with sink:
         while True:
             try:
                 line = await reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError as over:
+                await reader.readexactly(over.consumed)  # what is buffered of it goes, the reader stays usable
+                if not skipping:
+                    logger.error("stdio: dropped a message over %d bytes (no answer can name its id)", _LINE_LIMIT)
+                skipping = True
+                continue
             except asyncio.IncompleteReadError as eof:
                 line = eof.partial  # a last line without its newline still counts; then the session ends
                 if not line.strip():
                     return
+            if skipping:  # the end of the line that was too long
+                skipping = False
+                continue
             if not line.strip():
                 continue
             try:
