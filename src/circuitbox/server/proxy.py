@@ -210,13 +210,11 @@ class Proxy:
         for event, notification in events:
             await self._bus.publish(event)  # 2026-era clients listening on subscriptions/listen
             data = notification.model_dump(by_alias=True, mode="json", exclude_none=True)
-            for connection in list(self._connections):  # handshake-era clients
-                try:
-                    # Bounded: a client that stopped reading must not stall the downstream owner relaying this.
-                    with anyio.move_on_after(1):
-                        await connection.outbound.notify(data["method"], data.get("params"))
-                except Exception as exc:
-                    logger.debug("could not notify a client of a list change: %s", exc)
+            # Handshake-era clients, all at once and each bounded: one that stopped reading must delay neither the
+            # others nor the downstream owner relaying this.
+            async with anyio.create_task_group() as tg:
+                for connection in list(self._connections):
+                    tg.start_soon(_notify, connection, data["method"], data.get("params"))
 
     def _remember(self, ctx: ServerRequestContext[Any, Any]) -> None:
         # Handshake-era clients learn of list changes through their connection's standalone channel. The lowlevel
@@ -507,6 +505,14 @@ class Proxy:
             raise
         except Exception as exc:
             raise MCPError(code=types.INTERNAL_ERROR, message=f"server {server!r}: {exc}") from exc
+
+
+async def _notify(connection: Any, method: str, params: Any) -> None:
+    try:
+        with anyio.move_on_after(1):
+            await connection.outbound.notify(method, params)
+    except Exception as exc:
+        logger.debug("could not notify a client of a list change: %s", exc)
 
 
 def _connection(server: ServerConfig) -> tuple[Any, ...]:
