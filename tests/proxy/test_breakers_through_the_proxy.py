@@ -95,6 +95,30 @@ async def test_a_text_fallback_answers_while_open_and_is_counted(tmp_path: Path)
         assert row["fallback_activations"] == 1 and row["state"] == "open"
 
 
+async def test_a_tool_fallback_answers_through_the_other_tools_breaker_and_never_loops(tmp_path: Path) -> None:
+    server = {
+        **chaos("echo=healthy", "flaky=error", "boom=error"),
+        "breaker": BREAKER,
+        "tools": {
+            "flaky": {"fallback": {"tool": "c__echo"}},
+            "boom": {"fallback": {"tool": "c__flaky"}},  # flaky's own fallback is not followed from here
+        },
+    }
+    async with proxy_session(tmp_path, {"mcpServers": {"c": server}}) as session:
+        for _ in range(3):
+            await session.call_tool("c__flaky", {"message": "tripping"})
+            await session.call_tool("c__boom", {"message": "tripping"})
+        served = await session.call_tool("c__flaky", {"message": "from echo"})
+        assert not served.is_error and text(served) == "from echo"  # echo answered, through its own breaker
+        flaky = (await status(session, tool="flaky"))["breakers"][0]
+        assert flaky["state"] == "open"
+        # boom falls back to flaky, whose circuit is open too: flaky's rejection, not a hop on to echo.
+        rejected = await session.call_tool("c__boom", {"message": "one hop only"})
+        assert rejected.is_error and (rejected.meta or {})["circuitbox/breaker"]["tool"] == "flaky"
+        calls = (await chaos_stats(session, "c"))["tools"]
+        assert calls["flaky"]["calls"] == 3 and calls["boom"]["calls"] == 3 and calls["echo"]["calls"] == 1
+
+
 async def test_a_downstream_killed_mid_call_answers_in_bounded_time_and_is_respawned(tmp_path: Path) -> None:
     config = {"mcpServers": {"c": chaos("echo=healthy", "boom=crash")}}
     async with proxy_session(tmp_path, config) as session:

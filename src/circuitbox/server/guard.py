@@ -18,7 +18,7 @@ from mcp import MCPError
 
 from circuitbox.breakers import BreakerRegistry, CircuitBreaker, Rejection
 from circuitbox.config.load import ConfigError, ProxyConfig
-from circuitbox.config.policy import ToolPolicy, retune
+from circuitbox.config.policy import TextFallback, ToolFallback, ToolPolicy, retune
 from circuitbox.server.classify import CALLER_MISTAKES, Outcome, Verdict, classify_error, classify_result
 from circuitbox.server.downstream import Downstream, DownstreamUnavailableError, ProgressCallback
 
@@ -29,6 +29,10 @@ META_KEY = "circuitbox/breaker"
 
 def breaker_name(server: str, tool: str) -> str:
     return f"{server}__{tool}"
+
+
+# A published tool name -> (its downstream owner, the tool as that downstream names it), or None.
+Resolver = Callable[[str], "tuple[Downstream, str] | None"]
 
 
 class Guard:
@@ -170,12 +174,45 @@ class Guard:
         tool: str,
         arguments: dict[str, Any] | None,
         progress: ProgressCallback | None = None,
-    ) -> types.CallToolResult | Rejection:
-        """Forward one call, or return the breaker's rejection for the caller to turn into an answer.
+        *,
+        published: str,
+        resolve: Resolver | None = None,
+    ) -> types.CallToolResult:
+        """One guarded call, answered: the downstream's result, a failure as an `isError` result, or, when the
+        circuit rejects it, the fallback (text, or another tool `resolve` routes, guarded by its own breaker, one
+        level deep) or the rejection's answer.
 
         Raises:
             MCPError: the agent's own mistake, as the downstream reported it (invalid params, unknown tool).
         """
+        outcome = await self._attempt(downstream, tool, arguments, progress)
+        if not isinstance(outcome, Rejection):
+            return outcome
+        breaker, policy = self.breaker(downstream.name, tool)
+        fallback = policy.fallback
+        if isinstance(fallback, TextFallback):
+            breaker.record_fallback()
+            meta = rejection_result(downstream.name, tool, published, outcome).meta or {}
+            return types.CallToolResult(
+                content=[types.TextContent(text=fallback.text)], _meta={"circuitbox/fallback": True, **meta}
+            )
+        target = resolve(fallback.tool) if isinstance(fallback, ToolFallback) and resolve is not None else None
+        if target is not None:
+            breaker.record_fallback()
+            other, other_tool = target
+            assert isinstance(fallback, ToolFallback)
+            # Without a resolver: the fallback's own fallback may be text, never another hop (no cycles).
+            return await self.call(other, other_tool, arguments, progress, published=fallback.tool)
+        return rejection_result(downstream.name, tool, published, outcome)
+
+    async def _attempt(
+        self,
+        downstream: Downstream,
+        tool: str,
+        arguments: dict[str, Any] | None,
+        progress: ProgressCallback | None,
+    ) -> types.CallToolResult | Rejection:
+        """Forward one call through the breaker's permit, or return the breaker's rejection."""
         try:
             breaker, policy = self.breaker(downstream.name, tool)
         except (ConfigError, ValueError) as exc:  # a policy only this tool's name makes invalid: still an answer

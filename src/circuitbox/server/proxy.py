@@ -31,14 +31,13 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 from circuitbox import __version__
-from circuitbox.breakers import BreakerRegistry, CircuitBreaker, Rejection
+from circuitbox.breakers import BreakerRegistry, CircuitBreaker
 from circuitbox.config.load import ProxyConfig, ServerConfig
-from circuitbox.config.policy import TextFallback, ToolFallback
 from circuitbox.server._sdk_private import client_connection
 from circuitbox.server.callers import Callers
 from circuitbox.server.catalog import Catalog, build_catalog
 from circuitbox.server.downstream import Backoff, Downstream
-from circuitbox.server.guard import Guard, error_result, rejection_result
+from circuitbox.server.guard import Guard, error_result
 from circuitbox.server.own_tools import check_arguments, own_tools
 from circuitbox.server.relay import Clients
 
@@ -354,10 +353,8 @@ class Proxy:
                 except Exception as exc:
                     logger.debug("could not tell server %r its client's roots changed: %s", downstream.name, exc)
 
-    async def call(
-        self, name: str, arguments: dict[str, Any] | None, progress: Any = None, *, fallback_depth: int = 0
-    ) -> types.CallToolResult:
-        """Route a published tool name through its breaker, serving the fallback when the circuit is open.
+    async def call(self, name: str, arguments: dict[str, Any] | None, progress: Any = None) -> types.CallToolResult:
+        """Route a published tool name to its downstream once; the guard owns the rest (breaker, fallback).
 
         Raises:
             MCPError: unknown tool, or the downstream rejected the arguments.
@@ -373,24 +370,13 @@ class Proxy:
             )
         route, _ = found
         downstream = self.downstreams[route.server]
-        outcome = await self.guard.call(downstream, route.name, arguments, progress)
-        if not isinstance(outcome, Rejection):
-            return outcome
-        breaker, policy = self.guard.breaker(route.server, route.name)
-        fallback = policy.fallback
-        if isinstance(fallback, TextFallback):
-            breaker.record_fallback()
-            return types.CallToolResult(
-                content=[types.TextContent(text=fallback.text)],
-                _meta={
-                    "circuitbox/fallback": True,
-                    **(rejection_result(route.server, route.name, name, outcome).meta or {}),
-                },
-            )
-        if isinstance(fallback, ToolFallback) and fallback_depth == 0 and fallback.tool in self.catalog.tools:
-            breaker.record_fallback()
-            return await self.call(fallback.tool, arguments, progress, fallback_depth=1)
-        return rejection_result(route.server, route.name, name, outcome)
+        return await self.guard.call(downstream, route.name, arguments, progress, published=name, resolve=self._route)
+
+    def _route(self, name: str) -> tuple[Downstream, str] | None:
+        found = self.catalog.tools.get(name)
+        if found is None or found[0].server not in self.downstreams:
+            return None
+        return self.downstreams[found[0].server], found[0].name
 
     async def _list_prompts(self, ctx: Any, params: Any) -> types.ListPromptsResult:
         self._remember(ctx)
