@@ -232,8 +232,8 @@ class Pages:
         self.names = names
         self.cursors: list[str | None] = []
 
-    async def list_tools(self, *, params: types.PaginatedRequestParams | None = None) -> types.ListToolsResult:
-        cursor = params.cursor if params else None
+    async def send_request(self, request: types.ListToolsRequest, result_type: object) -> types.ListToolsResult:
+        cursor = request.params.cursor if request.params else None
         self.cursors.append(cursor)
         start = int(cursor or 0)
         page = [types.Tool(name=n, input_schema={"type": "object"}) for n in self.names[start : start + 2]]

@@ -162,15 +162,9 @@ async def list_tools(server: ServerConfig) -> list[str]:
 async def _all_tools(session: Any) -> list[str]:
     import mcp_types as types
 
-    names: list[str] = []
-    cursor: str | None = None
-    while True:
-        params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
-        result = await session.list_tools(params=params)
-        names += [tool.name for tool in result.tools]
-        cursor = result.next_cursor
-        if not cursor:
-            return names
+    from circuitbox.server.downstream import paginate
+
+    return [tool.name for tool in await paginate(session, types.ListToolsRequest, types.ListToolsResult, "tools")]
 
 
 def _transport(server: ServerConfig, errlog: TextIO) -> AbstractAsyncContextManager[tuple[Any, Any]]:
@@ -180,8 +174,7 @@ def _transport(server: ServerConfig, errlog: TextIO) -> AbstractAsyncContextMana
 
 
 def describe(exc: BaseException) -> str:
-    """One line for an error, unwrapping the exception groups the SDK's task groups produce."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """One line for an error (the proxy's own description)."""
+    from circuitbox.server.downstream import describe_error
+
+    return describe_error(exc)

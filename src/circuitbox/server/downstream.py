@@ -124,7 +124,7 @@ class Downstream:
                 await self._connect_and_serve()
                 self.last_error = self.last_error or "connection closed"
             except Exception as exc:  # every failure of a downstream stays inside its owner
-                self.last_error = self.redact(_describe(exc))
+                self.last_error = self.redact(describe_error(exc))
             self.session = None
             self.first_attempt_done.set()
             if anyio.current_time() - began - self._backoff.initial >= self._backoff.stable_after:
@@ -196,7 +196,7 @@ class Downstream:
 
     async def _on_message(self, message: IncomingMessage) -> None:
         if isinstance(message, Exception):
-            logger.warning("server %r sent something that is not MCP: %s", self.name, _describe(message))
+            logger.warning("server %r sent something that is not MCP: %s", self.name, describe_error(message))
         elif isinstance(
             message,
             types.ToolListChangedNotification
@@ -218,7 +218,9 @@ class Downstream:
                 with anyio.fail_after(self.config.startup_timeout):  # a hung list must not freeze the catalog
                     self.listing = await self._fetch_listing(session)
             except Exception as exc:
-                logger.warning("server %r: refreshing its lists failed: %s", self.name, self.redact(_describe(exc)))
+                logger.warning(
+                    "server %r: refreshing its lists failed: %s", self.name, self.redact(describe_error(exc))
+                )
                 continue
             await self._announce()
 
@@ -230,12 +232,12 @@ class Downstream:
         caps = session.server_capabilities
         tools = prompts = resources = templates = ()
         if caps is None or caps.tools is not None:
-            tools = await _paginate(session, types.ListToolsRequest, types.ListToolsResult, "tools")
+            tools = await paginate(session, types.ListToolsRequest, types.ListToolsResult, "tools")
         if caps is not None and caps.prompts is not None:
-            prompts = await _paginate(session, types.ListPromptsRequest, types.ListPromptsResult, "prompts")
+            prompts = await paginate(session, types.ListPromptsRequest, types.ListPromptsResult, "prompts")
         if caps is not None and caps.resources is not None:
-            resources = await _paginate(session, types.ListResourcesRequest, types.ListResourcesResult, "resources")
-            templates = await _paginate(
+            resources = await paginate(session, types.ListResourcesRequest, types.ListResourcesResult, "resources")
+            templates = await paginate(
                 session,
                 types.ListResourceTemplatesRequest,
                 types.ListResourceTemplatesResult,
@@ -278,7 +280,8 @@ class Downstream:
         await self._idle.wait()
 
 
-async def _paginate(session: ClientSession, request_type: Any, result_type: Any, attr: str) -> tuple[Any, ...]:
+async def paginate(session: ClientSession, request_type: Any, result_type: Any, attr: str) -> tuple[Any, ...]:
+    """Every item of a list request, following the downstream's cursors (bounded; a missing list is empty)."""
     items: list[Any] = []
     cursor: str | None = None
     for _ in range(10_000):  # a downstream that never stops paginating must not hang its owner forever
@@ -297,7 +300,7 @@ async def _paginate(session: ClientSession, request_type: Any, result_type: Any,
     return tuple(items)
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """A one-line description of an error, unwrapping the exception groups the SDK's task groups produce."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
