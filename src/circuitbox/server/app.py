@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hmac
 import logging
 import signal
@@ -11,7 +10,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
-from mcp.server import Server
 from mcp.server.transport_security import TransportSecuritySettings
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -50,14 +48,6 @@ def build_proxy(config: ProxyConfig, *, metrics: bool = True, **kwargs: Any) -> 
     collector.attach(proxy.registry)
     proxy.registry.add_listener(TransitionLogger(proxy.guard.labels_for))
     return proxy, collector
-
-
-def advertise_list_changed(server: Server[Any], proxy: Proxy) -> None:
-    # The HTTP session manager builds initialization options with defaults, which advertise listChanged=False.
-    # Built per session: the instructions grow as downstreams connect.
-    server.create_initialization_options = functools.partial(  # type: ignore[method-assign]
-        lambda *_a, **_k: proxy.initialization_options(server)
-    )
 
 
 class BearerAuth:
@@ -104,7 +94,6 @@ def http_app(
     proxy: Proxy, collector: MetricsCollector | None, host: str, token: str | None, extra_hosts: Sequence[str] = ()
 ) -> ASGIApp:
     server = proxy.build_server()
-    advertise_list_changed(server, proxy)
     # DNS-rebinding protection stays on whatever the bind address: the Host header must name this listener.
     allowed = {f"{host}:*", "127.0.0.1:*", "localhost:*", "[::1]:*", *(f"{h}:*" for h in extra_hosts)}
     security = TransportSecuritySettings(

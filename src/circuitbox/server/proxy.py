@@ -56,6 +56,24 @@ INSTRUCTIONS = (
 )
 
 
+LIST_CHANGED = NotificationOptions(tools_changed=True, prompts_changed=True, resources_changed=True)
+
+
+class _ProxyServer(Server[Any]):
+    """A `Server` that advertises listChanged for tools, prompts and resources whoever builds its initialization
+    options: the SDK's streamable HTTP session manager calls `create_initialization_options()` with no arguments."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        return super().create_initialization_options(
+            notification_options or LIST_CHANGED, experimental_capabilities, extensions
+        )
+
+
 class Proxy:
     def __init__(
         self,
@@ -295,7 +313,7 @@ class Proxy:
         return self._server
 
     def _new_server(self) -> Server[Any]:
-        return Server(
+        return _ProxyServer(
             "circuitbox",
             version=__version__,
             instructions=self.instructions(),
@@ -315,9 +333,7 @@ class Proxy:
         )
 
     def initialization_options(self, server: Server[Any]) -> InitializationOptions:
-        changed = NotificationOptions(tools_changed=True, prompts_changed=True, resources_changed=True)
-        # Through the class: the HTTP front end replaces the instance's method with one that calls this.
-        return Server.create_initialization_options(server, changed)
+        return server.create_initialization_options(LIST_CHANGED)
 
     async def _list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
         self._remember(ctx)
