@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the third-party MCP servers the proxy tests run as real downstreams, inside the repo (.cache/node):
-# npm's @modelcontextprotocol/server-everything. PyPI's mcp-server-time comes with the `test` extra.
+# npm's @modelcontextprotocol/server-everything. PyPI's mcp-server-time, -fetch and -git come with the `test` extra.
 # Idempotent; prints nothing to stdout but the install folder.
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 from circuitbox.breakers.profiles import PRESETS
 from circuitbox.commands import check as check_cmd
 from circuitbox.config.load import parse_config
-from circuitbox.config.policy import POLICY_FIELDS
+from circuitbox.config.policy import INPUT_VALIDATION, POLICY_FIELDS
 from tests.config.support import check, time_server, write
 from tests.net import free_port, wait_for_port
 
@@ -73,11 +74,19 @@ def test_the_table_shows_every_field_with_its_source_and_the_preset(
     assert "server tools  [stdio: some-server]  namespace: 'tools'  preset: none" in out
     slack = out.split("server slack")[1].split("server tools")[0]
     assert slack.splitlines()[1] == f"  ({PRESETS['slack'].doc})"  # why the preset's values are what they are
-    assert [line.split()[0] for line in slack.splitlines()[3:] if line.strip()] == list(POLICY_FIELDS)
-    assert "  call_timeout              15       preset" in slack
-    assert "  timeout                   90       environment" in slack
-    assert "  ignore_errors             []       default" in slack
-    assert "  slow_call_duration        5        preset" in slack
+    fields, rules = slack.split("an isError result counts as")
+    assert [line.split()[0] for line in fields.splitlines()[3:] if line.strip()] == list(POLICY_FIELDS)
+    rows = {line.split()[0]: line.split()[1:] for line in fields.splitlines()[3:] if line.strip()}
+    assert rows["call_timeout"] == ["15", "preset"]
+    assert rows["timeout"] == ["90", "environment"]
+    assert rows["ignore_errors"] == ["[]", "default"]
+    assert rows["slow_call_duration"] == ["5", "preset"]
+    assert rows["tool_errors"] == ["classified", "default"]
+    # The classification, rule by rule: the built-in distress patterns, then the preset's, then the rest ignored.
+    lines = [line.split(None, 2) for line in rules.splitlines()[1:] if line.strip()]
+    assert {source for _, source, _ in lines} == {"default", "preset:slack"}
+    assert [kind for kind, source, _ in lines if source == "preset:slack"] == ["failure"]
+    assert lines[-1] == ["ignored", "default", "(any other text)"]
     assert_no_secrets(out + err)
 
 
@@ -90,7 +99,8 @@ def test_the_json_has_exactly_the_documented_shape(tmp_path: Path, capsys: pytes
     assert [s["server"] for s in report["servers"]] == ["time", "slack", "tools"]
     assert [s["preset"] for s in report["servers"]] == [None, "slack", None]
     for server in report["servers"]:
-        assert set(server) == {"server", "preset", "policy", "tools"}
+        assert set(server) == {"server", "preset", "policy", "error_rules", "tools"}
+        assert all(set(rule) == {"pattern", "counts_as", "source"} for rule in server["error_rules"])
         assert list(server["policy"]) == list(POLICY_FIELDS)
         assert all(set(item) == {"value", "source"} for item in server["policy"].values())
         assert server["tools"] == []  # only with --connect
@@ -206,8 +216,22 @@ def test_the_table_lists_each_tool_with_only_what_differs_from_its_server(tmp_pa
     out = io.StringIO()
     check_cmd.print_table(config, check_cmd.build_report(config, {"s": ["abc", "xyz"]}), out)
     text = out.getvalue()
-    assert "  tool abc: as the server, except\n    jitter                    0        tool:a*\n" in text
+    assert re.search(r"  tool abc: as the server, except\n    jitter +0 +tool:a\*\n", text)
     assert text.endswith("  tool xyz: as the server\n")
+
+
+def test_a_tool_whose_error_classification_differs_shows_its_own_rules(tmp_path: Path) -> None:
+    tools = {"git_*": {"tool_errors": "failure", "ignore_errors": ["bad revision"]}}
+    config = parse_config({"mcpServers": {"git": {"command": "x", "tools": tools}}}, env={})
+    out = io.StringIO()
+    check_cmd.print_table(config, check_cmd.build_report(config, {"git": ["git_show"]}), out)
+    tool = out.getvalue().split("tool git_show: as the server, except")[1]
+    rules = [line.split(None, 2) for line in tool.split("counts as the first")[1].splitlines()[1:]]
+    assert rules == [
+        ["ignored", "tool:git_*", "bad revision"],
+        ["ignored", "default", INPUT_VALIDATION],
+        ["failure", "tool:git_*", "(any other text)"],
+    ]
 
 
 def test_a_downstream_that_fails_under_connect_exits_1_with_a_report(

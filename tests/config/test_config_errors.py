@@ -93,7 +93,7 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ),
     (
         servers(d={"command": "d", "tools": {"t": {"tool_errors": "sometimes"}}}),
-        "tools.t.tool_errors: expected 'failure",
+        "tools.t.tool_errors: expected 'classified', 'failure' or 'ignore'",
     ),
 ]
 

@@ -125,7 +125,7 @@ def test_fallbacks_and_classification_keys_resolve_to_their_types() -> None:
     a = config.policy("srv", "a")
     assert (a.fallback, a.ignore_errors, a.value("fallback")) == (TextFallback("later"), (), {"text": "later"})
     assert config.policy("srv", "b").fallback is None
-    assert config.policy("srv", "b").tool_errors == "failure"
+    assert config.policy("srv", "b").tool_errors == "classified"  # the default: only distress counts
 
 
 def test_defaults_may_set_proxy_fields_too() -> None:

@@ -52,7 +52,11 @@ BREAKER = {"failure_threshold": 3, "success_threshold": 2, "timeout": OPEN_PERIO
 async def test_a_failing_tool_opens_fails_fast_without_reaching_the_downstream_and_heals(
     tmp_path: Path,
 ) -> None:
-    config = {"mcpServers": {"c": {**chaos("echo=healthy", "flaky=error:disk on fire"), "breaker": BREAKER}}}
+    config = {
+        "mcpServers": {
+            "c": {**chaos("echo=healthy", "flaky=error:disk on fire: storage unavailable"), "breaker": BREAKER}
+        }
+    }
     async with proxy_session(tmp_path, config) as session:
         for _ in range(3):
             result = await session.call_tool("c__flaky", {})

@@ -35,7 +35,9 @@ def value(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
 
 async def test_every_family_shows_what_the_scripted_calls_did(tmp_path: Path) -> None:
     server = {
-        **chaos("ok=healthy", "bad=error:broken", "fb=error:down", "stuck=hang", "add=add"),
+        **chaos(
+            "ok=healthy", "bad=error:broken: internal error", "fb=error:down: unavailable", "stuck=hang", "add=add"
+        ),
         "breaker": TRIP,
         "tools": {"stuck": {"call_timeout": 0.3}, "fb": {"fallback": {"text": "served from the fallback"}}},
     }

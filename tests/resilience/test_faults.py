@@ -135,7 +135,9 @@ async def test_a_slow_tool_opens_on_its_slow_call_rate_and_every_answer_it_gives
 async def test_an_error_storm_on_three_tools_opens_each_circuit_and_only_the_first_failures_reach_the_server(
     tmp_path: Path, figures: Callable[..., None]
 ) -> None:
-    bad = chaos("e1=error:storm one", "e2=error:storm two", "e3=protocol_error")
+    bad = chaos(
+        "e1=error:storm one: 503 Service Unavailable", "e2=error:storm two: connection refused", "e3=protocol_error"
+    )
     config = {"mcpServers": {"bad": {**bad, "breaker": BREAKER}, "good": good()}}
     lanes = [("bad__e1", 6), ("bad__e2", 6), ("bad__e3", 4), *GOOD_LANES]
     async with proxy_session(tmp_path, config) as session:

@@ -49,6 +49,9 @@ class Preset:
     tuning: Mapping[str, Any] = field(default_factory=dict)
     keywords: tuple[str, ...] = ()
     """Words (a hyphen joins the words of a phrase) that identify the service in a name, command, args or URL."""
+    distress: tuple[str, ...] = ()
+    """Regexes (case-insensitive) of `isError` texts by which this service reports its own distress, on top of
+    `DISTRESS_PATTERNS`."""
 
     def failure_threshold(self, environment: str) -> int:
         exact = self.low + (self.high - self.low) * _POSITION[check_environment(environment)]
@@ -94,8 +97,68 @@ _TABLE: tuple[tuple[str, int, int, float, float, str, str], ...] = (
 )
 # fmt: on
 
+DISTRESS_PATTERNS: tuple[str, ...] = (
+    # timeouts
+    r"\btime[ds]? ?out(s|error)?\b|deadline exceeded|\bETIMEDOUT\b",
+    # connections refused, reset or failing, as Python, Node, Go and curl word them
+    r"connection (was |has been )?(refused|reset|aborted|closed|failed|lost|error)",
+    r"\bE(CONNREFUSED|CONNRESET|CONNABORTED|HOSTUNREACH|NETUNREACH|PIPE)\b|\[Errno (32|101|104|110|111|113)\]",
+    r"all connection attempts failed|\b(Connect|Read|Write|Pool)Timeout\b|\b(ConnectError|RemoteProtocolError)\b",
+    r"\b(could not|couldn't|cannot|can't|unable to|failed to) (connect|reach|establish)|broken pipe",
+    r"network is unreachable|no route to host|server disconnected|socket hang up|\bEOF occurred\b",
+    # DNS
+    r"\bE(NOTFOUND|AI_AGAIN|AI_NONAME)\b|getaddrinfo|name or service not known|nodename nor servname",
+    r"temporary failure in name resolution|\bdns (lookup|resolution) failed|could not resolve host",
+    # HTTP 5xx, 429 and rate limiting
+    r"\b(status( code)?|http( error)?|response|code|error)[ :=]+(5\d\d|429)\b|\bHTTP/\d(\.\d)? (5\d\d|429)\b",
+    r"\b(5\d\d|429)[ :]+(internal server error|bad gateway|service unavailable|gateway time-?out|too many requests)",
+    r"internal server error|bad gateway|gateway time-?out|too many requests|rate[ _-]?limit(ed|ing)?\b",
+    r"\bthrottl(ed|ing)\b|quota exceeded|resource[ _]exhausted|try again later|retry later",
+    # the server or its backend unwell
+    r"\bunavailable\b|\boverloaded\b|\binternal error\b|server (is )?busy|out of memory|no space left on device",
+    # the backend refusing the server's credentials
+    r"\bunauthori[sz]ed\b|\bauthentication (failed|failure|error|required)\b|\b(invalid|expired|bad) "
+    r"(api[ _-]?key|access[ _-]?token|auth(entication)?[ _-]?token|token|credentials)\b|\btoken (has )?expired\b",
+)
+"""What every server's `isError` text is a failure for (the README's error classification): timeouts, connections
+refused, reset or failing, DNS failures, HTTP 5xx, 429 and rate limiting, "unavailable", "overloaded", "internal
+error", the backend refusing credentials. Regexes, searched case-insensitively."""
+
+# fmt: off
+_DISTRESS: Mapping[str, tuple[str, ...]] = {
+    "claude": (r"overloaded_error|api_error|rate_limit_error|authentication_error|\b529\b",),
+    "openai": (r"rate_limit_exceeded|server_error|invalid_api_key|insufficient_quota|APIConnectionError"
+               r"|APITimeoutError|InternalServerError",),
+    "gemini": (r"RESOURCE_EXHAUSTED|DEADLINE_EXCEEDED|\bUNAUTHENTICATED\b|API key not valid",),
+    "deepseek": (r"server (is )?busy|insufficient balance",),
+    "groq": (r"rate_limit_exceeded|over capacity",),
+    "ollama": (r"llama runner (process )?has terminated|requires more system memory|CUDA error|\bpull model manifest",),
+    "docker": (r"cannot connect to the docker daemon|is the docker daemon running|docker\.sock|error during connect"
+               r"|daemon is not running|toomanyrequests",),
+    "kubernetes": (r"the connection to the server \S+ was refused|unable to connect to the server"
+                   r"|the server is currently unable to handle the request|etcdserver|\bServiceUnavailable\b"
+                   r"|the server has asked for the client to provide credentials|you must be logged in",),
+    "desktop-commander": (r"\bE(MFILE|NOMEM)\b|too many open files",),
+    "prometheus": (r"too many samples|query processing would load too many samples|\bexecution\b.*\bcanceled\b",),
+    "slack": (r"\bratelimited\b|\b(service_unavailable|fatal_error|internal_error|request_timeout|invalid_auth"
+              r"|token_revoked|token_expired|not_authed)\b",),
+    "s3": (r"\bSlowDown\b|\bServiceUnavailable\b|\bInternalError\b|\bRequestTimeout\b|InvalidAccessKeyId"
+           r"|SignatureDoesNotMatch|ExpiredToken|EndpointConnectionError|could not connect to the endpoint",),
+    "security-scanner": (r"(failed to|could not) (download|update|fetch) (the )?(vulnerability )?(db|database)"
+                         r"|\bTOOMANYREQUESTS\b",),
+}
+# fmt: on
+
 PRESETS: Mapping[str, Preset] = {
-    name: Preset(name, low, high, doc, {"call_timeout": call, "slow_call_duration": slow}, tuple(words.split()))
+    name: Preset(
+        name,
+        low,
+        high,
+        doc,
+        {"call_timeout": call, "slow_call_duration": slow},
+        tuple(words.split()),
+        _DISTRESS.get(name, ()),
+    )
     for name, low, high, call, slow, words, doc in _TABLE
 }
 """The thirteen service presets (README, "Policies"), each explained in its `doc`."""
@@ -224,6 +287,7 @@ def infer_preset(name: str, command: str | None = None, args: Iterable[str] = ()
 
 __all__ = [
     "DEFAULT_ENVIRONMENT",
+    "DISTRESS_PATTERNS",
     "ENVIRONMENTS",
     "PRESETS",
     "PRESET_ALIASES",

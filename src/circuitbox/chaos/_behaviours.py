@@ -34,7 +34,7 @@ THENS: tuple[str, ...] = get_args(Then)
 SYNTAX = """\
 healthy                    echo the arguments (text + structuredContent)
 add                        healthy; sums arguments a and b, with an outputSchema
-error[:MESSAGE]            isError result
+error[:MESSAGE]            isError result (default text: "... service unavailable")
 protocol_error[:CODE]      JSON-RPC error, default -32603
 latency:S | latency:A-B    answer after S seconds, or uniformly A..B seconds (seeded)
 hang                       never answer (until cancelled)

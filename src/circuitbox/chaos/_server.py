@@ -111,7 +111,8 @@ async def perform(
         MCPError: for protocol_error.
     """
     if b.kind == "error":
-        return _text(b.message or f"chaos: {entry.name} failed (injected error)", error=True)
+        # Worded as a server in distress words it, so a proxy's default classification counts it as a failure.
+        return _text(b.message or f"chaos: {entry.name} failed: service unavailable (injected error)", error=True)
     if b.kind == "protocol_error":
         raise MCPError(b.code, f"chaos: {entry.name} injected protocol error")
     if b.kind == "latency":

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from circuitbox.breakers.profiles import PRESETS
 from circuitbox.config.load import ConfigError, ProxyConfig, ServerConfig, discover_config_path, load_config
-from circuitbox.config.policy import POLICY_FIELDS, ToolPolicy, describe_policy
+from circuitbox.config.policy import POLICY_FIELDS, ToolPolicy, describe_policy, error_rules
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,9 +69,13 @@ def build_report(config: ProxyConfig, tools: dict[str, list[str]] | None) -> dic
     """
     servers = []
     for name, server in config.servers.items():
-        entry: dict[str, Any] = {"server": name, "preset": server.preset, "policy": policy_json(config.policy(name))}
+        policy = config.policy(name)
+        entry: dict[str, Any] = {"server": name, "preset": server.preset, "policy": policy_json(policy)}
+        entry["error_rules"] = error_rules(policy)  # how an isError result counts, pattern by pattern
         entry["tools"] = [
-            {"tool": tool, "policy": policy_json(config.policy(name, tool))} for tool in (tools or {}).get(name, [])
+            {"tool": tool, "policy": policy_json(p), "error_rules": error_rules(p)}
+            for tool in (tools or {}).get(name, [])
+            for p in [config.policy(name, tool)]
         ]
         servers.append(entry)
     return {"environment": config.environment, "servers": servers}
@@ -103,6 +107,7 @@ def print_table(config: ProxyConfig, report: dict[str, Any], out: TextIO) -> Non
         print(f"  {'field':<{width}}  {'value':<{values}}  source", file=out)
         for field, value, source in rows:
             print(f"  {field:<{width}}  {value:<{values}}  {source}", file=out)
+        print_rules(entry["error_rules"], "  ", out)
         for tool in entry["tools"]:
             differs = [
                 (f, _show(i["value"]), i["source"]) for f, i in tool["policy"].items() if i != entry["policy"][f]
@@ -110,6 +115,16 @@ def print_table(config: ProxyConfig, report: dict[str, Any], out: TextIO) -> Non
             print(f"  tool {tool['tool']}: as the server{', except' if differs else ''}", file=out)
             for field, value, source in differs:
                 print(f"    {field:<{width}}  {value:<{values}}  {source}", file=out)
+            if tool["error_rules"] != entry["error_rules"]:
+                print_rules(tool["error_rules"], "    ", out)
+
+
+def print_rules(rules: list[dict[str, str]], indent: str, out: TextIO) -> None:
+    """The isError classification, one rule a line, in the order they are tried."""
+    print(f"{indent}an isError result counts as the first of these whose regex its text matches:", file=out)
+    width = max(len(r["source"]) for r in rules)
+    for rule in rules:
+        print(f"{indent}  {rule['counts_as']:<7}  {rule['source']:<{width}}  {rule['pattern']}", file=out)
 
 
 async def connect_all(config: ProxyConfig) -> tuple[dict[str, list[str]], dict[str, str]]:

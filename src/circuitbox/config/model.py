@@ -90,12 +90,13 @@ class Overrides(_Strict):
     """Per-call deadline in the proxy."""
     fallback: dict[str, str] | None = None
     """`{"text": ...}` or `{"tool": "namespace__tool"}`: the answer while the circuit rejects calls."""
-    tool_errors: Literal["failure", "ignore"] | None = None
-    """Whether an `isError` result counts as a failure."""
+    tool_errors: Literal["classified", "failure", "ignore"] | None = None
+    """Which `isError` results count as failures: `classified` (default) those reporting the server's distress,
+    `failure` all of them, `ignore` none."""
     ignore_errors: list[str] | None = None
-    """Regexes: an `isError` text matching one is ignored."""
+    """Regexes: an `isError` text matching one is ignored (even under `tool_errors = "failure"`)."""
     failure_errors: list[str] | None = None
-    """Regexes: an `isError` text matching one is a failure even under `tool_errors = "ignore"`."""
+    """Regexes: an `isError` text matching one is a failure (even under `tool_errors = "ignore"`)."""
 
 
 class ServerEntry(_Strict):
@@ -129,7 +130,7 @@ class ServerEntry(_Strict):
     """Overrides per exact tool name or glob."""
     startup_timeout: float = Field(30.0, gt=0)
     """Seconds the server gets to connect and list its tools."""
-    tool_errors: Literal["failure", "ignore"] | None = None
+    tool_errors: Literal["classified", "failure", "ignore"] | None = None
     """Server-wide `tool_errors` (same as in `breaker`)."""
     ignore_errors: list[str] | None = None
     """Server-wide `ignore_errors`."""

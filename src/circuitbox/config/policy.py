@@ -9,6 +9,7 @@ sets, lists included. Resolution is a pure function of the config, so a reloaded
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from circuitbox.breakers import CircuitBreakerConfig
-from circuitbox.breakers.profiles import ENVIRONMENTS, check_preset
+from circuitbox.breakers.profiles import DISTRESS_PATTERNS, ENVIRONMENTS, check_preset
 from circuitbox.config.model import (
     BREAKER_FIELDS,
     PROXY_FIELDS,
@@ -32,6 +33,13 @@ POLICY_FIELDS: tuple[str, ...] = BREAKER_FIELDS + PROXY_FIELDS
 """Every field of a `ToolPolicy`, in display order (`call_timeout` is the breaker's)."""
 
 _BUILT_IN = ("default", "environment", "preset")
+
+DISTRESS = "distress"
+"""The layer key of the distress patterns (set by the built-in layers only)."""
+
+INPUT_VALIDATION = r"^\s*(MCP error -32602|Input validation error|Invalid (arguments|params|parameters))"
+"""An `isError` text that *starts* as an input-validation report is the caller's mistake, in every mode ("Output
+validation error", or an API's own "validation error" deep in a message, is the server's trouble)."""
 
 
 @dataclass(frozen=True)
@@ -55,11 +63,19 @@ class ToolPolicy:
     breaker: CircuitBreakerConfig
     call_timeout: float
     fallback: TextFallback | ToolFallback | None
-    tool_errors: Literal["failure", "ignore"]
+    tool_errors: Literal["classified", "failure", "ignore"]
     ignore_errors: tuple[re.Pattern[str], ...]
     failure_errors: tuple[re.Pattern[str], ...]
     sources: Mapping[str, str]
     """field -> "default" | "environment" | "preset" | "defaults" | "server" | "tool:<pattern>"."""
+    distress: tuple[tuple[str, str], ...] = ()
+    """(source, regex) of the built-in and preset patterns by which `isError` texts report the server's distress:
+    failures under `tool_errors = "classified"`. Not a config key: `failure_errors` adds to them."""
+
+    @property
+    def distress_regex(self) -> re.Pattern[str] | None:
+        """All of `distress` as one case-insensitive regex (compiled once per pattern set)."""
+        return _combined(tuple(p for _, p in self.distress))
 
     def raw_value(self, field: str) -> Any:
         """A field's value as `resolve` takes it (regexes compiled, fallbacks as objects)."""
@@ -138,6 +154,11 @@ def _regexes(raw: Sequence[str] | None, path: str) -> tuple[re.Pattern[str], ...
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=64)
+def _combined(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE) if patterns else None
+
+
 def is_glob(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
 
@@ -153,10 +174,16 @@ def base_layers(environment: str, preset: str | None) -> list[Layer]:
     """Built-in defaults, environment profile, service preset."""
     default = CircuitBreakerConfig()
     builtin: dict[str, Any] = {f: getattr(default, f) for f in BREAKER_FIELDS}
-    builtin |= {"fallback": None, "tool_errors": "failure", "ignore_errors": (), "failure_errors": ()}
-    layers = [Layer("default", "default", builtin), Layer("environment", "environment", ENVIRONMENTS[environment])]
+    builtin |= {"fallback": None, "tool_errors": "classified", "ignore_errors": (), "failure_errors": ()}
+    distress = tuple(("default", p) for p in DISTRESS_PATTERNS)
+    layers = [
+        Layer("default", "default", {**builtin, DISTRESS: distress}),
+        Layer("environment", "environment", ENVIRONMENTS[environment]),
+    ]
     if preset is not None:
-        layers.append(Layer("preset", "preset", check_preset(preset).values(environment)))
+        found = check_preset(preset)
+        distress += tuple((f"preset:{found.name}", p) for p in found.distress)
+        layers.append(Layer("preset", "preset", {**found.values(environment), DISTRESS: distress}))
     return layers
 
 
@@ -193,7 +220,27 @@ def resolve(name: str, layers: Sequence[Layer]) -> ToolPolicy:
         ignore_errors=tuple(values["ignore_errors"]),
         failure_errors=tuple(values["failure_errors"]),
         sources=MappingProxyType({f: sources[f] for f in POLICY_FIELDS}),
+        distress=values.get(DISTRESS, ()),
     )
+
+
+def error_rules(policy: ToolPolicy) -> list[dict[str, str]]:
+    """How `policy` counts an `isError` result, as `{"pattern", "counts_as", "source"}` rules in the order they
+    are tried (the first that matches the text decides; the last one matches everything)."""
+    rules = [
+        {"pattern": p.pattern, "counts_as": "failure", "source": policy.sources["failure_errors"]}
+        for p in policy.failure_errors
+    ]
+    rules += [
+        {"pattern": p.pattern, "counts_as": "ignored", "source": policy.sources["ignore_errors"]}
+        for p in policy.ignore_errors
+    ]
+    rules.append({"pattern": INPUT_VALIDATION, "counts_as": "ignored", "source": "default"})
+    if policy.tool_errors == "classified":
+        rules += [{"pattern": p, "counts_as": "failure", "source": source} for source, p in policy.distress]
+    rest = "failure" if policy.tool_errors == "failure" else "ignored"
+    rules.append({"pattern": "(any other text)", "counts_as": rest, "source": policy.sources["tool_errors"]})
+    return rules
 
 
 def describe_policy(policy: ToolPolicy) -> dict[str, dict[str, Any]]:
@@ -219,6 +266,7 @@ def retune(policy: ToolPolicy, settings: Mapping[str, Any], source: str = RUNTIM
         raise ConfigError(describe(exc.errors(), prefix=("settings",))) from None
     current = {f: policy.raw_value(f) for f in POLICY_FIELDS}
     layers = [Layer(policy.sources[f], policy.sources[f], {f: v}) for f, v in current.items()]
+    layers.append(Layer("default", "default", {DISTRESS: policy.distress}))
     return resolve(policy.breaker.name, [*layers, make_layer(overrides, source, ("settings",))])
 
 

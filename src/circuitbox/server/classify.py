@@ -1,13 +1,17 @@
-"""What a downstream's answer means for its breaker (the README's policies section).
+"""What a downstream's answer means for its breaker (the README's "What counts as a failure").
 
-Transport errors, timeouts, JSON-RPC internal errors and `isError` results are failures; caller mistakes (invalid
-params, unknown tool, an `isError` whose text reports input validation) are ignored, so an agent that keeps sending
-bad arguments cannot open a circuit for everybody. `tool_errors`, `ignore_errors` and `failure_errors` refine the
-`isError` rule per server or tool.
+A breaker opens on a server's distress, never on the caller's own mistakes. Transport errors, timeouts and JSON-RPC
+internal errors are failures. An `isError` result is a failure only when its text reports distress of the server or
+of what it fronts (the built-in `DISTRESS_PATTERNS` plus the service preset's); any other (a page that does not
+exist, a bad git ref) is the tool's answer about the caller's input and is recorded as ignored. Caller mistakes
+(invalid params, unknown tool) are ignored too, so an agent that keeps sending bad requests cannot open a circuit for
+everybody. `tool_errors` ("failure": every `isError` counts; "ignore": none), `failure_errors` and
+`ignore_errors` refine this per server or tool (`config.policy.error_rules` lists the rules in order).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -15,14 +19,15 @@ from enum import Enum
 import mcp_types as types
 from mcp import MCPError
 
-from circuitbox.config.policy import ToolPolicy
+from circuitbox.config.policy import INPUT_VALIDATION, ToolPolicy
 
 # JSON-RPC codes that mean "the caller asked wrongly", not "the server is unwell". Not -32600: circuitbox builds the
 # request itself, and the SDK reports transport trouble (a lost HTTP session, a wrong content type) with that code.
 CALLER_MISTAKES = frozenset({types.INVALID_PARAMS, types.METHOD_NOT_FOUND})
-# Only texts that *start* as an input-validation report: "Output validation error" or an API's own "validation
-# error" deep in a message are the server's trouble, not the caller's.
-_VALIDATION = re.compile(r"^\s*(MCP error -32602|Input validation error|Invalid (arguments|params|parameters))", re.I)
+_VALIDATION = re.compile(INPUT_VALIDATION, re.I)
+# Distress is reported in the first lines of a message; a tool that returns a whole error page must not cost a scan
+# of all of it.
+SCAN_CHARS = 4096
 
 
 class Verdict(Enum):
@@ -42,21 +47,30 @@ SUCCESS = Outcome(Verdict.SUCCESS)
 
 
 def result_text(result: types.CallToolResult) -> str:
-    return "\n".join(block.text for block in result.content if isinstance(block, types.TextContent))
+    text = "\n".join(block.text for block in result.content if isinstance(block, types.TextContent))
+    if not text and result.structured_content is not None:  # some servers report errors as data only
+        text = json.dumps(result.structured_content, default=str)[:SCAN_CHARS]
+    return text
 
 
 def classify_result(result: types.CallToolResult, policy: ToolPolicy) -> Outcome:
+    """The verdict on a result, by the rules `config.policy.error_rules` lists (first match decides)."""
     if not result.is_error:
         return SUCCESS
-    text = result_text(result)
+    text = result_text(result)[:SCAN_CHARS]
     error = text[:500] or "the tool returned isError without a message"
+    failure = Outcome(Verdict.FAILURE, "tool_error", error)
     if any(p.search(text) for p in policy.failure_errors):
-        return Outcome(Verdict.FAILURE, "tool_error", error)
+        return failure
     if any(p.search(text) for p in policy.ignore_errors) or _VALIDATION.search(text):
         return Outcome(Verdict.IGNORED, error=error)
-    if policy.tool_errors == "ignore":
-        return Outcome(Verdict.IGNORED, error=error)
-    return Outcome(Verdict.FAILURE, "tool_error", error)
+    if policy.tool_errors == "failure":
+        return failure
+    if policy.tool_errors == "classified":
+        distress = policy.distress_regex
+        if distress is not None and distress.search(text):
+            return failure
+    return Outcome(Verdict.IGNORED, error=error)
 
 
 def classify_error(exc: MCPError) -> Outcome:
