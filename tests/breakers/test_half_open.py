@@ -257,3 +257,20 @@ def test_reconfiguring_half_open_timeout_moves_the_retry_after_of_a_full_half_op
     assert reject(breaker.acquire()).retry_after == 5
     breaker.reconfigure(breaker.config.model_copy(update={"half_open_timeout": 8.0}))
     assert reject(breaker.acquire()).retry_after == 8
+
+
+def test_probe_now_ends_the_open_period_early_and_the_next_calls_are_probes(clock: FakeClock) -> None:
+    breaker = tripped(clock, timeout=200)
+    assert breaker.probe_now("server reconnected")
+    assert breaker.state is S.HALF_OPEN
+    admit(breaker.acquire()).success()
+    assert breaker.state is S.HALF_OPEN  # still a probe: success_threshold decides, as after the period
+
+
+@pytest.mark.parametrize("state", [S.CLOSED, S.FORCED_OPEN, S.DISABLED])
+def test_probe_now_changes_nothing_unless_the_breaker_is_open(clock: FakeClock, state: CircuitState) -> None:
+    breaker = make(clock)
+    if state is not S.CLOSED:
+        breaker.force(state)
+    assert not breaker.probe_now()
+    assert breaker.state is state

@@ -28,6 +28,7 @@ from tests.proxy.harness import write_config
 
 Kind = Literal["ok", "error", "fast_fail", "rpc_error"]
 META_KEY = "circuitbox/breaker"
+SERVER_META_KEY = "circuitbox/server"  # answered at once: the server is restarting (no breaker involved)
 HANDSHAKE_VERSION = "2025-06-18"
 
 
@@ -61,7 +62,8 @@ async def timed_call(session: ClientSession, tool: str, arguments: dict[str, Any
     seconds = time.perf_counter() - began
     assert isinstance(result, types.CallToolResult)
     meta = dict(result.meta or {})
-    kind: Kind = "ok" if not result.is_error else ("fast_fail" if META_KEY in meta else "error")
+    fast = META_KEY in meta or SERVER_META_KEY in meta
+    kind: Kind = "ok" if not result.is_error else ("fast_fail" if fast else "error")
     return Answer(tool, seconds, kind, text_of(result), meta)
 
 

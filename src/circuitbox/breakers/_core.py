@@ -197,6 +197,15 @@ class BreakerCore:
             return
         self._close(self._clock(), "reset by operator")
 
+    def probe_now(self, reason: str = "probe requested") -> bool:
+        """End the open period early: an open breaker goes half-open, so its next calls are probes. For when the
+        cause is known to be gone (the proxy reconnected to a server that had crashed). False in any other state.
+        """
+        if self._state is not _OPEN:
+            return False
+        self._transition(_HALF_OPEN, self._clock(), reason)
+        return True
+
     def reconfigure(self, config: CircuitBreakerConfig) -> None:
         """New thresholds from now on; the window's contents are kept when its type and size are unchanged.
 

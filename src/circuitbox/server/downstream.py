@@ -92,6 +92,7 @@ class Downstream:
         backoff: Backoff | None = None,
         on_notification: Callable[[Downstream, types.ServerNotification], Awaitable[None]] | None = None,
         on_server_request: Callable[[Downstream, types.ServerRequest], Awaitable[Any]] | None = None,
+        on_connected: Callable[[Downstream], None] | None = None,
     ) -> None:
         self.config = config
         self.instructions: str | None = None
@@ -106,6 +107,8 @@ class Downstream:
         self._on_listing = on_listing
         self._on_notification = on_notification
         self._on_server_request = on_server_request
+        self._on_connected = on_connected
+        self._retry_at: float | None = None  # when the next connection attempt starts (during a backoff)
         self._backoff = backoff or Backoff()
         self._refresh = anyio.Event()
         self._closed = anyio.Event()
@@ -134,7 +137,13 @@ class Downstream:
             self.state = Connection.DOWN if failures >= DOWN_AFTER else Connection.RESTARTING
             delay = self._backoff.delay(failures)
             logger.warning("server %r disconnected (%s); reconnecting in %.1fs", self.name, self.last_error, delay)
+            self._retry_at = anyio.current_time() + delay
             await anyio.sleep(delay)
+
+    def retry_after(self) -> float:
+        """Seconds until the server should be back: what is left of the backoff, plus a second to connect."""
+        left = 0.0 if self._retry_at is None else max(0.0, self._retry_at - anyio.current_time())
+        return left + 1.0
 
     def redact(self, text: str) -> str:
         """Error texts can quote what the transport sent (an illegal header value, a URL): never show secrets."""
@@ -165,11 +174,16 @@ class Downstream:
                     self.session, self.state, self.last_error = session, Connection.CONNECTED, None
                     self.connects += 1
                     logger.info("server %r connected with %d tools", self.name, len(self.listing.tools))
+                    if self._on_connected is not None:
+                        self._on_connected(self)
                     await self._announce()  # before anyone waiting on the first attempt lists the catalog
                     self.first_attempt_done.set()
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self._refresh_loop, session)
                         await closed.wait()
+                        # Refused from now on, not after the transport has wound down: no call may reach a dead
+                        # session, and circuit_status must not say connected meanwhile.
+                        self.session, self.state = None, Connection.RESTARTING
                         tg.cancel_scope.cancel()
         if startup.cancelled_caught:
             raise TimeoutError(f"did not start within {self.config.startup_timeout:g}s")

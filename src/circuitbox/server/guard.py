@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ from circuitbox.server.downstream import Downstream, DownstreamUnavailableError,
 logger = logging.getLogger("circuitbox.guard")
 
 META_KEY = "circuitbox/breaker"
+SERVER_META_KEY = "circuitbox/server"
 
 
 def breaker_name(server: str, tool: str) -> str:
@@ -55,6 +57,9 @@ class Guard:
         # Run-time changes (circuit_configure), in order: (server, tool glob, settings). Kept so that breakers
         # created later, and breakers rebuilt by a reload, get them too.
         self._overrides: list[tuple[str, str, dict[str, Any]]] = []
+        # (server, tool) whose last outcome was a transport failure: when the server is back, their open breakers
+        # are probed at once rather than after their open period (the cause, a dead connection, is gone).
+        self._transport_failed: set[tuple[str, str]] = set()
 
     def breaker(self, server: str, tool: str) -> tuple[CircuitBreaker, ToolPolicy]:
         key = (server, tool)
@@ -159,7 +164,21 @@ class Guard:
         """(server, tool) of a breaker name; a name the guard did not create is its own server."""
         return self._labels.get(name, (name, ""))
 
+    def reconnected(self, server: str) -> list[str]:
+        """`server` is connected again: its breakers that opened on transport errors go half-open now.
+
+        Returns the tools whose breakers were probed early.
+        """
+        probed = []
+        for key in [k for k in self._transport_failed if k[0] == server]:
+            self._transport_failed.discard(key)
+            found = self._breakers.get(key)
+            if found is not None and found[0].probe_now(f"server {server!r} reconnected"):
+                probed.append(key[1])
+        return probed
+
     def forget(self, server: str, tool: str) -> None:
+        self._transport_failed.discard((server, tool))
         found = self._breakers.pop((server, tool), None)
         if found is not None:
             name = found[0].name
@@ -182,19 +201,42 @@ class Guard:
         circuit rejects it, the fallback (text, or another tool `resolve` routes, guarded by its own breaker, one
         level deep) or the rejection's answer.
 
+        A call to a server that is not connected (starting, restarting, down) is answered at once and counts against
+        no breaker: the server's connection state already says what is wrong, and a breaker opened by a restart
+        would keep failing calls after the server is back.
+
         Raises:
             MCPError: the agent's own mistake, as the downstream reported it (invalid params, unknown tool).
         """
+        if downstream.session is None:
+            refusal = unavailable_result(downstream, published)
+            return await self._fall_back(downstream, tool, arguments, progress, refusal, resolve) or refusal
         outcome = await self._attempt(downstream, tool, arguments, progress)
         if not isinstance(outcome, Rejection):
             return outcome
-        breaker, policy = self.breaker(downstream.name, tool)
+        rejected = rejection_result(downstream.name, tool, published, outcome)
+        return await self._fall_back(downstream, tool, arguments, progress, rejected, resolve) or rejected
+
+    async def _fall_back(
+        self,
+        downstream: Downstream,
+        tool: str,
+        arguments: dict[str, Any] | None,
+        progress: ProgressCallback | None,
+        refusal: types.CallToolResult,
+        resolve: Resolver | None,
+    ) -> types.CallToolResult | None:
+        """The fallback's answer to a call that was not made, or None without one."""
+        try:
+            breaker, policy = self.breaker(downstream.name, tool)
+        except (ConfigError, ValueError):
+            return None
         fallback = policy.fallback
         if isinstance(fallback, TextFallback):
             breaker.record_fallback()
-            meta = rejection_result(downstream.name, tool, published, outcome).meta or {}
             return types.CallToolResult(
-                content=[types.TextContent(text=fallback.text)], _meta={"circuitbox/fallback": True, **meta}
+                content=[types.TextContent(text=fallback.text)],
+                _meta={"circuitbox/fallback": True, **(refusal.meta or {})},
             )
         target = resolve(fallback.tool) if isinstance(fallback, ToolFallback) and resolve is not None else None
         if target is not None:
@@ -203,7 +245,7 @@ class Guard:
             assert isinstance(fallback, ToolFallback)
             # Without a resolver: the fallback's own fallback may be text, never another hop (no cycles).
             return await self.call(other, other_tool, arguments, progress, published=fallback.tool)
-        return rejection_result(downstream.name, tool, published, outcome)
+        return None
 
     async def _attempt(
         self,
@@ -229,14 +271,16 @@ class Guard:
         except TimeoutError:
             message = f"no answer within call_timeout ({policy.call_timeout:g}s); the request was cancelled"
             permit.failure("timeout", message)
+            self._note(downstream.name, tool, "timeout")
             return error_result(f"Tool '{tool}' of server '{downstream.name}' timed out: {message}.")
-        except DownstreamUnavailableError as exc:
-            permit.failure("transport", str(exc))
-            return error_result(f"Tool '{tool}' is unavailable: {exc}. circuitbox is reconnecting to it.")
+        except DownstreamUnavailableError:
+            permit.release()  # the connection ended between the check in call() and now: not the tool's failure
+            return unavailable_result(downstream, tool)
         except MCPError as exc:
             outcome = classify_error(exc)
             error = downstream.redact(outcome.error or "")
             _record(permit, Outcome(outcome.verdict, outcome.kind, error))
+            self._note(downstream.name, tool, outcome.kind)
             if exc.error.code in CALLER_MISTAKES:
                 raise
             if exc.error.code == types.INVALID_REQUEST and downstream.config.transport != "stdio":
@@ -246,6 +290,7 @@ class Guard:
             return error_result(f"Tool '{tool}' of server '{downstream.name}' failed: {error}")
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             permit.failure("transport", downstream.redact(f"{type(exc).__name__}: {exc}"))
+            self._note(downstream.name, tool, "transport")
             return error_result(f"Tool '{tool}' of server '{downstream.name}' failed: the connection broke.")
         except Exception as exc:  # a bug or a malformed answer: still one failure, still an answer
             logger.exception("call to %s/%s failed unexpectedly", downstream.name, tool)
@@ -257,8 +302,16 @@ class Guard:
         except BaseException:
             permit.release()  # cancelled by the agent or by shutdown: neither success nor failure
             raise
-        _record(permit, classify_result(result, policy))
+        outcome = classify_result(result, policy)
+        _record(permit, outcome)
+        self._note(downstream.name, tool, outcome.kind)
         return result
+
+    def _note(self, server: str, tool: str, kind: str) -> None:
+        if kind == "transport":
+            self._transport_failed.add((server, tool))
+        else:
+            self._transport_failed.discard((server, tool))
 
 
 def _record(permit: Any, outcome: Outcome) -> None:
@@ -272,6 +325,18 @@ def _record(permit: Any, outcome: Outcome) -> None:
 
 def error_result(text: str, meta: dict[str, Any] | None = None) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True, _meta=meta)
+
+
+def unavailable_result(downstream: Downstream, published: str) -> types.CallToolResult:
+    """The answer to a call of a server that is not connected: at once, with when to retry."""
+    state = downstream.state.value
+    retry = downstream.retry_after()
+    why = f": {downstream.last_error}" if downstream.last_error else ""
+    text = (
+        f"Tool '{published}' was not called: server '{downstream.name}' is {state}{why}. Retry in {math.ceil(retry)} s."
+    )
+    data = {"server": downstream.name, "connection": state, "retry_after": retry, "last_error": downstream.last_error}
+    return error_result(text, {SERVER_META_KEY: data})
 
 
 def rejection_result(server: str, tool: str, published: str, rejection: Rejection) -> types.CallToolResult:

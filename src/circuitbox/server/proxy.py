@@ -7,6 +7,7 @@ outcome flows back into the breaker, whose events feed the metrics.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -36,8 +37,8 @@ from circuitbox.config.load import ProxyConfig, ServerConfig
 from circuitbox.server._sdk_private import client_connection
 from circuitbox.server.callers import Callers
 from circuitbox.server.catalog import Catalog, build_catalog
-from circuitbox.server.downstream import Backoff, Downstream
-from circuitbox.server.guard import Guard, error_result
+from circuitbox.server.downstream import Backoff, Downstream, DownstreamUnavailableError
+from circuitbox.server.guard import Guard, error_result, unavailable_result
 from circuitbox.server.own_tools import check_arguments, own_tools
 from circuitbox.server.relay import Clients
 
@@ -45,9 +46,6 @@ logger = logging.getLogger("circuitbox.proxy")
 ResultT = TypeVar("ResultT", bound=BaseModel)
 audit_log = logging.getLogger("circuitbox.audit")
 
-# How long a first tools/list waits for downstreams that are still starting: long enough for a Python or Node
-# server to come up, short enough that one stuck downstream cannot stall the agent's start.
-FIRST_LIST_WAIT = 10.0
 
 INSTRUCTIONS = (
     "circuitbox fronts several MCP servers. Their tools are named '<server>__<tool>'. Each tool has a circuit "
@@ -92,7 +90,7 @@ class Proxy:
         self.downstreams = {name: self._downstream(server) for name, server in config.servers.items() if server.enabled}
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._tg: anyio.abc.TaskGroup | None = None
-        self._first_wait_until: float | None = None
+        self._started_at: float | None = None
         self.own = own_tools(config.admin_enabled)
         self.catalog = Catalog()
         self._tool_stats = tool_stats
@@ -113,12 +111,19 @@ class Proxy:
             backoff=self._backoff() if self._backoff else None,
             on_notification=self._downstream_notification,
             on_server_request=self._server_request,
+            on_connected=self._connected,
         )
+
+    def _connected(self, downstream: Downstream) -> None:
+        if self.downstreams.get(downstream.name) is downstream:
+            probed = self.guard.reconnected(downstream.name)
+            if probed:
+                logger.warning("server %r is back: probing at once %s", downstream.name, ", ".join(sorted(probed)))
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         """Start every downstream's owner task; returns at once (nothing waits for a downstream here)."""
         self._tg = tg
-        self._first_wait_until = anyio.current_time() + FIRST_LIST_WAIT
+        self._started_at = anyio.current_time()
         for downstream in self.downstreams.values():
             self._launch(downstream)
 
@@ -190,13 +195,28 @@ class Proxy:
         self._tg.start_soon(retire, name=f"retire {downstream.name}")
 
     async def wait_first_attempts(self) -> None:
-        """Until every downstream's first connection attempt has ended, but never past the start-up grace period:
-        one downstream stuck starting must delay only the agent's very first lists, not every later one."""
-        if self._first_wait_until is None:
-            self._first_wait_until = anyio.current_time() + FIRST_LIST_WAIT
-        with anyio.move_on_after(max(0.0, self._first_wait_until - anyio.current_time())):
-            for downstream in list(self.downstreams.values()):
+        """Until every downstream's first connection attempt has ended, each at most its `startup_timeout` after the
+        proxy started: one downstream stuck starting delays only the agent's very first requests, not later ones."""
+        if self._started_at is None:
+            self._started_at = anyio.current_time()
+        for downstream in list(self.downstreams.values()):
+            left = self._started_at + downstream.config.startup_timeout - anyio.current_time()
+            with anyio.move_on_after(max(0.0, left)):
                 await downstream.first_attempt_done.wait()
+
+    def _starting(self) -> bool:
+        return not all(d.first_attempt_done.is_set() for d in self.downstreams.values())
+
+    def _not_connected_owner(self, name: str) -> Downstream | None:
+        """The server that would publish `name` (by its namespace) while it is not connected, if exactly one."""
+        owners = [
+            d
+            for d in self.downstreams.values()
+            if d.session is None and (name.startswith(f"{d.config.namespace}__") or not d.config.namespace)
+        ]
+        prefixed = [d for d in owners if d.config.namespace]
+        owners = prefixed or owners
+        return owners[0] if len(owners) == 1 else None
 
     def on_catalog_change(self, listener: Callable[[Catalog, Catalog], None]) -> None:
         self._catalog_listeners.append(listener)
@@ -296,6 +316,7 @@ class Proxy:
             "connection": downstream.state.value,
             "tools": len(downstream.listing.tools),
             "last_error": downstream.last_error,
+            "retry_after": None if downstream.session is not None else downstream.retry_after(),
             "connects": downstream.connects,
             "transport": downstream.config.transport,
         }
@@ -376,10 +397,13 @@ class Proxy:
             MCPError: unknown tool, or the downstream rejected the arguments.
         """
         found = self.catalog.tools.get(name)
-        if found is None and not all(d.first_attempt_done.is_set() for d in self.downstreams.values()):
+        if found is None and self._starting():
             await self.wait_first_attempts()  # an agent may call a tool it knows before its server is up
             found = self.catalog.tools.get(name)
         if found is None:
+            owner = self._not_connected_owner(name)
+            if owner is not None:  # not an unknown tool: its server is not up (yet)
+                return unavailable_result(owner, name)
             raise MCPError(
                 code=types.INVALID_PARAMS,
                 message=f"Unknown tool: {name!r}. Call tools/list to see the tools circuitbox publishes.",
@@ -401,6 +425,9 @@ class Proxy:
 
     async def _get_prompt(self, ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
         found = self.catalog.prompts.get(params.name)
+        if found is None and self._starting():
+            await self.wait_first_attempts()  # like a tool call: the first request may come before the listing
+            found = self.catalog.prompts.get(params.name)
         if found is None:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {params.name!r}")
         route, _ = found
@@ -420,6 +447,9 @@ class Proxy:
 
     async def _read_resource(self, ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
         server = self.catalog.resource_server(str(params.uri))
+        if server is None and self._starting():
+            await self.wait_first_attempts()
+            server = self.catalog.resource_server(str(params.uri))
         if server is None:
             raise MCPError(code=-32002, message=f"Resource not found: {params.uri} (no single server offers it)")
         request = types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri=params.uri))
@@ -443,6 +473,8 @@ class Proxy:
         return types.EmptyResult()
 
     async def _complete(self, ctx: Any, params: types.CompleteRequestParams) -> types.CompleteResult:
+        if self._starting():
+            await self.wait_first_attempts()
         ref = params.ref
         if isinstance(ref, types.PromptReference):
             found = self.catalog.prompts.get(ref.name)
@@ -503,6 +535,9 @@ class Proxy:
             raise MCPError(
                 code=types.INTERNAL_ERROR, message=f"server {server!r} did not answer in {timeout:g}s"
             ) from None
+        except DownstreamUnavailableError as exc:
+            retry = math.ceil(downstream.retry_after())
+            raise MCPError(code=types.INTERNAL_ERROR, message=f"{exc}; retry in {retry} s") from None
         except MCPError:
             raise
         except Exception as exc:
