@@ -206,7 +206,7 @@ class Downstream:
         return {"sampling_callback": sampling, "elicitation_callback": elicitation, "list_roots_callback": roots}
 
     def _transport(self) -> AbstractAsyncContextManager[tuple[Any, Any]]:
-        return open_transport(self.config)
+        return open_transport(self.config, redact=self.redact)
 
     async def _on_message(self, message: IncomingMessage) -> None:
         if isinstance(message, Exception):

@@ -1,19 +1,18 @@
 """Opening a downstream's transport (stdio, SSE or streamable HTTP) from its config: one opener for the proxy and
-`circuitbox check --connect`, on the SDK's public client transports."""
+`circuitbox check --connect`; HTTP and SSE on the SDK's public client transports, stdio on `stdio_child`."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TextIO
 
 import httpx2
-from mcp import StdioServerParameters, stdio_client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
 from circuitbox.config.load import ServerConfig
+from circuitbox.server.stdio_child import open_stdio_child
 
 # As the SDK's own transports default: a server may hold a response stream open for minutes, nothing else should.
 HTTP_TIMEOUT = httpx2.Timeout(30.0, read=300.0)
@@ -24,14 +23,16 @@ def http_client(headers: dict[str, str] | None = None) -> httpx2.AsyncClient:
     return httpx2.AsyncClient(headers=headers or None, timeout=HTTP_TIMEOUT)
 
 
-def open_transport(server: ServerConfig, errlog: TextIO | None = None) -> AbstractAsyncContextManager[tuple[Any, Any]]:
-    """(read, write) streams to `server`; a stdio child's stderr goes to `errlog` (default: ours)."""
+def open_transport(
+    server: ServerConfig, errlog: TextIO | None = None, *, redact: Callable[[str], str] = str
+) -> AbstractAsyncContextManager[tuple[Any, Any]]:
+    """(read, write) streams to `server`; a stdio child's stderr goes to `errlog`, or by default to our log, line by
+    line under the server's name, through `redact`."""
     if server.transport == "stdio":
         assert server.command is not None
-        params = StdioServerParameters(
-            command=server.command, args=list(server.args), env=dict(server.env) or None, cwd=server.cwd
+        return open_stdio_child(
+            server.name, server.command, list(server.args), server.env, server.cwd, errlog=errlog, redact=redact
         )
-        return stdio_client(params, errlog=errlog or sys.stderr)
     assert server.url is not None
     if server.transport == "sse":
         return sse_client(server.url, headers=dict(server.headers) or None)

@@ -1,0 +1,271 @@
+"""A stdio downstream's child process, from spawn to the end of its whole process group.
+
+circuitbox owns this transport rather than using the SDK's `stdio_client` for what the SDK does not give it:
+
+- the child gets only `HOME`, `PATH`, `SHELL` and `TERM` of circuitbox's environment, plus the server's `env`;
+- it runs in a session of its own, and when the connection ends (a crash, a restart, shutdown) the whole group is
+  ended, not only the leader: a `sh -c` or `npx` wrapper's children are never left behind with parent 1;
+- a stdout line that is not JSON-RPC is dropped with one warning per burst (`BurstLog`), not one traceback per line;
+- stderr lines are logged one by one under the server's name (rate-limited, secrets redacted).
+
+The streams it yields are the ones the SDK's `ClientSession` takes: `SessionMessage`s in both directions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
+from typing import Any, TextIO
+
+import anyio
+import anyio.abc
+import mcp_types as types
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.shared.message import SessionMessage
+
+logger = logging.getLogger("circuitbox.downstream")
+stderr_logger = logging.getLogger("circuitbox.downstream.stderr")
+
+SAFE_ENV = ("HOME", "PATH", "SHELL", "TERM")
+"""What a stdio downstream inherits of circuitbox's own environment (its `env` comes on top)."""
+
+EXIT_GRACE = 2.0  # after stdin closes, how long the server gets to exit by itself (as the SDK gives it)
+KILL_GRACE = 2.0  # after SIGTERM to its group, before SIGKILL
+FLUSH_GRACE = 0.5  # for the writer to send what it has already accepted
+MAX_LINE = 16 * 1024 * 1024  # max_message_bytes: a longer stdout line is dropped, never buffered without end
+STDERR_BURST = 100  # stderr lines logged per STDERR_WINDOW; the rest are counted and reported
+STDERR_WINDOW = 10.0
+
+
+def child_environment(extra: Mapping[str, str], parent: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`SAFE_ENV` of `parent` (default: ours; shell functions never), then `extra`."""
+    parent = os.environ if parent is None else parent
+    env = {k: parent[k] for k in SAFE_ENV if k in parent and not parent[k].startswith("()")}
+    return env | dict(extra)
+
+
+class BurstLog:
+    """Rate limit for one kind of repeated warning: the first of a burst is logged, then at most one every
+    `interval` seconds, each saying how many were dropped since the last one."""
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = anyio.current_time) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._next = -math.inf
+        self.dropped = 0
+
+    def admit(self) -> int | None:
+        """The number dropped since the last admitted one if this one should be logged, else None."""
+        now = self._clock()
+        if now < self._next:
+            self.dropped += 1
+            return None
+        dropped, self.dropped = self.dropped, 0
+        self._next = now + self._interval
+        return dropped
+
+
+class _Budget:
+    """At most `burst` lines per `window` seconds; `take()` says whether this one may be logged."""
+
+    def __init__(self, burst: int, window: float) -> None:
+        self._burst, self._window = burst, window
+        self._start = -math.inf
+        self._used = 0
+        self.dropped = 0
+
+    def take(self) -> bool:
+        now = anyio.current_time()
+        if now - self._start >= self._window:
+            self._start, self._used = now, 0
+        self._used += 1
+        if self._used > self._burst:
+            self.dropped += 1
+            return False
+        return True
+
+
+Streams = tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]
+
+
+@asynccontextmanager
+async def open_stdio_child(
+    name: str,
+    command: str,
+    args: list[str],
+    env: Mapping[str, str],
+    cwd: str | None = None,
+    *,
+    errlog: TextIO | None = None,
+    redact: Callable[[str], str] = str,
+) -> AsyncIterator[Streams]:
+    """Spawn the server and yield (read, write) message streams; on exit, end its process group.
+
+    `errlog`: where its stderr goes (a file); default: our log, a line at a time, under `name`.
+
+    Raises:
+        OSError: it cannot be spawned (no such command, not executable, bad cwd).
+    """
+    process = await anyio.open_process(
+        [command, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=errlog if errlog is not None else subprocess.PIPE,
+        env=child_environment(env),
+        cwd=cwd,
+        start_new_session=True,  # its own process group, ended as a whole
+    )
+    read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
+    writer_done = anyio.Event()
+
+    async def stdout_reader() -> None:
+        assert process.stdout is not None
+        garbage = BurstLog()
+        async with read_writer:
+            with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                async for line in _lines(process.stdout, name):
+                    try:
+                        message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+                    except ValueError:
+                        dropped = garbage.admit()
+                        if dropped is not None:
+                            more = f" ({dropped} more such lines since the last warning)" if dropped else ""
+                            sample = redact(line[:200].decode("utf-8", "replace"))
+                            logger.warning("server %r wrote a stdout line that is not JSON-RPC, ignored%s: %r",
+                                           name, more, sample)  # fmt: skip
+                        continue
+                    await read_writer.send(SessionMessage(message))
+        if garbage.dropped:
+            logger.warning("server %r: %d more stdout lines that are not JSON-RPC were ignored", name, garbage.dropped)
+
+    async def stdin_writer() -> None:
+        assert process.stdin is not None
+        try:
+            async with write_reader:
+                async for message in write_reader:
+                    data = message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
+                    await process.stdin.send(data.encode())
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            await read_writer.aclose()  # it stopped reading: the session must see the connection end
+        finally:
+            writer_done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stdout_reader)
+        tg.start_soon(stdin_writer)
+        if process.stderr is not None:
+            tg.start_soon(_log_stderr, process.stderr, name, redact)
+        try:
+            yield read_stream, write_stream
+        finally:
+            with anyio.CancelScope(shield=True):  # bounded: it must finish even when we are being cancelled
+                write_stream.close()
+                with anyio.move_on_after(FLUSH_GRACE):
+                    await writer_done.wait()
+                await end_process_group(process)
+                await _release(process)
+                read_stream.close()
+            tg.cancel_scope.cancel()
+
+
+async def _release(process: anyio.abc.Process) -> None:
+    """Close our ends of its pipes and the event loop's transport (else it warns when collected)."""
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream is not None:
+            with suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await stream.aclose()
+    # anyio exposes no public close of the asyncio transport; the SDK's own stdio client reaches it the same way.
+    transport = getattr(getattr(process, "_process", None), "_transport", None)
+    close = getattr(transport, "close", None)
+    if callable(close):
+        with suppress(PermissionError):
+            close()
+
+
+async def _lines(stream: anyio.abc.ByteReceiveStream, name: str) -> AsyncIterator[bytes]:
+    """Non-empty lines of `stream` (without their newline); a line longer than MAX_LINE is dropped with an error."""
+    buffer = bytearray()
+    skipping = False
+    with suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+        async for chunk in stream:
+            start = 0
+            while (end := chunk.find(b"\n", start)) >= 0:
+                if not skipping:
+                    buffer += chunk[start:end]
+                    if buffer.strip():
+                        yield bytes(buffer)
+                buffer.clear()
+                skipping = False
+                start = end + 1
+            if not skipping:
+                buffer += chunk[start:]
+                if len(buffer) > MAX_LINE:
+                    logger.error("server %r wrote a stdout line over %d bytes; dropped", name, MAX_LINE)
+                    buffer.clear()
+                    skipping = True
+
+
+async def _log_stderr(stream: anyio.abc.ByteReceiveStream, name: str, redact: Callable[[str], str]) -> None:
+    budget = _Budget(STDERR_BURST, STDERR_WINDOW)
+    reported = 0
+    async for line in _lines(stream, name):
+        if budget.take():
+            if budget.dropped > reported:
+                stderr_logger.warning("[%s] %d stderr lines not logged (over %d per %gs)", name,
+                                      budget.dropped - reported, STDERR_BURST, STDERR_WINDOW)  # fmt: skip
+                reported = budget.dropped
+            stderr_logger.info("[%s] %s", name, redact(line.decode("utf-8", "replace").rstrip()))
+
+
+async def end_process_group(process: anyio.abc.Process) -> None:
+    """Close its stdin, give it `EXIT_GRACE` to exit, then SIGTERM its whole group and SIGKILL what is left.
+
+    The group is signalled even when the leader has exited: its children may still be in it.
+    """
+    if process.stdin is not None:
+        with suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await process.stdin.aclose()
+    await _wait(lambda: process.returncode is not None, EXIT_GRACE)
+    pgid = process.pid  # start_new_session: the leader's pid is the group's id
+    if not _signal_group(pgid, signal.SIGTERM):
+        return
+    if not await _wait(lambda: not _group_alive(pgid, process), KILL_GRACE):
+        _signal_group(pgid, signal.SIGKILL)
+        await _wait(lambda: process.returncode is not None, KILL_GRACE)
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """False when the group is already gone."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member we may not signal: keep going, the rest still gets it
+        logger.warning("could not signal every process of group %d", pgid)
+    return True
+
+
+def _group_alive(pgid: int, process: Any) -> bool:
+    _ = process.returncode  # lets the event loop reap the leader, or its zombie keeps the group alive
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+async def _wait(done: Callable[[], bool], limit: float) -> bool:
+    """Until `done()`, polled (a process's exit has no event to wait on here), at most `limit` seconds."""
+    with anyio.move_on_after(limit):
+        while not done():
+            await anyio.sleep(0.01)
+        return True
+    return False
