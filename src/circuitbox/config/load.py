@@ -102,6 +102,7 @@ class ProxyConfig:
     metrics_host: str = "127.0.0.1"
     http_max_sessions: int = 1000
     http_session_idle_timeout: float = 600.0
+    shutdown_timeout: float = 10.0
     source: str = "<config>"
     defaults: Layer | None = field(default=None, repr=False)
     warnings: tuple[str, ...] = ()
@@ -209,6 +210,7 @@ def parse_config(
         metrics_host=file.metrics.host,
         http_max_sessions=file.http.max_sessions,
         http_session_idle_timeout=file.http.session_idle_timeout,
+        shutdown_timeout=file.shutdown_timeout,
         source=source,
         defaults=make_layer(file.defaults, "defaults", ("defaults",)) if file.defaults else None,
         warnings=tuple(warnings),

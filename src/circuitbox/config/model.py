@@ -170,6 +170,8 @@ class ConfigFile(_Strict):
     """Prometheus endpoint."""
     http: Http = Http()
     """The HTTP upstream's sessions."""
+    shutdown_timeout: float = Field(10.0, ge=0, le=3600)
+    """Seconds that calls in flight get to finish on SIGTERM / SIGINT before they are answered with an error."""
     mcpServers: dict[str, ServerEntry] | None = None
     """Downstreams (Claude Desktop, Cursor, Claude Code shape)."""
     servers: dict[str, ServerEntry] | None = None

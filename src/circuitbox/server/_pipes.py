@@ -50,8 +50,13 @@ def _on_asyncio() -> bool:
 
 
 @asynccontextmanager
-async def stdio_pipes() -> AsyncIterator[tuple[Any, Any]]:
-    """(read stream, write stream) for `Server.run`, on loop-native pipes when possible."""
+async def stdio_pipes(stop_reading: anyio.Event | None = None) -> AsyncIterator[tuple[Any, Any]]:
+    """(read stream, write stream) for `Server.run`, on loop-native pipes when possible.
+
+    `stop_reading` set: the read stream ends as if the client had closed stdin, so the server finishes (its last
+    answers still written) instead of being cancelled mid-answer; used by shutdown. The SDK's fallback transport
+    cannot stop reading: it is cancelled instead.
+    """
     if not (_on_asyncio() and _is_pipe(0) and _is_pipe(1)):
         async with stdio_server() as streams:
             yield streams
@@ -88,7 +93,7 @@ async def stdio_pipes() -> AsyncIterator[tuple[Any, Any]]:
     written = anyio.Event()
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_read_lines, reader, to_server)
+            tg.start_soon(_read_until, stop_reading, reader, to_server)
             tg.start_soon(_write_messages, from_server, writer, written)
             yield server_reads, server_writes
             # The session closes its write stream when it ends: let the last answers reach stdout, then stop
@@ -103,6 +108,22 @@ async def stdio_pipes() -> AsyncIterator[tuple[Any, Any]]:
         os.dup2(saved_out, 1)
         os.close(saved_in)
         os.close(saved_out)
+
+
+async def _read_until(
+    stop: anyio.Event | None, reader: asyncio.StreamReader, sink: MemoryObjectSendStream[SessionMessage | Exception]
+) -> None:
+    """`_read_lines` until `stop` is set; the sink closes either way, so the server sees the input end."""
+    async with anyio.create_task_group() as tg:
+        if stop is not None:
+
+            async def stopper() -> None:
+                await stop.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(stopper)
+        await _read_lines(reader, sink)
+        tg.cancel_scope.cancel()
 
 
 async def _read_lines(reader: asyncio.StreamReader, sink: MemoryObjectSendStream[SessionMessage | Exception]) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hmac
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
@@ -134,21 +134,47 @@ async def serve(
     allowed_hosts: Sequence[str] = (),
 ) -> None:
     proxy, collector = build_proxy(config, metrics=metrics)
+    stop = anyio.Event()  # set once the calls in flight are answered: the front end stops, then everything else
     async with anyio.create_task_group() as tg:
         await proxy.start(tg)
+        tg.start_soon(_shutdown_on_signals, proxy, stop, tg.cancel_scope)
         if reload_config is not None:
             tg.start_soon(_reload_on_sighup, proxy, reload_config)
         if transport == "http":
-            await _serve_http(http_app(proxy, collector, host, token, allowed_hosts), host, port)
+            await _serve_http(http_app(proxy, collector, host, token, allowed_hosts), host, port, stop)
         else:
             port_ = metrics_port if metrics_port is not None else config.metrics_port
             if port_ is not None and collector is not None:
                 tg.start_soon(_serve_metrics, collector.registry, config.metrics_host, port_)
             server = proxy.build_server()
             proxy.stdio_upstream = True  # one client: a downstream's question with no call in flight is its
-            async with stdio_pipes() as (read, write):
+            async with stdio_pipes(stop) as (read, write):
                 await server.run(AnswerMalformed(read, write), write, proxy.initialization_options(server))
+        # Cancelling the owners ends every downstream: each stdio child's whole process group.
         tg.cancel_scope.cancel()
+
+
+async def _shutdown_on_signals(proxy: Proxy, stop: anyio.Event, everything: anyio.CancelScope) -> None:
+    """SIGTERM / SIGINT: refuse new calls, give those in flight `shutdown_timeout`, answer the rest with an error,
+    then `stop` the front end. A second signal stops everything at once."""
+    async with anyio.create_task_group() as tg:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if proxy.drain.closing:
+                    logger.warning("%s again: stopping now", signal.Signals(signum).name)
+                    everything.cancel()
+                    return
+                tg.start_soon(_drain, proxy, stop, signal.Signals(signum).name)
+
+
+async def _drain(proxy: Proxy, stop: anyio.Event, name: str) -> None:
+    timeout = proxy.config.shutdown_timeout
+    count = proxy.drain.in_flight
+    logger.warning("%s: shutting down; %s in flight get up to %gs to finish", name, _calls(count), timeout)
+    cancelled = await proxy.drain.close(timeout)
+    if cancelled:
+        logger.warning("shutdown: %s did not finish in %gs, answered with an error", _calls(cancelled), timeout)
+    stop.set()
 
 
 async def _serve_metrics(registry: CollectorRegistry, host: str, port: int) -> None:
@@ -171,9 +197,30 @@ async def _reload_on_sighup(proxy: Proxy, reload_config: Callable[[], ProxyConfi
                 logger.exception("config reload failed, keeping the running config")
 
 
-async def _serve_http(app: ASGIApp, host: str, port: int) -> None:
+def _calls(n: int) -> str:
+    return f"{n} call" if n == 1 else f"{n} calls"
+
+
+async def _serve_http(app: ASGIApp, host: str, port: int, stop: anyio.Event | None = None) -> None:
+    """uvicorn until `stop`: then it closes its listener and gives the connections a moment to send what is left
+    (the answers are already written: shutdown drained the calls first), then ends the sessions."""
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    class Server(uvicorn.Server):
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:  # SIGTERM / SIGINT are ours (_shutdown_on_signals)
+            yield
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+    server = Server(config)
     logger.info("circuitbox listening on http://%s:%d/mcp", host, port)
-    await uvicorn.Server(config).serve()
+    async with anyio.create_task_group() as tg:
+        if stop is not None:
+
+            async def stopper() -> None:
+                await stop.wait()
+                server.should_exit = True
+
+            tg.start_soon(stopper)
+        await server.serve()
+        tg.cancel_scope.cancel()

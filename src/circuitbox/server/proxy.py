@@ -41,6 +41,7 @@ from circuitbox.server.downstream import Backoff, Downstream, DownstreamUnavaila
 from circuitbox.server.guard import Guard, error_result, unavailable_result
 from circuitbox.server.own_tools import check_arguments, own_tools
 from circuitbox.server.relay import Clients
+from circuitbox.server.shutdown import SHUTTING_DOWN, Drain
 
 logger = logging.getLogger("circuitbox.proxy")
 ResultT = TypeVar("ResultT", bound=BaseModel)
@@ -101,6 +102,7 @@ class Proxy:
         self.stdio_upstream = False  # set by the stdio front end: it has exactly one client
         self._server: Server[Any] | None = None
         self._catalog_listeners: list[Callable[[Catalog, Catalog], None]] = []
+        self.drain = Drain()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
 
@@ -410,7 +412,19 @@ class Proxy:
             )
         route, _ = found
         downstream = self.downstreams[route.server]
-        return await self.guard.call(downstream, route.name, arguments, progress, published=name, resolve=self._route)
+        if self.drain.closing:
+            return error_result(f"Tool '{name}' was not called: {SHUTTING_DOWN}.")
+        result: types.CallToolResult | None = None
+        with self.drain.track():
+            result = await self.guard.call(
+                downstream, route.name, arguments, progress, published=name, resolve=self._route
+            )
+        if result is None:  # cut short by shutdown: still an answer
+            return error_result(
+                f"Tool '{name}' did not answer within circuitbox's shutdown_timeout "
+                f"({self.config.shutdown_timeout:g}s); the call was cancelled because circuitbox is shutting down."
+            )
+        return result
 
     def _route(self, name: str) -> tuple[Downstream, str] | None:
         found = self.catalog.tools.get(name)
@@ -528,9 +542,12 @@ class Proxy:
         """Prompts and resources are not guarded by breakers, but still bounded and never left unanswered."""
         downstream = self.downstreams[server]
         timeout = self.config.policy(server).call_timeout
+        if self.drain.closing:
+            raise MCPError(code=types.INTERNAL_ERROR, message=SHUTTING_DOWN)
         try:
-            with anyio.fail_after(timeout):
+            with self.drain.track(), anyio.fail_after(timeout):
                 return await downstream.request(request, result_type)
+            raise MCPError(code=types.INTERNAL_ERROR, message="circuitbox is shutting down: the request was cancelled")
         except TimeoutError:
             raise MCPError(
                 code=types.INTERNAL_ERROR, message=f"server {server!r} did not answer in {timeout:g}s"
