@@ -89,7 +89,10 @@ class Proxy:
         self.guard = Guard(config, self.registry, on_new_breaker=on_new_breaker, on_forget=on_forget_breaker)
         self._backoff = backoff
         self.downstreams = {name: self._downstream(server) for name, server in config.servers.items() if server.enabled}
-        self._scopes: dict[str, anyio.CancelScope] = {}
+        self._scopes: dict[Downstream, anyio.CancelScope] = {}
+        # A reload that changed a server's connection: the new owner, connecting beside the old one, which keeps
+        # serving until the new one is connected (make before break).
+        self._pending: dict[str, Downstream] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._started_at: float | None = None
         self.own = own_tools(config.admin_enabled)
@@ -117,7 +120,14 @@ class Proxy:
         )
 
     def _connected(self, downstream: Downstream) -> None:
-        if self.downstreams.get(downstream.name) is downstream:
+        name = downstream.name
+        if self._pending.get(name) is downstream:  # the new connection of a reload is ready: switch to it
+            del self._pending[name]
+            old = self.downstreams[name]
+            self.downstreams[name] = downstream
+            self._retire(old)  # its calls in flight finish there
+            logger.warning("server %r: switched to its new connection", name)
+        if self.downstreams.get(name) is downstream:
             probed = self.guard.reconnected(downstream.name)
             if probed:
                 logger.warning("server %r is back: probing at once %s", downstream.name, ", ".join(sorted(probed)))
@@ -131,7 +141,7 @@ class Proxy:
 
     def _launch(self, downstream: Downstream) -> None:
         assert self._tg is not None, "start() first"
-        scope = self._scopes[downstream.name] = anyio.CancelScope()
+        scope = self._scopes[downstream] = anyio.CancelScope()
 
         async def own() -> None:
             with scope:
@@ -144,9 +154,10 @@ class Proxy:
 
         Every policy is computed first: a file that makes any existing breaker's policy invalid raises and changes
         nothing. Servers added are started, removed ones stopped (their breakers go). A server whose connection
-        settings changed gets a new owner that inherits its listing, so its tools and breakers stay; the old
-        connection is retired once its calls in flight have been answered. Breakers keep their state and window
-        unless their policy changed, and then only their thresholds change.
+        settings changed is reconnected make-before-break: a new owner connects beside the old one, which keeps
+        serving calls until the new one is connected (then it retires once its calls in flight are answered); its
+        tools and breakers stay. Breakers keep their state and window unless their policy changed, and then only
+        their thresholds change.
 
         Raises:
             ConfigError, ValueError: the new config cannot be applied; the running one stays in force.
@@ -156,18 +167,34 @@ class Proxy:
         wanted = {name: server for name, server in config.servers.items() if server.enabled}
         report: dict[str, list[str]] = {"added": [], "removed": [], "restarted": [], "retuned": []}
         for name, downstream in list(self.downstreams.items()):
+            pending = self._pending.pop(name, None)
             if name not in wanted:
-                self._retire(downstream)
+                for retired in (pending, downstream):
+                    if retired is not None:
+                        self._retire(retired)
                 del self.downstreams[name]
                 report["removed"].append(name)
-            elif _connection(wanted[name]) != _connection(old.servers[name]):
+                continue
+            target = pending or downstream
+            if _connection(wanted[name]) == _connection(target.config):
+                target.config = wanted[name]  # namespace, startup_timeout: no reconnect needed
+                if pending is not None:
+                    self._pending[name] = pending
+                continue
+            if pending is not None:
+                self._retire(pending)  # superseded before it connected
+            if _connection(wanted[name]) == _connection(downstream.config):  # back to what is running
+                downstream.config = wanted[name]
+                continue
+            fresh = self._downstream(wanted[name])
+            fresh.listing = downstream.listing  # tools stay published while it connects
+            self._launch(fresh)
+            if downstream.session is None:  # nothing works on the old connection: nothing to keep serving
+                self.downstreams[name] = fresh
                 self._retire(downstream)
-                fresh = self.downstreams[name] = self._downstream(wanted[name])
-                fresh.listing = downstream.listing  # tools stay published (and answer clearly) while it connects
-                self._launch(fresh)
-                report["restarted"].append(name)
             else:
-                downstream.config = wanted[name]  # namespace, startup_timeout: no reconnect needed
+                self._pending[name] = fresh
+            report["restarted"].append(name)
         self.config = config
         self.own = own_tools(config.admin_enabled)
         report["retuned"] = [f"{server}/{tool}" for server, tool in self.guard.apply_reload(config, plan)]
@@ -185,7 +212,7 @@ class Proxy:
 
     def _retire(self, downstream: Downstream) -> None:
         """Stop an owner once its calls in flight are answered (bounded by the longest call deadline)."""
-        scope = self._scopes.pop(downstream.name)
+        scope = self._scopes.pop(downstream)
         limit = max((p.call_timeout for _, _, p in self.guard.policies_of(downstream.name)), default=30.0)
 
         async def retire() -> None:
