@@ -58,6 +58,14 @@ INVALID: list[tuple[dict[str, Any], str]] = [
         "mcpServers.d.type: expected 'stdio', 'http', 'streamable-http'",
     ),
     (servers(d={"command": "d", "startup_timeout": 0}), "mcpServers.d.startup_timeout: Input should be greater than 0"),
+    (
+        servers(d={"command": "d", "breaker": {"call_timeout": 30, "max_call_timeout": 10}}),
+        "mcpServers.d.breaker.max_call_timeout: must be between call_timeout (30) and a week (604800), got 10",
+    ),
+    (
+        {"shutdown_timeout": -1, **servers(d={"command": "d"})},
+        "shutdown_timeout: Input should be greater than or equal",
+    ),
     ({"metrics": {"port": 70000}, **servers(d={"command": "d"})}, "metrics.port: Input should be less than or equal"),
     (servers(d={"command": "${DOCKER_BIN}"}), "mcpServers.d.command: environment variable DOCKER_BIN is not set"),
     (servers(d={"command": "d", "args": ["${A:-1}", "${B}"]}), "mcpServers.d.args[1]: environment variable B is not"),

@@ -32,7 +32,7 @@ BREAKER_FIELDS: tuple[str, ...] = (
 )
 """The `CircuitBreakerConfig` fields a config file may set (not `name`, `fallback`, `excluded_exceptions`)."""
 
-PROXY_FIELDS: tuple[str, ...] = ("fallback", "tool_errors", "ignore_errors", "failure_errors")
+PROXY_FIELDS: tuple[str, ...] = ("max_call_timeout", "fallback", "tool_errors", "ignore_errors", "failure_errors")
 """Policy fields the proxy adds on top of the breaker's."""
 
 CLASSIFICATION_FIELDS: tuple[str, ...] = ("tool_errors", "ignore_errors", "failure_errors")
@@ -87,7 +87,9 @@ class Overrides(_Strict):
     half_open_timeout: float | None = None
     """Deadline of a probe; null: `call_timeout`."""
     call_timeout: float | None = None
-    """Per-call deadline in the proxy."""
+    """Per-call deadline in the proxy, counted from the call's start or its last progress notification."""
+    max_call_timeout: float | None = None
+    """However often a call reports progress, it is cancelled this long after its start; null: 10 x call_timeout."""
     fallback: dict[str, str] | None = None
     """`{"text": ...}` or `{"tool": "namespace__tool"}`: the answer while the circuit rejects calls."""
     tool_errors: Literal["classified", "failure", "ignore"] | None = None

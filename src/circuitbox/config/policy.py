@@ -34,6 +34,9 @@ POLICY_FIELDS: tuple[str, ...] = BREAKER_FIELDS + PROXY_FIELDS
 
 _BUILT_IN = ("default", "environment", "preset")
 
+MAX_CALL_FACTOR = 10
+"""`max_call_timeout` defaults to this many times `call_timeout`."""
+
 DISTRESS = "distress"
 """The layer key of the distress patterns (set by the built-in layers only)."""
 
@@ -62,6 +65,8 @@ class ToolPolicy:
 
     breaker: CircuitBreakerConfig
     call_timeout: float
+    max_call_timeout: float | None
+    """None: `MAX_CALL_FACTOR` x `call_timeout` (see `call_limit`)."""
     fallback: TextFallback | ToolFallback | None
     tool_errors: Literal["classified", "failure", "ignore"]
     ignore_errors: tuple[re.Pattern[str], ...]
@@ -71,6 +76,11 @@ class ToolPolicy:
     distress: tuple[tuple[str, str], ...] = ()
     """(source, regex) of the built-in and preset patterns by which `isError` texts report the server's distress:
     failures under `tool_errors = "classified"`. Not a config key: `failure_errors` adds to them."""
+
+    @property
+    def call_limit(self) -> float:
+        """The longest a call may run, progress notifications or not."""
+        return self.max_call_timeout if self.max_call_timeout is not None else MAX_CALL_FACTOR * self.call_timeout
 
     @property
     def distress_regex(self) -> re.Pattern[str] | None:
@@ -174,7 +184,13 @@ def base_layers(environment: str, preset: str | None) -> list[Layer]:
     """Built-in defaults, environment profile, service preset."""
     default = CircuitBreakerConfig()
     builtin: dict[str, Any] = {f: getattr(default, f) for f in BREAKER_FIELDS}
-    builtin |= {"fallback": None, "tool_errors": "classified", "ignore_errors": (), "failure_errors": ()}
+    builtin |= {
+        "max_call_timeout": None,
+        "fallback": None,
+        "tool_errors": "classified",
+        "ignore_errors": (),
+        "failure_errors": (),
+    }
     distress = tuple(("default", p) for p in DISTRESS_PATTERNS)
     layers = [
         Layer("default", "default", {**builtin, DISTRESS: distress}),
@@ -212,9 +228,16 @@ def resolve(name: str, layers: Sequence[Layer]) -> ToolPolicy:
         key = max(involved, key=lambda f: _strength(layers, paths[f]), default=None)
         where = f"{paths[key]}.{key}" if key and sources[key] not in _BUILT_IN else name
         raise ConfigError(f"{where}: {message}") from None
+    longest = values["max_call_timeout"]
+    if longest is not None and not breaker.call_timeout <= longest <= 7 * 86400:
+        raise ConfigError(
+            f"{paths['max_call_timeout']}.max_call_timeout: must be between call_timeout "
+            f"({breaker.call_timeout:g}) and a week (604800), got {longest:g}"
+        )
     return ToolPolicy(
         breaker=breaker,
         call_timeout=breaker.call_timeout,
+        max_call_timeout=longest,
         fallback=values["fallback"],
         tool_errors=values["tool_errors"],
         ignore_errors=tuple(values["ignore_errors"]),

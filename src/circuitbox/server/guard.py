@@ -265,11 +265,14 @@ class Guard:
             assert isinstance(permit, Rejection)
             return permit
         request = types.CallToolRequest(params=types.CallToolRequestParams(name=tool, arguments=arguments))
+        deadline = Deadline(policy.call_timeout, policy.call_limit, progress)
         try:
-            with anyio.fail_after(policy.call_timeout):
-                result = await downstream.request(request, types.CallToolResult, progress)
+            with deadline.scope:
+                result = await downstream.request(request, types.CallToolResult, deadline.on_progress)
+            if deadline.scope.cancelled_caught:
+                raise TimeoutError
         except TimeoutError:
-            message = f"no answer within call_timeout ({policy.call_timeout:g}s); the request was cancelled"
+            message = f"{deadline.describe()}; the request was cancelled"
             permit.failure("timeout", message)
             self._note(downstream.name, tool, "timeout")
             return error_result(f"Tool '{tool}' of server '{downstream.name}' timed out: {message}.")
@@ -312,6 +315,32 @@ class Guard:
             self._transport_failed.add((server, tool))
         else:
             self._transport_failed.discard((server, tool))
+
+
+class Deadline:
+    """A call's deadline: `call_timeout` from its start or from its last progress notification, never later than
+    `limit` (`max_call_timeout`) from its start. Progress is relayed to the caller's own callback, if any."""
+
+    def __init__(self, timeout: float, limit: float, relay: ProgressCallback | None) -> None:
+        self._timeout = timeout
+        self._start = anyio.current_time()
+        self._limit = self._start + limit
+        self._relay = relay
+        self.progressed = False
+        self.scope = anyio.CancelScope(deadline=min(self._start + timeout, self._limit))
+
+    async def on_progress(self, progress: float, total: float | None, message: str | None) -> None:
+        self.progressed = True
+        self.scope.deadline = min(anyio.current_time() + self._timeout, self._limit)
+        if self._relay is not None:
+            await self._relay(progress, total, message)
+
+    def describe(self) -> str:
+        if not self.progressed:
+            return f"no answer within call_timeout ({self._timeout:g}s)"
+        if self.scope.deadline >= self._limit:
+            return f"no answer within max_call_timeout ({self._limit - self._start:g}s), progress notwithstanding"
+        return f"no answer nor progress for call_timeout ({self._timeout:g}s)"
 
 
 def _record(permit: Any, outcome: Outcome) -> None:
