@@ -214,13 +214,19 @@ async def _lines(stream: anyio.abc.ByteReceiveStream, name: str) -> AsyncIterato
 async def _log_stderr(stream: anyio.abc.ByteReceiveStream, name: str, redact: Callable[[str], str]) -> None:
     budget = _Budget(STDERR_BURST, STDERR_WINDOW)
     reported = 0
+
+    def report() -> None:
+        nonlocal reported
+        if budget.dropped > reported:
+            stderr_logger.warning("[%s] %d stderr lines not logged (over %d per %gs)", name,
+                                  budget.dropped - reported, STDERR_BURST, STDERR_WINDOW)  # fmt: skip
+            reported = budget.dropped
+
     async for line in _lines(stream, name):
         if budget.take():
-            if budget.dropped > reported:
-                stderr_logger.warning("[%s] %d stderr lines not logged (over %d per %gs)", name,
-                                      budget.dropped - reported, STDERR_BURST, STDERR_WINDOW)  # fmt: skip
-                reported = budget.dropped
+            report()
             stderr_logger.info("[%s] %s", name, redact(line.decode("utf-8", "replace").rstrip()))
+    report()
 
 
 async def end_process_group(process: anyio.abc.Process) -> None:
