@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("circuitbox.commands.serve", "run the proxy (stdio by default, or --transport http)"),
     "demo": ("circuitbox.commands.demo", "watch breakers trip and heal in front of chaos downstreams (no setup)"),
+    "init": ("circuitbox.commands.init", "move an agent client's servers behind circuitbox (writes circuitbox.json)"),
     "check": ("circuitbox.commands.check", "validate a config and print the effective policy per server/tool"),
     "status": ("circuitbox.commands.status", "print the breakers of a running instance (HTTP)"),
     "chaos": ("circuitbox.commands.chaos", "run the bundled fault-injecting MCP server"),
