@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +208,77 @@ def test_servers_whose_names_only_share_a_prefix_keep_apart_breaker_names() -> N
     config = parse_config(servers(a={"command": "d"}, a_b={"command": "d"}))
     names = {config.policy("a", "b__c").breaker.name, config.policy("a_b", "c").breaker.name}
     assert names == {"a__b__c", "a_b__c"}
+
+
+# One file with a problem of every kind the loader finds, each in a different place: all must be named at once.
+EVERY_KIND = {
+    "environment": "qa",
+    "defaults": {"jitter": 2},
+    "mcpServers": {
+        "typo": {"command": "a", "comand": "b"},
+        "unset": {"command": "a", "env": {"K": "${CB_UNSET_ONE}"}, "args": ["${CB_UNSET_TWO}"]},
+        "remote": {"type": "sse", "headers": {"Authorization": "Bearer ${CB_UNSET_THREE}"}},
+        "bad__name": {"command": "a", "preset": "nosuch"},
+        "ranges": {"command": "a", "breaker": {"failure_rate_threshold": 3}, "tools": {"t": {"call_timeout": -1}}},
+        "both": {"command": "a", "url": "http://127.0.0.1:1/mcp", "namespace": "has space"},
+        "regex": {"command": "a", "failure_errors": ["("]},
+    },
+}
+EVERY_PROBLEM = [
+    "environment: unknown environment 'qa'",
+    "defaults.jitter: jitter must be in [0, 1)",
+    "mcpServers.typo.comand: unknown key",
+    "mcpServers.unset.env.K: environment variable CB_UNSET_ONE is not set",
+    "mcpServers.unset.args[0]: environment variable CB_UNSET_TWO is not set",
+    "mcpServers.remote.url: required for type sse",
+    "mcpServers.remote.headers.Authorization: environment variable CB_UNSET_THREE is not set",
+    "mcpServers.bad__name: 'bad__name' may not contain '__'",
+    "mcpServers.bad__name.preset: unknown preset 'nosuch'",
+    "mcpServers.ranges.breaker.failure_rate_threshold: failure_rate_threshold must be in (0, 1]",
+    "mcpServers.ranges.tools.t.call_timeout: call_timeout must be in (0, 604800]",
+    "mcpServers.both: set either command (stdio) or url (http, sse), not both",
+    "mcpServers.both.namespace: 'has space' may only hold letters",
+    "mcpServers.regex.failure_errors[0]: invalid regular expression",
+]
+
+
+def test_every_problem_of_every_kind_is_named_at_once_not_only_the_first() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(EVERY_KIND, env={})
+    problems = caught.value.problems
+    for expected in EVERY_PROBLEM:
+        assert sum(expected in p for p in problems) == 1, (expected, problems)
+    assert len(problems) == len(EVERY_PROBLEM), problems
+    assert str(caught.value) == "; ".join(problems)
+
+
+def test_check_and_serve_print_every_problem_on_its_own_line(tmp_path: Path) -> None:
+    path = write(tmp_path, EVERY_KIND)
+    done = check(str(path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert all(line.startswith("circuitbox: config error: ") for line in lines), lines
+    assert len(lines) == len(EVERY_PROBLEM) and all(any(e in line for line in lines) for e in EVERY_PROBLEM)
+    served = subprocess.run(
+        [sys.executable, "-m", "circuitbox", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert served.returncode == 2 and served.stderr.strip().splitlines() == lines
+
+
+def test_a_problem_in_one_entry_still_lets_the_others_be_checked_and_a_broken_top_level_stops_there() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"mcpServers": {"a": {"command": 1}, "b": {"command": "${CB_UNSET_B}"}}}, env={})
+    assert caught.value.problems == (
+        "mcpServers.a.command: expected a string, got an integer",
+        "mcpServers.b.command: environment variable CB_UNSET_B is not set (write ${CB_UNSET_B:-default} for a default)",
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"mcpServers": {"a": {"command": 1}}}, env={})
+    assert caught.value.problems == ("mcpServers.a.command: expected a string, got an integer",)  # not "no servers"
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"mcpServers": [], "admin": 3}, env={})
+    assert len(caught.value.problems) == 2

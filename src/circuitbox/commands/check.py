@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
             tools, errors = anyio.run(connect_all, config)
         report = build_report(config, tools if args.connect else None)
     except ConfigError as exc:
-        print(f"circuitbox: config error: {exc}", file=sys.stderr)
+        for problem in exc.problems:  # one line each: every problem of the file at once
+            print(f"circuitbox: config error: {problem}", file=sys.stderr)
         return 2
     try:
         if args.json:

@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = read_config()
     except ConfigError as exc:
-        print(f"circuitbox: config error: {exc}", file=sys.stderr)
+        for problem in exc.problems:  # one line each: every problem of the file at once
+            print(f"circuitbox: config error: {problem}", file=sys.stderr)
         return 2
     if args.transport == "http" and (busy := port_in_use(args.host, args.port)):
         print(f"circuitbox: cannot listen on {args.host}:{args.port}: {busy}", file=sys.stderr)

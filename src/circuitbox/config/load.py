@@ -28,7 +28,7 @@ from circuitbox.config.model import (
     ServerEntry,
     key_path,
     strip_client_keys,
-    validate_file,
+    validate_parts,
 )
 from circuitbox.config.policy import Layer, ToolPolicy, base_layers, is_glob, make_layer, resolve, tool_layers
 
@@ -185,7 +185,8 @@ def parse_config(
     """Validate an in-memory config (the demo's, a test's) exactly as `load_config` does a file.
 
     Raises:
-        ConfigError: naming the key path and the problem.
+        ConfigError: naming the key path and the problem, for every problem found (not only the first), in
+            `problems` and joined by "; ".
     """
     env = os.environ if env is None else env
     if not isinstance(data, Mapping):
@@ -193,18 +194,37 @@ def parse_config(
     cleaned, warnings = strip_client_keys(data)
     for warning in warnings:
         logger.warning("%s: %s", source, warning)
-    file = validate_file(cleaned)
+    found: list[str] = []  # every problem, so that a user fixes a file in one pass, not one error per run
+    file, found = validate_parts(cleaned)
+    if file is None:
+        raise ConfigError.of(found)
+    left_out = bool(found)  # some entries had a problem and are not in `file`
     if file.mcpServers is not None and file.servers is not None:
-        raise ConfigError("servers: set either mcpServers or servers, not both")
+        found.append("servers: set either mcpServers or servers, not both")
     table = "servers" if file.servers is not None else "mcpServers"
     entries = file.servers if file.servers is not None else file.mcpServers
-    if not entries:
-        raise ConfigError(f"{table}: no servers configured")
-    env_name, env_source = _environment(file.environment, environment, env)
+    if not entries and not left_out:
+        found.append(f"{table}: no servers configured")
+    try:
+        env_name, env_source = _environment(file.environment, environment, env)
+    except ConfigError as exc:
+        found.extend(exc.problems)
+        env_name, env_source = "production", "default"  # to go on checking the rest
+    defaults: Layer | None = None
+    if file.defaults:
+        try:
+            defaults = make_layer(file.defaults, "defaults", ("defaults",))
+        except ConfigError as exc:
+            found.extend(exc.problems)
+    servers: dict[str, ServerConfig] = {}
+    for name, entry in (entries or {}).items():
+        server = _server(name, entry, (table, name), env, found)
+        if server is not None:
+            servers[name] = server
     config = ProxyConfig(
         environment=env_name,
         environment_source=env_source,
-        servers=MappingProxyType({n: _server(n, e, (table, n), env) for n, e in entries.items()}),
+        servers=MappingProxyType(servers),
         admin_enabled=file.admin.enabled,
         metrics_port=file.metrics.port,
         metrics_host=file.metrics.host,
@@ -212,16 +232,23 @@ def parse_config(
         http_session_idle_timeout=file.http.session_idle_timeout,
         shutdown_timeout=file.shutdown_timeout,
         source=source,
-        defaults=make_layer(file.defaults, "defaults", ("defaults",)) if file.defaults else None,
+        defaults=defaults,
         warnings=tuple(warnings),
     )
-    for srv in config.servers.values():  # resolve what the file states now, so its errors surface at load
-        config.policy(srv.name)
-        for pattern, layer in srv.tools:
-            if is_glob(pattern):
-                config._resolve(srv, pattern, only=layer)
-            else:
-                config.policy(srv.name, pattern)
+    if not (file.defaults and defaults is None):  # a broken `defaults` would only repeat itself in every policy
+        for srv in config.servers.values():  # resolve what the file states now, so its errors surface at load
+            resolutions: list[tuple[str | None, Layer | None]] = [(None, None)]
+            resolutions += [(p, layer if is_glob(p) else None) for p, layer in srv.tools]
+            for tool, only in resolutions:
+                try:
+                    if only is not None:
+                        config._resolve(srv, tool, only=only)
+                    else:
+                        config.policy(srv.name, tool)
+                except ConfigError as exc:
+                    found.extend(exc.problems)
+    if found:
+        raise ConfigError.of(found)
     return config
 
 
@@ -238,23 +265,33 @@ def _environment(in_file: str | None, flag: str | None, env: Mapping[str, str]) 
         raise ConfigError(str(exc)) from None
 
 
-def _server(name: str, entry: ServerEntry, path: tuple[str, str], env: Mapping[str, str]) -> ServerConfig:
+def _server(
+    name: str, entry: ServerEntry, path: tuple[str, str], env: Mapping[str, str], found: list[str]
+) -> ServerConfig | None:
+    """The server, or None with its problems added to `found` (all of them, as far as they can be told apart)."""
     where = key_path(path)
+    before = len(found)
     if entry.enabled is not None and entry.disabled is not None and entry.enabled == entry.disabled:
-        raise ConfigError(f"{where}: enabled and disabled contradict each other")
+        found.append(f"{where}: enabled and disabled contradict each other")
     enabled = entry.enabled if entry.enabled is not None else not entry.disabled
     if entry.command is not None and entry.url is not None:
-        raise ConfigError(f"{where}: set either command (stdio) or url (http, sse), not both")
+        found.append(f"{where}: set either command (stdio) or url (http, sse), not both")
     kind = entry.type or ("stdio" if entry.command is not None or entry.url is None else "http")
     transport = _TRANSPORTS[kind]
     if transport == "stdio" and entry.command is None:
-        raise ConfigError(f"{where}.command: required (a stdio server needs a command, a remote one a url)")
+        found.append(f"{where}.command: required (a stdio server needs a command, a remote one a url)")
     if transport != "stdio" and entry.url is None:
-        raise ConfigError(f"{where}.url: required for type {kind}")
+        found.append(f"{where}.url: required for type {kind}")
 
     def x(value: str | None, key: str) -> str | None:
         # Disabled servers are not started, so their variables need not be set.
-        return value if value is None or not enabled else expand(value, env, f"{where}.{key}")
+        if value is None or not enabled:
+            return value
+        try:
+            return expand(value, env, f"{where}.{key}")
+        except ConfigError as exc:
+            found.extend(exc.problems)
+            return value
 
     command, url, cwd = x(entry.command, "command"), x(entry.url, "url"), x(entry.cwd, "cwd")
     args = tuple(str(x(a, f"args[{i}]")) for i, a in enumerate(entry.args))
@@ -264,20 +301,37 @@ def _server(name: str, entry: ServerEntry, path: tuple[str, str], env: Mapping[s
     # end would let server a__b's tool c and server a's tool b__c share one name, breaker and all.
     for value, key in ((name, where), (entry.namespace, f"{where}.namespace")):
         if value and ("__" in value or value.endswith("_")):
-            raise ConfigError(f"{key}: {value!r} may not contain '__' or end with '_' ('__' comes before tool names)")
+            found.append(f"{key}: {value!r} may not contain '__' or end with '_' ('__' comes before tool names)")
     namespace = name if entry.namespace is None else entry.namespace
     if not _NAMESPACE.fullmatch(namespace):
         hint = "" if entry.namespace is not None else " (the server's name is used by default; set a namespace)"
-        raise ConfigError(f"{where}.namespace: {namespace!r} may only hold letters, digits, '_', '-' and '.'{hint}")
-    preset, preset_source = _preset(entry, name, command, args, url, where)
+        found.append(f"{where}.namespace: {namespace!r} may only hold letters, digits, '_', '-' and '.'{hint}")
+    preset: str | None = None
+    preset_source: Literal["explicit", "inferred", "none"] = "none"
+    try:
+        preset, preset_source = _preset(entry, name, command, args, url, where)
+    except ConfigError as exc:
+        found.extend(exc.problems)
     both = sorted(
         f
         for f in CLASSIFICATION_FIELDS
         if f in entry.model_fields_set and entry.breaker and f in entry.breaker.model_fields_set
     )
     if both:
-        raise ConfigError(f"{where}.{both[0]}: set both here and in {where}.breaker.{both[0]}; keep one")
+        found.append(f"{where}.{both[0]}: set both here and in {where}.breaker.{both[0]}; keep one")
     classification = Overrides(**{f: getattr(entry, f) for f in CLASSIFICATION_FIELDS if f in entry.model_fields_set})
+    layers: list[Layer] = []
+    for overrides, source, layer_path in (
+        (entry.breaker, "server", (*path, "breaker")),
+        (classification, "server", path),
+        *((o, f"tool:{p}", (*path, "tools", p)) for p, o in entry.tools.items()),
+    ):
+        try:
+            layers.append(make_layer(overrides, source, layer_path))
+        except ConfigError as exc:
+            found.extend(exc.problems)
+    if len(found) > before:
+        return None
     return ServerConfig(
         name=name,
         transport=transport,
@@ -292,11 +346,8 @@ def _server(name: str, entry: ServerEntry, path: tuple[str, str], env: Mapping[s
         preset_source=preset_source,
         startup_timeout=entry.startup_timeout,
         enabled=enabled,
-        layers=(
-            make_layer(entry.breaker, "server", (*path, "breaker")),
-            make_layer(classification, "server", path),
-        ),
-        tools=tuple((p, make_layer(o, f"tool:{p}", (*path, "tools", p))) for p, o in entry.tools.items()),
+        layers=tuple(layers[:2]),
+        tools=tuple(zip(entry.tools, layers[2:], strict=True)),
     )
 
 

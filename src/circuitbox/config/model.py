@@ -45,7 +45,18 @@ CLIENT_TOP_KEYS = frozenset({"inputs", "$schema", "globalShortcut"})
 
 
 class ConfigError(Exception):
-    """A config file is invalid; str(err) names the key path and the problem."""
+    """A config file is invalid; str(err) names the key path and the problem (every problem found, joined by "; ",
+    each also in `problems`)."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems: tuple[str, ...] = tuple(problems) or (message,)
+
+    @classmethod
+    def of(cls, problems: Sequence[str]) -> ConfigError:
+        """One error for several problems (duplicates dropped, order kept)."""
+        unique = list(dict.fromkeys(problems))
+        return cls("; ".join(unique), unique)
 
 
 class _Strict(BaseModel):
@@ -205,14 +216,26 @@ def strip_client_keys(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str
     return out, warnings
 
 
-def validate_file(data: Mapping[str, Any]) -> ConfigFile:
-    """Raises:
-    ConfigError: naming the key path of every problem found.
+def validate_parts(data: Mapping[str, Any]) -> tuple[ConfigFile | None, list[str]]:
+    """The file's model and the problems found; when some parts are invalid, the model of the rest (the keys and
+    server entries with a problem left out), so that what they do not hide can be checked too. None: not even the
+    rest validates.
     """
     try:
-        return ConfigFile.model_validate(data)
+        return ConfigFile.model_validate(data), []
     except ValidationError as exc:
-        raise ConfigError(describe(exc.errors())) from None
+        errors = exc.errors()
+    rest = dict(data)
+    for loc in (e["loc"] for e in errors if e["loc"]):
+        table = rest.get(str(loc[0]))
+        if loc[0] in ("mcpServers", "servers") and len(loc) > 1 and isinstance(table, Mapping):
+            rest[str(loc[0])] = {k: v for k, v in table.items() if k != loc[1]}
+        else:
+            rest.pop(str(loc[0]), None)
+    try:
+        return ConfigFile.model_validate(rest), problems(errors)
+    except ValidationError:  # a problem of the whole that no one part holds
+        return None, problems(errors)
 
 
 def key_path(parts: Sequence[str | int]) -> str:
@@ -281,10 +304,15 @@ def _known_keys(loc: Sequence[str | int]) -> Sequence[str]:
 
 def describe(errors: Sequence[Mapping[str, Any]], prefix: Sequence[str | int] = ()) -> str:
     """pydantic errors as "key.path: problem" phrases joined by "; "."""
+    return "; ".join(problems(errors, prefix))
+
+
+def problems(errors: Sequence[Mapping[str, Any]], prefix: Sequence[str | int] = ()) -> list[str]:
+    """pydantic errors as "key.path: problem" phrases, duplicates dropped."""
     parts = []
     for error in errors:
         loc = (*prefix, *(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))))
         path = key_path(loc)
         text = problem(error, _known_keys(loc))
         parts.append(f"{path}: {text}" if path else text)
-    return "; ".join(dict.fromkeys(parts))
+    return list(dict.fromkeys(parts))

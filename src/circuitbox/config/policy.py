@@ -27,6 +27,7 @@ from circuitbox.config.model import (
     Overrides,
     describe,
     key_path,
+    problems,
 )
 
 POLICY_FIELDS: tuple[str, ...] = BREAKER_FIELDS + PROXY_FIELDS
@@ -134,7 +135,7 @@ def make_layer(
         # Cross-field rules (loc ()) wait for the merged policy: another layer may set the other field.
         errors = [e for e in exc.errors() if e["loc"]]
         if errors:
-            raise ConfigError(describe(errors, prefix=path)) from None
+            raise ConfigError.of(problems(errors, prefix=path)) from None
     where = key_path(path)
     if "fallback" in values:
         values["fallback"] = _fallback(values["fallback"], f"{where}.fallback")
