@@ -276,3 +276,38 @@ def test_an_error_is_described_in_one_line_without_its_groups() -> None:
     nested = ExceptionGroup("outer", [ExceptionGroup("inner", [OSError("line one\nline two")])])
     assert check_cmd.describe(nested) == "OSError: line one"
     assert check_cmd.describe(ValueError()) == "ValueError"
+
+
+def test_connect_warns_about_each_tool_override_that_matches_no_tool_of_a_real_downstream(tmp_path: Path) -> None:
+    from tests.proxy.harness import chaos
+
+    tools = {
+        "echo": {"call_timeout": 5},  # matches
+        "ec*": {"jitter": 0},  # matches
+        "ehco": {"call_timeout": 5},  # a typo
+        "c__boom": {"call_timeout": 5},  # the published name where the server's own belongs
+        "remove_*": {"call_timeout": 5},  # a glob that matches nothing
+    }
+    config = {"mcpServers": {"c": chaos("echo=healthy", "boom=error") | {"tools": tools}}}
+    done = check(str(write(tmp_path, config)), "--connect")
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("circuitbox: warning: ")]
+    assert warnings == [
+        "circuitbox: warning: mcpServers.c.tools.ehco: matches no tool of 'c' (did you mean 'echo'?); "
+        "its tools: echo, boom, chaos_control",
+        "circuitbox: warning: mcpServers.c.tools.c__boom: matches no tool of 'c' (keys are the server's own tool "
+        "names: 'boom'); its tools: echo, boom, chaos_control",
+        "circuitbox: warning: mcpServers.c.tools.remove_*: matches no tool of 'c'; "
+        "its tools: echo, boom, chaos_control",
+    ]
+    assert "warning" not in check(str(write(tmp_path, config))).stderr  # without --connect no tool is known
+
+
+def test_the_unmatched_warning_lists_at_most_ten_tools_and_says_so_for_a_server_without_any() -> None:
+    config = parse_config(
+        {"mcpServers": {"s": {"command": "x", "tools": {"zz": {}}}, "e": {"command": "y", "tools": {"a": {}}}}}, env={}
+    )
+    many = [f"t{i}" for i in range(12)]
+    warnings = check_cmd.unmatched_overrides(config, {"s": many, "e": []})
+    assert warnings[0].endswith("its tools: t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, ... (12 in all)")
+    assert warnings[1].endswith("its tools: none")

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from circuitbox.breakers.profiles import PRESETS
 from circuitbox.config.load import ConfigError, ProxyConfig, ServerConfig, discover_config_path, load_config
-from circuitbox.config.policy import POLICY_FIELDS, ToolPolicy, describe_policy, error_rules
+from circuitbox.config.policy import POLICY_FIELDS, ToolPolicy, describe_policy, error_rules, is_glob
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +55,32 @@ def run(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     for server, error in errors.items():
         print(f"circuitbox: server {server!r} could not be listed: {error}", file=sys.stderr)
+    for warning in unmatched_overrides(config, tools):
+        print(f"circuitbox: warning: {warning}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def unmatched_overrides(config: ProxyConfig, tools: dict[str, list[str]]) -> list[str]:
+    """A warning for each `tools` key of a listed server that matches none of its tools (a typo, a renamed tool, or
+    the published `namespace__tool` name where the server's own name belongs): its policy silently never applies."""
+    import difflib
+    import fnmatch
+
+    warnings = []
+    for name, listed in tools.items():
+        server = config.servers[name]
+        for pattern, layer in server.tools:
+            if any(fnmatch.fnmatchcase(t, pattern) if is_glob(pattern) else t == pattern for t in listed):
+                continue
+            hint = ""
+            own = pattern.removeprefix(f"{server.namespace}__") if server.namespace else pattern
+            if own != pattern and (own in listed or (is_glob(own) and fnmatch.filter(listed, own))):
+                hint = f" (keys are the server's own tool names: {own!r})"
+            elif close := difflib.get_close_matches(pattern, listed, n=1):
+                hint = f" (did you mean {close[0]!r}?)"
+            shown = ", ".join(listed[:10]) + (f", ... ({len(listed)} in all)" if len(listed) > 10 else "")
+            warnings.append(f"{layer.path}: matches no tool of {name!r}{hint}; its tools: {shown or 'none'}")
+    return warnings
 
 
 def policy_json(policy: ToolPolicy) -> dict[str, dict[str, Any]]:
