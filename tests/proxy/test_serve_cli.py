@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import httpx2
 import pytest
 
@@ -102,3 +103,42 @@ def test_check_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path)
         stderr = check.stderr.read().decode()
         assert check.wait(timeout=60) == 0, stderr
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+@pytest.mark.anyio
+async def test_status_without_the_right_token_says_401_and_how_to_pass_it(tmp_path: Path) -> None:
+    config = write_config(tmp_path, CONFIG)
+    port = free_port()
+    token_file = tmp_path / "token"
+    token_file.write_text("the-token\n")
+
+    async def status(*extra: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        done = await anyio.run_process(
+            [sys.executable, "-m", "circuitbox", "status", "--url", f"http://127.0.0.1:{port}", *extra],
+            check=False,
+            env={k: v for k, v in os.environ.items() if k != "CIRCUITBOX_AUTH_TOKEN"} | (env or {}),
+        )
+        return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+    async with running_process(serve_args(config, port, "--auth-token-file", str(token_file)), port=port):
+        code, _, err = await status()
+        assert code == 1 and err.count("\n") == 1, err
+        assert "HTTP 401: the instance requires its bearer token" in err
+        assert "--auth-token-file PATH, $CIRCUITBOX_AUTH_TOKEN or --auth-token TOKEN" in err
+        code, _, err = await status("--auth-token", "not-it")
+        assert code == 1 and "HTTP 401: the instance refused the token given" in err and "not-it" not in err
+        code, out, err = await status("--auth-token-file", str(token_file))
+        assert code == 0 and "connected" in out, err
+        code, out, err = await status(env={"CIRCUITBOX_AUTH_TOKEN": "the-token"})
+        assert code == 0 and "connected" in out, err
+        code, _, err = await status("--url", f"http://127.0.0.1:{port}/elsewhere", "--auth-token-file", str(token_file))
+        assert code == 1 and "HTTP 404: no MCP endpoint there" in err, err
+        code, _, err = await status(env={"CIRCUITBOX_AUTH_TOKEN": " "})
+        assert code == 2 and "empty or only whitespace" in err
+
+
+def test_status_explains_the_other_refusals() -> None:
+    from circuitbox.commands.status import refusal
+
+    assert "DNS-rebinding" in refusal(421, "t") and "--allowed-host" in refusal(403, None)
+    assert refusal(500, "t") == "HTTP 500 from the instance"
