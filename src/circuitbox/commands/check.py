@@ -164,7 +164,7 @@ async def connect_all(config: ProxyConfig) -> tuple[dict[str, list[str]], dict[s
         try:
             tools[server.name] = await list_tools(server)
         except Exception as exc:  # any failure of one downstream is a report line, never a crash
-            errors[server.name] = describe(exc)
+            errors[server.name] = server.redact(describe(exc))  # a URL or an illegal header can carry a secret
 
     async with anyio.create_task_group() as tg:
         for server in config.servers.values():

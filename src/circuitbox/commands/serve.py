@@ -121,9 +121,15 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     from circuitbox.config.load import discover_config_path, load_config
+    from circuitbox.config.secrets import mask_logs
+
+    masked = mask_logs()  # from the first line on: the SDK logs URLs at DEBUG, errors quote headers
 
     def read_config() -> ProxyConfig:
-        return load_config(discover_config_path(args.config), environment=args.environment)
+        config = load_config(discover_config_path(args.config), environment=args.environment)
+        for server in config.servers.values():
+            masked.update(server.secrets)  # a reload adds its own; the old ones stay masked
+        return config
 
     try:
         config = read_config()

@@ -16,8 +16,9 @@ from circuitbox.config.model import ConfigError
 _REFERENCE = re.compile(r"\$\$\{|\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{input:([^}]*)\}")
 
 
-def expand(value: str, env: Mapping[str, str], path: str) -> str:
-    """`value` with every reference replaced.
+def expand(value: str, env: Mapping[str, str], path: str, used: list[str] | None = None) -> str:
+    """`value` with every reference replaced; each value taken from `env` is also appended to `used` (they are
+    secrets wherever they end up: see config/secrets.py).
 
     Raises:
         ConfigError: a variable is unset and has no default (the message names it and `path`).
@@ -34,6 +35,8 @@ def expand(value: str, env: Mapping[str, str], path: str) -> str:
             return "${"
         found = env.get(name)
         if found:
+            if used is not None:
+                used.append(found)
             return found
         if default is not None:
             return default

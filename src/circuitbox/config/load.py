@@ -31,6 +31,7 @@ from circuitbox.config.model import (
     validate_parts,
 )
 from circuitbox.config.policy import Layer, ToolPolicy, base_layers, is_glob, make_layer, resolve, tool_layers
+from circuitbox.config.secrets import mask, secrets_of
 
 logger = logging.getLogger("circuitbox.config")
 
@@ -68,6 +69,8 @@ class ServerConfig:
     preset_source: Literal["explicit", "inferred", "none"]
     startup_timeout: float = 30.0
     enabled: bool = True
+    secrets: frozenset[str] = frozenset()
+    """Values never to show (config/secrets.py): env and header values, what `${VAR}` brought in, URL credentials."""
     layers: tuple[Layer, ...] = ()
     """The server's own policy layers (`breaker`, then the server-level classification keys)."""
     tools: tuple[tuple[str, Layer], ...] = ()
@@ -77,10 +80,14 @@ class ServerConfig:
         """Where the server is, safe to show: the command without its args (an expanded secret may hide there),
         or the URL without credentials, query or fragment."""
         if self.transport == "stdio":
-            return f"stdio: {self.command}"
+            return self.redact(f"stdio: {self.command}")  # a ${VAR} in the command is masked too
         parts = urlsplit(self.url or "")
         port = f":{parts.port}" if parts.port else ""
-        return f"{self.transport}: {parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
+        return self.redact(f"{self.transport}: {parts.scheme}://{parts.hostname or ''}{port}{parts.path}")
+
+    def redact(self, text: str) -> str:
+        """`text` (an error message, a downstream's stderr line) with this server's secrets masked."""
+        return mask(text, self.secrets)
 
     def __repr__(self) -> str:
         return (
@@ -283,12 +290,14 @@ def _server(
     if transport != "stdio" and entry.url is None:
         found.append(f"{where}.url: required for type {kind}")
 
+    expanded: list[str] = []
+
     def x(value: str | None, key: str) -> str | None:
         # Disabled servers are not started, so their variables need not be set.
         if value is None or not enabled:
             return value
         try:
-            return expand(value, env, f"{where}.{key}")
+            return expand(value, env, f"{where}.{key}", expanded)
         except ConfigError as exc:
             found.extend(exc.problems)
             return value
@@ -346,6 +355,7 @@ def _server(
         preset_source=preset_source,
         startup_timeout=entry.startup_timeout,
         enabled=enabled,
+        secrets=secrets_of(child_env, headers, url, expanded),
         layers=tuple(layers[:2]),
         tools=tuple(zip(entry.tools, layers[2:], strict=True)),
     )
