@@ -3,8 +3,10 @@ readiness, and the token on every route but /healthz."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx2
@@ -63,3 +65,36 @@ async def test_the_status_routes_show_every_breaker_and_need_the_token_but_healt
             assert page.headers["content-type"].startswith("text/html")
             assert "<td>echo</td>" in page.text and 'class="state closed"' in page.text
             assert (await http.post(f"{url}/status", headers=auth)).status_code == 405
+
+
+async def test_the_event_stream_sends_a_snapshot_at_once_and_the_transition_a_tripped_call_causes(
+    tmp_path: Path,
+) -> None:
+    server = {**chaos("ok=healthy", "bad=error"), "breaker": {"failure_threshold": 1, "timeout": 600}}
+    config = write_config(tmp_path, {"mcpServers": {"c": server}})
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    async with (
+        running_process(_serve(config, port), port=port),
+        httpx2.AsyncClient(timeout=None) as http,
+        http.stream("GET", f"{url}/status/events") as events,
+    ):
+        assert events.headers["content-type"].startswith("text/event-stream")
+        lines = events.aiter_lines()
+
+        async def next_document() -> dict[str, Any]:
+            while not (line := await anext(lines)).startswith("data: "):
+                pass
+            return dict(json.loads(line.removeprefix("data: ")))
+
+        with anyio.fail_after(30):
+            first = await next_document()
+            assert first["breakers"] == []
+            async with (
+                streamable_http_client(f"{url}/mcp") as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                assert (await session.call_tool("c__bad", {})).is_error
+            while not any(b["tool"] == "bad" and b["state"] == "open" for b in (await next_document())["breakers"]):
+                pass
