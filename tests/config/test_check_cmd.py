@@ -99,7 +99,8 @@ def test_the_json_has_exactly_the_documented_shape(tmp_path: Path, capsys: pytes
     assert [s["server"] for s in report["servers"]] == ["time", "slack", "tools"]
     assert [s["preset"] for s in report["servers"]] == [None, "slack", None]
     for server in report["servers"]:
-        assert set(server) == {"server", "preset", "policy", "error_rules", "tools"}
+        assert set(server) == {"server", "preset", "session", "policy", "error_rules", "tools"}
+        assert server["session"] == {"mode": "auto", "max_sessions": 64}
         assert all(set(rule) == {"pattern", "counts_as", "source"} for rule in server["error_rules"])
         assert list(server["policy"]) == list(POLICY_FIELDS)
         assert all(set(item) == {"value", "source"} for item in server["policy"].values())

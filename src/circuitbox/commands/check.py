@@ -97,6 +97,7 @@ def build_report(config: ProxyConfig, tools: dict[str, list[str]] | None) -> dic
     for name, server in config.servers.items():
         policy = config.policy(name)
         entry: dict[str, Any] = {"server": name, "preset": server.preset, "policy": policy_json(policy)}
+        entry["session"] = {"mode": server.session, "max_sessions": server.max_sessions}
         entry["error_rules"] = error_rules(policy)  # how an isError result counts, pattern by pattern
         entry["tools"] = [
             {"tool": tool, "policy": policy_json(p), "error_rules": error_rules(p)}
@@ -125,6 +126,7 @@ def print_table(config: ProxyConfig, report: dict[str, Any], out: TextIO) -> Non
         preset = f"{server.preset} ({server.preset_source})" if server.preset else "none"
         state = "" if server.enabled else "  [disabled]"
         head = f"server {server.name}  [{server.target()}]  namespace: {server.namespace!r}  preset: {preset}{state}"
+        head += f"  session: {server.session} (max_sessions {server.max_sessions})"
         print(f"\n{head}", file=out)
         if server.preset:
             print(f"  ({PRESETS[server.preset].doc})", file=out)

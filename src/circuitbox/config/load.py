@@ -71,6 +71,10 @@ class ServerConfig:
     enabled: bool = True
     secrets: frozenset[str] = frozenset()
     """Values never to show (config/secrets.py): env and header values, what `${VAR}` brought in, URL credentials."""
+    session: Literal["auto", "shared", "per_client"] = "auto"
+    """How HTTP upstream clients reach it (see `ServerEntry.session`)."""
+    max_sessions: int = 64
+    """Per-client connections open at once (`session` per_client or auto)."""
     layers: tuple[Layer, ...] = ()
     """The server's own policy layers (`breaker`, then the server-level classification keys)."""
     tools: tuple[tuple[str, Layer], ...] = ()
@@ -356,6 +360,8 @@ def _server(
         startup_timeout=entry.startup_timeout,
         enabled=enabled,
         secrets=secrets_of(child_env, headers, url, expanded),
+        session=entry.session,
+        max_sessions=entry.max_sessions,
         layers=tuple(layers[:2]),
         tools=tuple(zip(entry.tools, layers[2:], strict=True)),
     )

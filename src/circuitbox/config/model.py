@@ -143,6 +143,12 @@ class ServerEntry(_Strict):
     """Overrides per exact tool name or glob."""
     startup_timeout: float = Field(30.0, gt=0)
     """Seconds the server gets to connect and list its tools."""
+    session: Literal["auto", "shared", "per_client"] = "auto"
+    """How the HTTP upstream's clients reach it: one connection for all (`shared`), one of its own for each upstream
+    session (`per_client`), or `auto`: per client for a stdio server when the client declares sampling, elicitation
+    or roots, else shared."""
+    max_sessions: int = Field(64, ge=1)
+    """Per-client connections open at once to this server; past it a new client's requests get a clear error."""
     tool_errors: Literal["classified", "failure", "ignore"] | None = None
     """Server-wide `tool_errors` (same as in `breaker`)."""
     ignore_errors: list[str] | None = None
@@ -165,7 +171,8 @@ class Metrics(_Strict):
 
 class Http(_Strict):
     max_sessions: int = Field(1000, ge=1)
-    """Upstream HTTP sessions open at once; past it a new client gets 503 until a session closes or idles out."""
+    """Upstream HTTP sessions open at once; past it the longest-idle session is closed to admit a new client (503
+    only while every session has a request or stream open)."""
     session_idle_timeout: float = Field(600, gt=0)
     """Seconds without a request after which an upstream HTTP session is closed."""
 
