@@ -94,7 +94,7 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     (servers(d={"command": "d", "namespace": "a/b"}), "mcpServers.d.namespace: 'a/b' may only hold letters"),
     (
         servers(d={"command": "d", "breaker": {"fallback": {"text": "a", "tool": "b"}}}),
-        'mcpServers.d.breaker.fallback: expected {"text": ...} or {"tool": "namespace__tool"}',
+        'mcpServers.d.breaker.fallback: expected {"text": ...}, {"tool": "namespace__tool"} or {"last_known_good"',
     ),
     (servers(d={"command": "d", "failure_errors": ["ok", "("]}), "mcpServers.d.failure_errors[1]: invalid regular"),
     (
@@ -105,6 +105,26 @@ INVALID: list[tuple[dict[str, Any], str]] = [
         servers(d={"command": "d", "tools": {"t": {"tool_errors": "sometimes"}}}),
         "tools.t.tool_errors: expected 'classified', 'failure' or 'ignore'",
     ),
+    (servers(d={"command": "d", "breaker": {"retry": {"attempts": 0}}}), "mcpServers.d.breaker.retry.attempts: "),
+    (
+        servers(d={"command": "d", "breaker": {"retry": {"attempt": 2}}}),
+        "mcpServers.d.breaker.retry.attempt: unknown key (did you mean attempts?)",
+    ),
+    (servers(d={"command": "d", "tools": {"t": {"retry": 3}}}), "tools.t.retry: expected a table"),
+    (servers(d={"command": "d", "tools": {"t": {"tool_list": "gone"}}}), "tools.t.tool_list: expected 'annotate'"),
+    (
+        servers(d={"command": "d", "breaker": {"fallback": {"last_known_good": {"max_age": 0}}}}),
+        "mcpServers.d.breaker.fallback.last_known_good.max_age: expected a number of seconds above 0",
+    ),
+    (
+        servers(d={"command": "d", "breaker": {"fallback": {"last_known_good": 300}}}),
+        'mcpServers.d.breaker.fallback.last_known_good: expected {"max_age": seconds}',
+    ),
+    (
+        servers(d={"command": "d", "breaker": {"fallback": {"last_known_good": {}, "text": 5}}}),
+        "mcpServers.d.breaker.fallback.text: expected a string, got int",
+    ),
+    (servers(d={"command": "d"}) | {"list_changed_interval": -1}, "list_changed_interval: Input should be greater"),
 ]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from circuitbox.config.load import ConfigError, parse_config
-from circuitbox.config.policy import POLICY_FIELDS, TextFallback, ToolFallback
+from circuitbox.config.policy import POLICY_FIELDS, LastKnownGood, RetryPolicy, TextFallback, ToolFallback
 from tests.config.support import one
 
 
@@ -126,6 +126,40 @@ def test_fallbacks_and_classification_keys_resolve_to_their_types() -> None:
     assert (a.fallback, a.ignore_errors, a.value("fallback")) == (TextFallback("later"), (), {"text": "later"})
     assert config.policy("srv", "b").fallback is None
     assert config.policy("srv", "b").tool_errors == "classified"  # the default: only distress counts
+
+
+def test_the_tool_surface_fields_resolve_with_their_sources_and_spell_back_as_written() -> None:
+    config = one(
+        {
+            "command": "x",
+            "breaker": {"tool_list": "hide", "retry": {"attempts": 2, "backoff": 0.5}},
+            "tools": {
+                "get_*": {"fallback": {"last_known_good": {"max_age": 60}, "text": "no copy kept"}},
+                "get_one": {"fallback": {"last_known_good": {}}, "idempotent": True, "retry": None},
+            },
+        },
+        list_changed_interval=0.5,
+    )
+    assert config.list_changed_interval == 0.5
+    server = config.policy("srv")
+    assert (server.tool_list, server.retry, server.idempotent, server.last_known_good) == (
+        "hide",
+        RetryPolicy(attempts=2, backoff=0.5),
+        False,
+        None,
+    )
+    assert server.value("retry") == {"attempts": 2, "backoff": 0.5, "max_backoff": 2.0, "budget": 0.2}
+    assert server.sources["retry"] == "server" and server.sources["idempotent"] == "default"
+    many = config.policy("srv", "get_many")
+    assert many.fallback == LastKnownGood(60, TextFallback("no copy kept"))
+    assert many.value("fallback") == {"last_known_good": {"max_age": 60}, "text": "no copy kept"}
+    one_tool = config.policy("srv", "get_one")
+    assert one_tool.last_known_good == LastKnownGood(300)
+    assert one_tool.value("fallback") == {"last_known_good": {"max_age": 300}}
+    assert (one_tool.retry, one_tool.sources["retry"], one_tool.idempotent) == (None, "tool:get_one", True)
+    assert config.policy("srv", "other").tool_list == "hide"
+    plain = one().policy("srv", "t")
+    assert (plain.tool_list, plain.retry, plain.idempotent, plain.fallback) == ("annotate", None, False, None)
 
 
 def test_defaults_may_set_proxy_fields_too() -> None:

@@ -114,6 +114,7 @@ class ProxyConfig:
     http_max_sessions: int = 1000
     http_session_idle_timeout: float = 600.0
     shutdown_timeout: float = 10.0
+    list_changed_interval: float = 2.0
     source: str = "<config>"
     defaults: Layer | None = field(default=None, repr=False)
     warnings: tuple[str, ...] = ()
@@ -242,6 +243,7 @@ def parse_config(
         http_max_sessions=file.http.max_sessions,
         http_session_idle_timeout=file.http.session_idle_timeout,
         shutdown_timeout=file.shutdown_timeout,
+        list_changed_interval=file.list_changed_interval,
         source=source,
         defaults=defaults,
         warnings=tuple(warnings),

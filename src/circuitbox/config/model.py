@@ -32,7 +32,16 @@ BREAKER_FIELDS: tuple[str, ...] = (
 )
 """The `CircuitBreakerConfig` fields a config file may set (not `name`, `fallback`, `excluded_exceptions`)."""
 
-PROXY_FIELDS: tuple[str, ...] = ("max_call_timeout", "fallback", "tool_errors", "ignore_errors", "failure_errors")
+PROXY_FIELDS: tuple[str, ...] = (
+    "max_call_timeout",
+    "fallback",
+    "tool_list",
+    "retry",
+    "idempotent",
+    "tool_errors",
+    "ignore_errors",
+    "failure_errors",
+)
 """Policy fields the proxy adds on top of the breaker's."""
 
 CLASSIFICATION_FIELDS: tuple[str, ...] = ("tool_errors", "ignore_errors", "failure_errors")
@@ -61,6 +70,19 @@ class ConfigError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class Retry(_Strict):
+    """`retry`: how a read-only or idempotent tool's call is tried again after a timeout or a transport error."""
+
+    attempts: int = Field(3, ge=1, le=10)
+    """Attempts in all, the first included (1: no retry)."""
+    backoff: float = Field(0.1, ge=0, le=60)
+    """Base of the exponential backoff: attempt n waits a random time up to backoff x 2^(n-2) (full jitter)."""
+    max_backoff: float = Field(2.0, ge=0, le=600)
+    """Cap of one wait between attempts."""
+    budget: float = Field(0.2, ge=0, le=10)
+    """Retries allowed, as a fraction of the tool's calls in the last 10 s (plus 3 per 10 s whatever the traffic)."""
 
 
 class Overrides(_Strict):
@@ -101,8 +123,16 @@ class Overrides(_Strict):
     """Per-call deadline in the proxy, counted from the call's start or its last progress notification."""
     max_call_timeout: float | None = None
     """However often a call reports progress, it is cancelled this long after its start; null: 10 x call_timeout."""
-    fallback: dict[str, str] | None = None
-    """`{"text": ...}` or `{"tool": "namespace__tool"}`: the answer while the circuit rejects calls."""
+    fallback: dict[str, Any] | None = None
+    """`{"text": ...}` or `{"tool": "namespace__tool"}`: the answer while the circuit rejects calls; or
+    `{"last_known_good": {"max_age": s}}` (read-only tools), optionally with a text or tool for when none is kept."""
+    tool_list: Literal["annotate", "hide", "static"] | None = None
+    """How the tool list shows an open circuit: `annotate` (default) marks the tool, `hide` removes it until its
+    open period ends, `static` never changes the list."""
+    retry: Retry | None = None
+    """Retries of a read-only or idempotent tool on timeouts and transport errors; null: none (default)."""
+    idempotent: bool | None = None
+    """True: the tool may be retried although its annotations do not say readOnlyHint or idempotentHint."""
     tool_errors: Literal["classified", "failure", "ignore"] | None = None
     """Which `isError` results count as failures: `classified` (default) those reporting the server's distress,
     `failure` all of them, `ignore` none."""
@@ -192,6 +222,9 @@ class ConfigFile(_Strict):
     """The HTTP upstream's sessions."""
     shutdown_timeout: float = Field(10.0, ge=0, le=3600)
     """Seconds that calls in flight get to finish on SIGTERM / SIGINT before they are answered with an error."""
+    list_changed_interval: float = Field(2.0, ge=0, le=3600)
+    """Seconds between two tools/list_changed notifications that breaker state causes (the last of a burst is
+    always sent)."""
     mcpServers: dict[str, ServerEntry] | None = None
     """Downstreams (Claude Desktop, Cursor, Claude Code shape)."""
     servers: dict[str, ServerEntry] | None = None
@@ -306,6 +339,8 @@ def _known_keys(loc: Sequence[str | int]) -> Sequence[str]:
         return list(ServerEntry.model_fields)
     if parent[-1] in ("defaults", "breaker", "settings") or (len(parent) >= 2 and parent[-2] == "tools"):
         return list(Overrides.model_fields)
+    if parent[-1] == "retry":
+        return list(Retry.model_fields)
     return []
 
 

@@ -8,6 +8,7 @@ sets, lists included. Resolution is a pure function of the config, so a reloaded
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 import re
@@ -60,6 +61,32 @@ class ToolFallback:
     tool: str
 
 
+MAX_STALE_AGE = 7 * 86400
+"""The longest `max_age` a last-known-good answer may have (a week)."""
+
+
+@dataclass(frozen=True)
+class LastKnownGood:
+    """Answer a rejected or failed call of a read-only tool with its last successful result for the same
+    arguments, at most `max_age` seconds old; without one, `then` (a text or tool fallback), if any."""
+
+    max_age: float = 300.0
+    then: TextFallback | ToolFallback | None = None
+
+
+Fallback = TextFallback | ToolFallback | LastKnownGood
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """`retry`: attempts in all, backoff base and cap (full jitter), budget (fraction of the calls in 10 s)."""
+
+    attempts: int = 3
+    backoff: float = 0.1
+    max_backoff: float = 2.0
+    budget: float = 0.2
+
+
 @dataclass(frozen=True)
 class ToolPolicy:
     """Everything the proxy needs to guard one (server, tool)."""
@@ -68,7 +95,7 @@ class ToolPolicy:
     call_timeout: float
     max_call_timeout: float | None
     """None: `MAX_CALL_FACTOR` x `call_timeout` (see `call_limit`)."""
-    fallback: TextFallback | ToolFallback | None
+    fallback: Fallback | None
     tool_errors: Literal["classified", "failure", "ignore"]
     ignore_errors: tuple[re.Pattern[str], ...]
     failure_errors: tuple[re.Pattern[str], ...]
@@ -77,6 +104,14 @@ class ToolPolicy:
     distress: tuple[tuple[str, str], ...] = ()
     """(source, regex) of the built-in and preset patterns by which `isError` texts report the server's distress:
     failures under `tool_errors = "classified"`. Not a config key: `failure_errors` adds to them."""
+    tool_list: Literal["annotate", "hide", "static"] = "annotate"
+    retry: RetryPolicy | None = None
+    idempotent: bool = False
+    """Retries allowed although the tool's annotations say neither readOnlyHint nor idempotentHint."""
+
+    @property
+    def last_known_good(self) -> LastKnownGood | None:
+        return self.fallback if isinstance(self.fallback, LastKnownGood) else None
 
     @property
     def call_limit(self) -> float:
@@ -97,13 +132,22 @@ class ToolPolicy:
         if field in BREAKER_FIELDS:
             return getattr(self.breaker, field)
         raw = getattr(self, field)
-        if isinstance(raw, TextFallback):
-            return {"text": raw.text}
-        if isinstance(raw, ToolFallback):
-            return {"tool": raw.tool}
+        if isinstance(raw, TextFallback | ToolFallback | LastKnownGood):
+            return _fallback_value(raw)
+        if isinstance(raw, RetryPolicy):
+            return dataclasses.asdict(raw)
         if isinstance(raw, tuple):
             return [p.pattern for p in raw]
         return raw
+
+
+def _fallback_value(fallback: Fallback) -> dict[str, Any]:
+    if isinstance(fallback, TextFallback):
+        return {"text": fallback.text}
+    if isinstance(fallback, ToolFallback):
+        return {"tool": fallback.tool}
+    then = _fallback_value(fallback.then) if fallback.then is not None else {}
+    return {"last_known_good": {"max_age": fallback.max_age}, **then}
 
 
 @dataclass(frozen=True)
@@ -139,20 +183,44 @@ def make_layer(
     where = key_path(path)
     if "fallback" in values:
         values["fallback"] = _fallback(values["fallback"], f"{where}.fallback")
+    if values.get("retry") is not None:
+        values["retry"] = RetryPolicy(**values["retry"].model_dump())
     for field in ("ignore_errors", "failure_errors"):
         if field in values:
             values[field] = _regexes(values[field], f"{where}.{field}")
     return Layer(source, where, MappingProxyType(values))
 
 
-def _fallback(raw: Mapping[str, str] | None, path: str) -> TextFallback | ToolFallback | None:
+_FALLBACK_SHAPES = (
+    'expected {"text": ...}, {"tool": "namespace__tool"} or {"last_known_good": {"max_age": s}} '
+    "(last_known_good may come with a text or a tool for when no answer is kept)"
+)
+
+
+def _fallback(raw: Mapping[str, Any] | None, path: str) -> Fallback | None:
     if raw is None:
         return None
-    if set(raw) == {"text"}:
-        return TextFallback(raw["text"])
-    if set(raw) == {"tool"}:
-        return ToolFallback(raw["tool"])
-    raise ConfigError(f'{path}: expected {{"text": ...}} or {{"tool": "namespace__tool"}}, got keys {sorted(raw)}')
+    rest = {k: v for k, v in raw.items() if k != "last_known_good"}
+    then: TextFallback | ToolFallback | None = None
+    if set(rest) == {"text"} or set(rest) == {"tool"}:
+        key, value = next(iter(rest.items()))
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}.{key}: expected a string, got {type(value).__name__}")
+        then = TextFallback(value) if key == "text" else ToolFallback(value)
+    elif rest or "last_known_good" not in raw:
+        raise ConfigError(f"{path}: {_FALLBACK_SHAPES}, got keys {sorted(raw)}")
+    if "last_known_good" not in raw:
+        return then
+    return LastKnownGood(_max_age(raw["last_known_good"], f"{path}.last_known_good"), then)
+
+
+def _max_age(raw: Any, path: str) -> float:
+    if not isinstance(raw, Mapping) or set(raw) - {"max_age"}:
+        raise ConfigError(f'{path}: expected {{"max_age": seconds}} (or {{}} for the default, 300)')
+    age = raw.get("max_age", 300.0)
+    if isinstance(age, bool) or not isinstance(age, int | float) or not 0 < age <= MAX_STALE_AGE:
+        raise ConfigError(f"{path}.max_age: expected a number of seconds above 0 and at most {MAX_STALE_AGE}")
+    return float(age)
 
 
 def _regexes(raw: Sequence[str] | None, path: str) -> tuple[re.Pattern[str], ...]:
@@ -188,6 +256,9 @@ def base_layers(environment: str, preset: str | None) -> list[Layer]:
     builtin |= {
         "max_call_timeout": None,
         "fallback": None,
+        "tool_list": "annotate",
+        "retry": None,
+        "idempotent": False,
         "tool_errors": "classified",
         "ignore_errors": (),
         "failure_errors": (),
@@ -245,6 +316,9 @@ def resolve(name: str, layers: Sequence[Layer]) -> ToolPolicy:
         failure_errors=tuple(values["failure_errors"]),
         sources=MappingProxyType({f: sources[f] for f in POLICY_FIELDS}),
         distress=values.get(DISTRESS, ()),
+        tool_list=values["tool_list"],
+        retry=values["retry"],
+        idempotent=values["idempotent"],
     )
 
 
