@@ -23,6 +23,7 @@ from circuitbox.observability.status_page import PATHS as STATUS_PATHS
 from circuitbox.observability.status_page import StatusApp
 from circuitbox.server._pipes import stdio_pipes
 from circuitbox.server._streams import AnswerMalformed
+from circuitbox.server.http_sessions import mcp_http_app
 from circuitbox.server.proxy import Proxy
 
 logger = logging.getLogger("circuitbox")
@@ -101,11 +102,11 @@ def http_app(
         allowed_hosts=sorted(allowed),
         allowed_origins=sorted(f"http://{h}" for h in allowed),
     )
-    mcp_app = server.streamable_http_app(
-        streamable_http_path="/mcp",
-        host=host,
-        transport_security=security,
-        # Ours, not the SDK's 10,000 sessions and 30 minutes: unclosed sessions must not pile up for long.
+    mcp_app = mcp_http_app(
+        server,
+        path="/mcp",
+        security=security,
+        # Ours, not the SDK's 10,000 sessions and 30 minutes; past the cap the longest-idle session makes room.
         max_sessions=proxy.config.http_max_sessions,
         session_idle_timeout=proxy.config.http_session_idle_timeout,
     )
