@@ -40,6 +40,7 @@ from circuitbox.server.catalog import Catalog, build_catalog
 from circuitbox.server.downstream import Backoff, Downstream, DownstreamUnavailableError
 from circuitbox.server.guard import Guard, error_result, unavailable_result
 from circuitbox.server.own_tools import check_arguments, own_tools
+from circuitbox.server.pages import PageCache
 from circuitbox.server.relay import Clients
 from circuitbox.server.shutdown import SHUTTING_DOWN, Drain
 
@@ -106,6 +107,7 @@ class Proxy:
         self._server: Server[Any] | None = None
         self._catalog_listeners: list[Callable[[Catalog, Catalog], None]] = []
         self.drain = Drain()
+        self._pages = PageCache()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
 
@@ -388,7 +390,12 @@ class Proxy:
     async def _list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
         self._remember(ctx)
         await self.wait_first_attempts()
-        return types.ListToolsResult(tools=[tool for tool, _ in self.own.values()] + self.catalog.tool_list())
+        catalog, own = self.catalog, self.own
+        pages = self._pages.pages(
+            "tools", (catalog, own), lambda: [tool for tool, _ in own.values()] + catalog.tool_list()
+        )
+        tools, cursor = pages.page(params)
+        return types.ListToolsResult(tools=tools, next_cursor=cursor)
 
     async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         own = self.own.get(params.name)
@@ -462,7 +469,8 @@ class Proxy:
     async def _list_prompts(self, ctx: Any, params: Any) -> types.ListPromptsResult:
         self._remember(ctx)
         await self.wait_first_attempts()
-        return types.ListPromptsResult(prompts=self.catalog.prompt_list())
+        prompts, cursor = self._pages.pages("prompts", (self.catalog,), self.catalog.prompt_list).page(params)
+        return types.ListPromptsResult(prompts=prompts, next_cursor=cursor)
 
     async def _get_prompt(self, ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
         found = self.catalog.prompts.get(params.name)
@@ -480,11 +488,14 @@ class Proxy:
     async def _list_resources(self, ctx: Any, params: Any) -> types.ListResourcesResult:
         self._remember(ctx)
         await self.wait_first_attempts()
-        return types.ListResourcesResult(resources=self.catalog.resource_list())
+        resources, cursor = self._pages.pages("resources", (self.catalog,), self.catalog.resource_list).page(params)
+        return types.ListResourcesResult(resources=resources, next_cursor=cursor)
 
     async def _list_templates(self, ctx: Any, params: Any) -> types.ListResourceTemplatesResult:
         await self.wait_first_attempts()
-        return types.ListResourceTemplatesResult(resource_templates=self.catalog.template_list())
+        pages = self._pages.pages("resources/templates", (self.catalog,), self.catalog.template_list)
+        templates, cursor = pages.page(params)
+        return types.ListResourceTemplatesResult(resource_templates=templates, next_cursor=cursor)
 
     async def _read_resource(self, ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
         server = self.catalog.resource_server(str(params.uri))
