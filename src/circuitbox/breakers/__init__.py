@@ -18,6 +18,7 @@ from circuitbox.breakers._permit import Permit, Rejection
 from circuitbox.breakers._registry import BreakerRegistry, get_circuit_breaker_manager
 from circuitbox.breakers._snapshot import BreakerSnapshot
 from circuitbox.breakers._state import TRANSITIONS, CircuitState
+from circuitbox.breakers._store import StateStore
 from circuitbox.breakers.profiles import profile
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "Permit",
     "PermitError",
     "Rejection",
+    "StateStore",
     "StateTransition",
     "get_circuit_breaker_manager",
     "profile",

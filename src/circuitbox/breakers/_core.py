@@ -13,7 +13,8 @@ from circuitbox.breakers._clock import Clock, monotonic
 from circuitbox.breakers._config import CircuitBreakerConfig
 from circuitbox.breakers._events import FallbackUsed, Listener, StateTransition, deliver
 from circuitbox.breakers._permit import Permit, Rejection
-from circuitbox.breakers._state import OPERATOR_STATES, CircuitState, check_transition
+from circuitbox.breakers._state import OPERATOR_STATES, TRANSITIONS, CircuitState, check_transition
+from circuitbox.breakers._store import StateStore
 from circuitbox.breakers._window import CountWindow, TimeWindow, Window
 
 _CLOSED, _OPEN, _HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
@@ -68,6 +69,7 @@ class BreakerCore:
         "_slow",
         "_slow_rate",
         "_state",
+        "_store",
         "_success_threshold",
         "_timed",
         "_timeout",
@@ -96,6 +98,7 @@ class BreakerCore:
         self._probe_successes = 0
         self._rejection: Rejection | None = None  # reused while the state and its deadline stay the same
         self._listeners: tuple[Listener, ...] = ()
+        self._store: StateStore | None = None
         self.config = config = config if config is not None else CircuitBreakerConfig()
         self._window: Window = _make_window(config)
         self._apply(config)
@@ -144,7 +147,18 @@ class BreakerCore:
 
     # -- transitions -----------------------------------------------------------------------------------------
 
-    def _transition(self, target: CircuitState, now: float, reason: str) -> None:
+    @property
+    def open_period(self) -> float:
+        """The open period before jitter (its backoff step); 0 while closed since the last close."""
+        return self._period
+
+    def open_remaining(self) -> float | None:
+        """Seconds left of the open period while open, else None."""
+        if self._state is not _OPEN:
+            return None
+        return max(0.0, self._open_until - self._clock())
+
+    def _transition(self, target: CircuitState, now: float, reason: str, *, imposed: bool = False) -> None:
         source = self._state
         check_transition(source, target)
         self._state = target
@@ -155,6 +169,8 @@ class BreakerCore:
         self._refresh()
         if self._listeners:
             deliver(self._listeners, StateTransition(self.name, now, source, target, self._generation, reason))
+        if self._store is not None and not imposed:
+            self._store.on_transition(self, source, target, reason)
 
     def _open(self, now: float, reason: str, *, backoff: bool = False) -> None:
         period = min(self._period * self._multiplier, self._max_timeout) if backoff else self._timeout
@@ -217,6 +233,50 @@ class BreakerCore:
             self._window = _make_window(config)
         self._rejection = None  # its deadline may depend on the old half_open_timeout
         self._apply(config)
+
+    # -- the state store -------------------------------------------------------------------------------------
+
+    def attach_store(self, store: StateStore | None) -> None:
+        """Report transitions and half-open probes to `store` (None: to nobody); see `StateStore`."""
+        old, self._store = self._store, store
+        if old is not None and old is not store:
+            old.detach(self)
+        if store is not None and old is not store:
+            store.attach(self)
+
+    def impose(self, state: CircuitState, *, reason: str, open_for: float = 0.0, period: float | None = None) -> bool:
+        """Take a state decided elsewhere (another replica of a fleet): listeners hear of it, the store does not.
+
+        `open_for` is what is left of the open period (open only), `period` its backoff step. A state the
+        transition table does not allow from the current one is reached through closed (or open, for half-open),
+        each step a transition of its own. Already in `state`: only the open period is updated. True if the
+        state changed.
+        """
+        now = self._clock()
+        if period is not None:
+            self._period = period
+        if state is self._state:
+            if state is _OPEN:
+                self._open_until = now + open_for
+                self._rejection = None
+            return False
+        if state not in TRANSITIONS[self._state]:
+            # half-open only follows open; open only follows closed or half-open (an operator state: via reset)
+            self.impose(_OPEN if state is _HALF_OPEN else _CLOSED, reason=reason, period=period)
+        if state is _CLOSED:
+            self._window.clear()
+            self._consecutive = 0
+            self._period = 0.0
+            self._opened_at = None
+        elif state is _OPEN:
+            self._open_until = now + open_for
+            self._opened_at = now
+        elif state is _FORCED_OPEN:
+            self._opened_at = now
+        elif state is not _HALF_OPEN:
+            self._opened_at = None
+        self._transition(state, now, reason, imposed=True)
+        return True
 
     # -- listeners -------------------------------------------------------------------------------------------
 

@@ -73,6 +73,9 @@ class BreakerProtocol(BreakerCore):
         probes = self._probes
         if (probes and self._expire_probes(now)) or len(probes) >= self._half_open_max:
             return self._reject(now)
+        store = self._store
+        if store is not None and not store.admit_probe(self):
+            return self._reject(now)
         permit = Permit(self, self._generation, now)
         probes[permit] = now
         self._rejection = None  # the earliest free slot may have moved
@@ -84,8 +87,10 @@ class BreakerProtocol(BreakerCore):
             state = self._state
             if state is _OPEN:
                 retry_at: float | None = self._open_until
-            elif state is _HALF_OPEN:  # full: a slot is free at the latest when the oldest probe expires
+            elif state is _HALF_OPEN and self._probes:  # full: a slot is free when the oldest probe expires
                 retry_at = next(iter(self._probes.values())) + self._hot
+            elif state is _HALF_OPEN:  # the store has no probe for this replica now: ask again soon
+                retry_at = now + min(1.0, self._hot)
             else:
                 retry_at = None
             rejection = self._rejection = Rejection(self.name, state, self._last_error, retry_at, self._clock)
@@ -134,6 +139,8 @@ class BreakerProtocol(BreakerCore):
             assert probe is not None  # half-open admits through acquire() only
             del self._probes[probe]
             self._rejection = None
+            if self._store is not None:
+                self._store.probe_done(self)
             if outcome == SUCCESS:
                 self._probe_successes += 1
                 if self._probe_successes >= self._success_threshold:

@@ -12,6 +12,7 @@ from circuitbox.breakers._clock import Clock
 from circuitbox.breakers._config import CircuitBreakerConfig
 from circuitbox.breakers._events import Listener
 from circuitbox.breakers._state import CircuitState
+from circuitbox.breakers._store import StateStore
 
 _OPEN_STATES = frozenset({CircuitState.OPEN, CircuitState.FORCED_OPEN})
 
@@ -22,13 +23,14 @@ class BreakerRegistry:
     `clock` and `rng` are the defaults for the breakers it creates.
     """
 
-    __slots__ = ("_breakers", "_clock", "_listeners", "_rng")
+    __slots__ = ("_breakers", "_clock", "_listeners", "_rng", "_store")
 
     def __init__(self, *, clock: Clock | None = None, rng: random.Random | None = None) -> None:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._listeners: list[Listener] = []
         self._clock = clock
         self._rng = rng
+        self._store: StateStore | None = None
 
     def get_or_create(
         self, name: str, config: CircuitBreakerConfig | None = None, *, clock: Clock | None = None
@@ -46,6 +48,8 @@ class BreakerRegistry:
             for listener in self._listeners:
                 breaker.add_listener(listener)
             self._breakers[name] = breaker
+            if self._store is not None:
+                breaker.attach_store(self._store)
         return breaker
 
     def get(self, name: str) -> CircuitBreaker | None:
@@ -54,7 +58,9 @@ class BreakerRegistry:
 
     def remove(self, name: str) -> None:
         """Forget the breaker called `name` (nothing happens if there is none)."""
-        self._breakers.pop(name, None)
+        breaker = self._breakers.pop(name, None)
+        if breaker is not None:
+            breaker.attach_store(None)
 
     def __iter__(self) -> Iterator[CircuitBreaker]:
         return iter(list(self._breakers.values()))
@@ -78,6 +84,17 @@ class BreakerRegistry:
             self._listeners.remove(listener)
         for breaker in self._breakers.values():
             breaker.remove_listener(listener)
+
+    def set_store(self, store: StateStore | None) -> None:
+        """Attach `store` to every breaker of the registry, now and later (see `StateStore`); None detaches."""
+        self._store = store
+        for breaker in self._breakers.values():
+            breaker.attach_store(store)
+
+    @property
+    def store(self) -> StateStore | None:
+        """The store attached to the registry's breakers, if any."""
+        return self._store
 
     def summary(self) -> dict[str, Any]:
         """`total`, `by_state` {state: count}, `open` [names], `health_score` (mean, 1.0 if empty), `healthy`.
