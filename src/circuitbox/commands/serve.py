@@ -142,20 +142,30 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import anyio
 
+    from circuitbox.observability import traces
     from circuitbox.server.app import serve
 
-    anyio.run(
-        functools.partial(
-            serve,
-            config,
-            args.transport,
-            args.host,
-            args.port,
-            args.metrics_port,
-            token,
-            metrics=not args.no_metrics,
-            reload_config=read_config,
-            allowed_hosts=args.allowed_host,
+    try:
+        provider = traces.configure()
+    except traces.TracingConfigError as exc:  # tracing is never worth an outage: say so and serve without it
+        logging.getLogger("circuitbox").warning("traces off: %s", exc)
+        provider = None
+    try:
+        anyio.run(
+            functools.partial(
+                serve,
+                config,
+                args.transport,
+                args.host,
+                args.port,
+                args.metrics_port,
+                token,
+                metrics=not args.no_metrics,
+                reload_config=read_config,
+                allowed_hosts=args.allowed_host,
+            )
         )
-    )
+    finally:
+        if provider is not None:
+            provider.shutdown()  # the spans still batched are exported before the process ends
     return 0

@@ -17,9 +17,10 @@ import anyio
 import mcp_types as types
 from mcp import MCPError
 
-from circuitbox.breakers import BreakerRegistry, CircuitBreaker, Rejection
+from circuitbox.breakers import BreakerRegistry, CircuitBreaker, Permit, Rejection
 from circuitbox.config.load import ConfigError, ProxyConfig
 from circuitbox.config.policy import TextFallback, ToolFallback, ToolPolicy, retune
+from circuitbox.observability import traces
 from circuitbox.server.classify import CALLER_MISTAKES, Outcome, Verdict, classify_error, classify_result
 from circuitbox.server.downstream import Downstream, DownstreamUnavailableError, ProgressCallback
 
@@ -264,6 +265,19 @@ class Guard:
         if permit.rejected:
             assert isinstance(permit, Rejection)
             return permit
+        with traces.attempt(downstream.name, tool, breaker.state.value, permit) as permit:
+            return await self._forward(downstream, tool, arguments, progress, policy, permit)
+
+    async def _forward(
+        self,
+        downstream: Downstream,
+        tool: str,
+        arguments: dict[str, Any] | None,
+        progress: ProgressCallback | None,
+        policy: ToolPolicy,
+        permit: Permit,
+    ) -> types.CallToolResult:
+        """Send one admitted call under its deadline, classify how it ended and report it on `permit`."""
         request = types.CallToolRequest(params=types.CallToolRequestParams(name=tool, arguments=arguments))
         deadline = Deadline(policy.call_timeout, policy.call_limit, progress)
         try:

@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from circuitbox import __version__
 from circuitbox.breakers import BreakerRegistry, CircuitBreaker
 from circuitbox.config.load import ProxyConfig, ServerConfig
+from circuitbox.observability import traces
 from circuitbox.server._sdk_private import client_connection
 from circuitbox.server.callers import Callers
 from circuitbox.server.catalog import Catalog, build_catalog
@@ -405,9 +406,14 @@ class Proxy:
             return await own[1](self, arguments)
         found = self.catalog.tools.get(params.name)
         if found is None:
-            return await self.call(params.name, params.arguments, _progress_relay(ctx))
-        with self.callers.calling(found[0].server, ctx):
-            return await self.call(params.name, params.arguments, _progress_relay(ctx))
+            result = await self.call(params.name, params.arguments, _progress_relay(ctx))
+        else:
+            with self.callers.calling(found[0].server, ctx):
+                result = await self.call(params.name, params.arguments, _progress_relay(ctx))
+        if traces.active() and (found := found or self.catalog.tools.get(params.name)) is not None:
+            route = found[0]  # known now even when the call came before its server's first listing
+            traces.annotate_call(route.server, result, self.guard.find(route.server, route.name), _session_id(ctx))
+        return result
 
     async def _server_request(self, downstream: Downstream, request: types.ServerRequest) -> Any:
         """A downstream asks the client something (sampling, elicitation, roots): only the caller may answer."""
@@ -618,6 +624,12 @@ def _connection(server: ServerConfig) -> tuple[Any, ...]:
         server.url,
         dict(server.headers),
     )
+
+
+def _session_id(ctx: Any) -> str | None:
+    """The upstream HTTP session of a request (None over stdio, where there is one client)."""
+    headers = getattr(getattr(ctx, "request", None), "headers", None)
+    return headers.get("mcp-session-id") if headers is not None else None
 
 
 def _progress_relay(ctx: Any) -> Any:
