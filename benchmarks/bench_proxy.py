@@ -1,42 +1,75 @@
 """Proxy overhead, side by side in one run: direct client -> downstream, a bare pass-through proxy, circuitbox.
 
     python benchmarks/bench_proxy.py            # full run (a few minutes)
-    python benchmarks/bench_proxy.py --quick    # fewer rounds
+    python benchmarks/bench_proxy.py --quick    # fewer rounds and calls (about a minute)
+    python benchmarks/bench_proxy.py --json     # the medians as JSON too
 
-Every contender talks to the same downstream (the bundled chaos server, `echo=healthy`) over stdio with the SDK's
-real client. The bare proxy (built below with the same SDK: list + call forwarded, nothing else) is the floor any
-Python MCP proxy pays. Rounds are interleaved (each round runs every contender once, in rotating order) and the
-table shows medians over rounds, so a noisy neighbour hurts all contenders alike.
+Every contender talks to the same downstream (the bundled chaos server, `echo=healthy`) with the SDK's real client.
+The bare proxy (built below with the same SDK: list + call forwarded, nothing else) is the floor any SDK-based
+Python MCP proxy pays. Rounds are interleaved (each round runs every contender once, in rotating order) and every
+figure is a median over rounds, so a noisy neighbour hurts all contenders alike; ratios are ratios of medians.
 
-Measured: sequential echo latency, throughput with 8 and 64 calls in flight, the fast-fail answer of an open
-circuit vs a successful round trip, and tools/list of 1,000 downstream tools. circuitbox runs with its metrics
-collector on and off (`--no-metrics`), to show the collector's cost.
+Measured, as the proxy issue lists them:
+- stdio: sequential echo latency and the latency each proxy adds to direct, sequential throughput, throughput with
+  8 and 64 calls in flight;
+- tools/list of 1,000 downstream tools;
+- initialize: from spawning the process to its initialize answer (and, for circuitbox, to its first tools/list,
+  which waits for the downstream), vs a direct server's start;
+- fast-fail inside the proxy: from the request read off the proxy's input stream to the answer written to its
+  output stream, for a call whose circuit is open, next to a forwarded call (in-process, memory streams);
+- memory: the proxy's resident set growth for 1,000 idle HTTP sessions on one shared stdio downstream;
+- HTTP upstream: 20 clients x N calls at once, direct (the chaos server over HTTP) vs circuitbox with an HTTP and
+  with a stdio downstream; every call's answer is checked, so nothing lost is counted too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
+import httpx2
 import mcp_types as types
 from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
 
 CHAOS = [sys.executable, "-m", "circuitbox", "chaos", "--tool", "echo=healthy", "--tool", "down=error"]
+BREAKER = {"failure_threshold": 3, "timeout": 3600, "minimum_calls": 100}
+
+
+def _child_env() -> dict[str, str]:
+    """Our PYTHONPATH for the servers we start: they import the same circuitbox as this benchmark."""
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": path} if path else {}
 
 
 @asynccontextmanager
 async def connect(command: list[str]) -> AsyncIterator[ClientSession]:
-    params = StdioServerParameters(command=command[0], args=command[1:])
+    params = StdioServerParameters(command=command[0], args=command[1:], env={**_child_env()} or None)
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        yield session
+
+
+@asynccontextmanager
+async def connect_http(url: str) -> AsyncIterator[ClientSession]:
+    async with (
+        httpx2.AsyncClient(timeout=60) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
         await session.initialize()
         yield session
 
@@ -67,14 +100,15 @@ async def bare_proxy(downstream: list[str]) -> None:
 # -- measurements ---------------------------------------------------------------------------------------------------
 
 
-async def sequential(session: ClientSession, tool: str, calls: int) -> float:
-    """Median seconds per call."""
+async def sequential(session: ClientSession, tool: str, calls: int) -> tuple[float, float]:
+    """(median seconds per call, calls per second over the whole run)."""
     times = []
+    began = time.perf_counter()
     for i in range(calls):
-        began = time.perf_counter()
+        t0 = time.perf_counter()
         await session.call_tool(tool, {"message": f"m{i}"})
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), calls / (time.perf_counter() - began)
 
 
 async def throughput(session: ClientSession, tool: str, calls: int, in_flight: int) -> float:
@@ -94,188 +128,400 @@ async def throughput(session: ClientSession, tool: str, calls: int, in_flight: i
     return calls / (time.perf_counter() - began)
 
 
+async def all_tools(session: ClientSession) -> list[types.Tool]:
+    """Every tool, following the cursor (circuitbox pages merged lists; a direct server may answer in one page)."""
+    tools: list[types.Tool] = []
+    cursor: str | None = None
+    while True:
+        page = await session.list_tools(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
+        tools += page.tools
+        cursor = page.next_cursor
+        if not cursor:
+            return tools
+
+
 async def list_time(session: ClientSession, repeats: int = 5) -> float:
     times = []
     for _ in range(repeats):
         began = time.perf_counter()
-        await session.list_tools()
+        await all_tools(session)
         times.append(time.perf_counter() - began)
     return statistics.median(times)
 
 
-def circuitbox_command(config: Path, metrics: bool = True) -> list[str]:
-    cmd = [sys.executable, "-m", "circuitbox", "serve", "--config", str(config), "--log-level", "WARNING"]
-    return cmd if metrics else [*cmd, "--no-metrics"]
+def circuitbox_command(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "circuitbox", "serve", "--config", str(config), "--log-level", "WARNING", *extra]
 
 
-def write_config(folder: Path, downstream: list[str], name: str) -> Path:
+def write_config(folder: Path, name: str, server: dict[str, Any]) -> Path:
     path = folder / f"{name}.json"
-    server = {
-        "command": downstream[0],
-        "args": downstream[1:],
-        "namespace": "",
-        "breaker": {"failure_threshold": 3, "timeout": 3600, "minimum_calls": 100},
-    }
-    path.write_text(json.dumps({"environment": "production", "mcpServers": {"d": server}}))
+    entry = {"namespace": "", "breaker": BREAKER, **server}
+    path.write_text(json.dumps({"environment": "production", "mcpServers": {"d": entry}}))
     return path
 
 
-Contender = tuple[str, list[str], str]  # name, command, echo tool name
+def stdio_entry(command: list[str]) -> dict[str, Any]:
+    return {"command": command[0], "args": command[1:], "env": _child_env()}
 
 
-async def bench(rounds: int, calls: int) -> dict[str, Any]:
-    folder = Path(tempfile.mkdtemp(prefix="circuitbox-bench-"))
-    config = write_config(folder, CHAOS, "echo")
-    contenders: list[Contender] = [
-        ("direct", CHAOS, "echo"),
-        ("bare proxy", [sys.executable, __file__, "--bare-proxy", "--", *CHAOS], "echo"),
-        ("circuitbox", circuitbox_command(config), "echo"),
-        ("circuitbox, metrics off", circuitbox_command(config, metrics=False), "echo"),
+def rotate(items: list[Any], r: int) -> list[Any]:
+    k = r % len(items)
+    return items[k:] + items[:k]
+
+
+def medians(rows: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    return {name: {m: statistics.median(v) for m, v in row.items()} for name, row in rows.items()}
+
+
+async def bench_stdio(folder: Path, rounds: int, calls: int) -> dict[str, dict[str, float]]:
+    config = write_config(folder, "echo", stdio_entry(CHAOS))
+    contenders = [
+        ("direct", CHAOS),
+        ("bare proxy", [sys.executable, __file__, "--bare-proxy", "--", *CHAOS]),
+        ("circuitbox", circuitbox_command(config)),
+        ("circuitbox, metrics off", circuitbox_command(config, "--no-metrics")),
     ]
-    results: dict[str, dict[str, list[float]]] = {name: {} for name, _, _ in contenders}
-    async with _sessions(contenders) as sessions:
-        for name, session in sessions.items():  # warm-up: imports, caches, first breaker creation
-            await sequential(session, contenders[[c[0] for c in contenders].index(name)][2], 20)
-        for r in range(rounds):
-            order = contenders[r % len(contenders) :] + contenders[: r % len(contenders)]
-            for name, _, tool in order:
-                session = sessions[name]
-                row = results[name]
-                row.setdefault("latency", []).append(await sequential(session, tool, calls))
-                for n in (8, 64):
-                    row.setdefault(f"tput{n}", []).append(await throughput(session, tool, calls * 2, n))
-        fast_fail = await _fast_fail(sessions["circuitbox"], calls)
-    listing = await _listing(folder, rounds)
-    in_process = await _fast_fail_in_process(calls)
-    return {
-        "fast_fail_in_process": in_process,
-        "results": {k: {m: statistics.median(v) for m, v in row.items()} for k, row in results.items()},
-        "fast_fail": fast_fail,
-        "listing": listing,
-        "rounds": rounds,
-        "calls": calls,
-    }
-
-
-@asynccontextmanager
-async def _sessions(contenders: list[Contender]) -> AsyncIterator[dict[str, ClientSession]]:
-    from contextlib import AsyncExitStack
-
+    rows: dict[str, dict[str, list[float]]] = {name: {} for name, _ in contenders}
     async with AsyncExitStack() as stack:
-        sessions = {name: await stack.enter_async_context(connect(cmd)) for name, cmd, _ in contenders}
-        yield sessions
+        sessions = {name: await stack.enter_async_context(connect(cmd)) for name, cmd in contenders}
+        for session in sessions.values():  # warm-up: imports, caches, the first breaker
+            await sequential(session, "echo", 20)
+        for r in range(rounds):
+            for name, _ in rotate(contenders, r):
+                session, row = sessions[name], rows[name]
+                latency, rate = await sequential(session, "echo", calls)
+                row.setdefault("latency", []).append(latency)
+                row.setdefault("sequential", []).append(rate)
+                for n in (8, 64):
+                    row.setdefault(f"tput{n}", []).append(await throughput(session, "echo", calls * 2, n))
+    return medians(rows)
 
 
-async def _fast_fail(session: ClientSession, calls: int) -> dict[str, float]:
-    """Open the `down` tool's circuit, then time rejected calls against successful echo round trips."""
-    for _ in range(3):
-        await session.call_tool("down", {})
-    rejected = await sequential(session, "down", calls)
-    ok = await sequential(session, "echo", calls)
-    result = await session.call_tool("down", {})
-    assert (result.meta or {}).get("circuitbox/breaker", {}).get("state") == "open"
-    return {"rejected": rejected, "success": ok}
+async def bench_listing(folder: Path, rounds: int) -> dict[str, float]:
+    many = [*CHAOS[:4]] + [arg for i in range(1000) for arg in ("--tool", f"tool_{i:04d}=healthy")]
+    config = write_config(folder, "many", stdio_entry(many))
+    contenders = [
+        ("direct", many),
+        ("bare proxy", [sys.executable, __file__, "--bare-proxy", "--", *many]),
+        ("circuitbox", circuitbox_command(config)),
+    ]
+    times: dict[str, list[float]] = {name: [] for name, _ in contenders}
+    async with AsyncExitStack() as stack:
+        sessions = {name: await stack.enter_async_context(connect(cmd)) for name, cmd in contenders}
+        for name, session in sessions.items():
+            assert len(await all_tools(session)) >= 1000, name
+        for r in range(rounds):
+            for name, _ in rotate(contenders, r):
+                times[name].append(await list_time(sessions[name]))
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
-async def _fast_fail_in_process(calls: int) -> dict[str, float]:
-    """The same comparison with the agent in-process (memory streams): what the proxy itself takes to refuse a
-    call, without the agent-side stdio hop that the end-to-end figure includes."""
-    from mcp import Client
+async def bench_initialize(folder: Path, rounds: int) -> dict[str, float]:
+    """Spawn -> initialize answered, for each contender; circuitbox also to its first (complete) tools/list."""
+    config = write_config(folder, "echo", stdio_entry(CHAOS))
+    contenders = [
+        ("direct", CHAOS),
+        ("bare proxy", [sys.executable, __file__, "--bare-proxy", "--", *CHAOS]),
+        ("circuitbox", circuitbox_command(config)),
+    ]
+    times: dict[str, list[float]] = {name: [] for name, _ in contenders}
+    times["circuitbox, first tools/list"] = []
+    for r in range(rounds):
+        for name, cmd in rotate(contenders, r):
+            params = StdioServerParameters(command=cmd[0], args=cmd[1:], env=_child_env() or None)
+            began = time.perf_counter()
+            async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+                await session.initialize()
+                times[name].append(time.perf_counter() - began)
+                if name == "circuitbox":
+                    assert any(t.name == "echo" for t in await all_tools(session))
+                    times["circuitbox, first tools/list"].append(time.perf_counter() - began)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+async def bench_fast_fail(calls: int) -> dict[str, float]:
+    """Inside the proxy: from a request read off its input stream to its answer written to its output stream.
+
+    The proxy's MCP server runs in this process on memory streams that this function feeds with raw JSON-RPC
+    messages, so the figure is the proxy's own work (envelope, routing, breaker, answer), no pipe and no client."""
+    from mcp.shared.message import SessionMessage
 
     from circuitbox.config.load import parse_config
     from circuitbox.server.app import build_proxy
 
-    server = {"command": CHAOS[0], "args": CHAOS[1:], "namespace": "", "breaker": {"failure_threshold": 3}}
-    proxy, _ = build_proxy(parse_config({"environment": "production", "mcpServers": {"d": server}}))
-    # Time spent inside circuitbox's own call path (catalog, breaker, forward or refuse), without the SDK's
-    # per-message work on either side.
-    inside: dict[str, list[float]] = {"down": [], "echo": []}
-    routed = proxy.call
+    server_entry = {**stdio_entry(CHAOS), "namespace": "", "breaker": {"failure_threshold": 3}}
+    proxy, _ = build_proxy(parse_config({"environment": "production", "mcpServers": {"d": server_entry}}))
+    to_server, server_reads = anyio.create_memory_object_stream[Any](16)
+    server_writes, from_server = anyio.create_memory_object_stream[Any](16)
+    next_id = 0
 
-    async def timed_call(name: str, *args: Any, **kwargs: Any) -> types.CallToolResult:
+    async def request(method: str, params: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        nonlocal next_id
+        next_id += 1
+        message = types.jsonrpc_message_adapter.validate_python(
+            {"jsonrpc": "2.0", "id": next_id, "method": method, "params": params}
+        )
         began = time.perf_counter()
-        try:
-            return await routed(name, *args, **kwargs)
-        finally:
-            inside[name].append(time.perf_counter() - began)
+        await to_server.send(SessionMessage(message))
+        while True:  # notifications (list_changed as the downstream connects) are not the answer
+            answer = await from_server.receive()
+            if getattr(answer.message, "id", None) is not None:
+                break
+        elapsed = time.perf_counter() - began
+        data = answer.message.model_dump(by_alias=True, exclude_none=True)
+        assert data.get("id") == next_id, data
+        return data, elapsed
 
-    proxy.call = timed_call  # type: ignore[method-assign]
+    timings: dict[str, list[float]] = {"rejected": [], "forwarded": []}
     async with anyio.create_task_group() as tg:
         await proxy.start(tg)
-        async with Client(proxy.build_server(), mode="legacy") as client:
-            for _ in range(3):
-                await client.call_tool("down", {})
-            inside["down"].clear()
-            inside["echo"].clear()
-            timings: dict[str, list[float]] = {"rejected": [], "success": []}
-            for i in range(calls):
-                for tool, key in (("down", "rejected"), ("echo", "success")):
-                    began = time.perf_counter()
-                    await client.call_tool(tool, {"message": f"m{i}"})
-                    timings[key].append(time.perf_counter() - began)
+        server = proxy.build_server()
+        tg.start_soon(server.run, server_reads, server_writes, proxy.initialization_options(server))
+        client_info = {"name": "bench", "version": "0"}
+        await request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": client_info})
+        await to_server.send(
+            SessionMessage(types.JSONRPCNotification(jsonrpc="2.0", method="notifications/initialized"))
+        )
+        await request("tools/list", {})
+        for _ in range(3):
+            await request("tools/call", {"name": "down", "arguments": {}})
+        for i in range(calls):
+            data, elapsed = await request("tools/call", {"name": "down", "arguments": {}})
+            assert data.get("result", {}).get("_meta", {}).get("circuitbox/breaker", {}).get("state") == "open", data
+            timings["rejected"].append(elapsed)
+            data, elapsed = await request("tools/call", {"name": "echo", "arguments": {"message": f"m{i}"}})
+            assert not data["result"].get("isError"), data
+            timings["forwarded"].append(elapsed)
         tg.cancel_scope.cancel()
-    timings["rejected_inside"], timings["success_inside"] = inside["down"], inside["echo"]
     return {key: statistics.median(values) for key, values in timings.items()}
 
 
-async def _listing(folder: Path, rounds: int) -> dict[str, float]:
-    many = [*CHAOS[:4]] + [arg for i in range(1000) for arg in ("--tool", f"tool_{i:04d}=healthy")]
-    config = write_config(folder, many, "many")
-    times: dict[str, list[float]] = {"direct": [], "circuitbox": []}
-    async with connect(many) as direct, connect(circuitbox_command(config)) as proxied:
-        assert len((await proxied.list_tools()).tools) >= 1000
-        for _ in range(rounds):
-            times["direct"].append(await list_time(direct))
-            times["circuitbox"].append(await list_time(proxied))
-    return {k: statistics.median(v) for k, v in times.items()}
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_for_port(port: int, limit: float = 60) -> None:
+    with anyio.fail_after(limit):
+        while True:
+            try:
+                stream = await anyio.connect_tcp("127.0.0.1", port)
+            except OSError:
+                await anyio.sleep(0.05)
+                continue
+            await stream.aclose()
+            return
+
+
+@asynccontextmanager
+async def http_server(command: list[str], port: int) -> AsyncIterator[anyio.abc.Process]:
+    env = {**os.environ, **_child_env()}
+    process = await anyio.open_process(
+        command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None
+    )
+    try:
+        await wait_for_port(port)
+        yield process
+    finally:
+        process.terminate()
+        with anyio.move_on_after(10):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def bench_sessions(folder: Path, sessions: int) -> dict[str, float]:
+    """RSS of `circuitbox serve --transport http` before and after `sessions` initialized, idle HTTP sessions."""
+    port = free_port()
+    config = write_config(folder, "echo", stdio_entry(CHAOS))
+    url = f"http://127.0.0.1:{port}/mcp"
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "bench", "version": "0"},
+        },
+    }
+    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    async with (
+        http_server(circuitbox_command(config, "--transport", "http", "--port", str(port)), port) as process,
+        httpx2.AsyncClient(timeout=60) as http,
+    ):
+        async with connect_http(url) as warm:  # the downstream connected, one session served and closed
+            await warm.call_tool("echo", {"message": "warm"})
+        before = rss_mb(process.pid)
+        opened = 0
+        for _ in range(sessions):
+            response = await http.post(url, json=init, headers=headers)
+            session_id = response.headers.get("mcp-session-id")
+            assert response.status_code == 200 and session_id, response.status_code
+            response = await http.post(url, json=initialized, headers={**headers, "mcp-session-id": session_id})
+            assert response.status_code == 202, response.status_code
+            opened += 1
+        after = rss_mb(process.pid)
+    return {"sessions": opened, "before": before, "after": after, "per_session_kb": (after - before) * 1024 / opened}
+
+
+async def http_load(url: str, clients: int, calls: int) -> tuple[float, int]:
+    """(calls per second, answers missing or wrong) with `clients` sessions each making `calls` sequential calls."""
+    lost = 0
+
+    async def client(n: int) -> None:
+        nonlocal lost
+        async with connect_http(url) as session:
+            for i in range(calls):
+                result = await session.call_tool("echo", {"message": f"c{n}-{i}"})
+                text = result.content[0].text if result.content and hasattr(result.content[0], "text") else ""
+                if result.is_error or f"c{n}-{i}" not in text:
+                    lost += 1
+
+    began = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for n in range(clients):
+            tg.start_soon(client, n)
+    return clients * calls / (time.perf_counter() - began), lost
+
+
+async def bench_http(folder: Path, rounds: int, clients: int, calls: int) -> dict[str, dict[str, float]]:
+    ports = {name: free_port() for name in ("direct", "http downstream", "stdio downstream")}
+    chaos_http = [*CHAOS, "--transport", "http", "--port", str(ports["direct"])]
+    via_http = write_config(folder, "via-http", {"url": f"http://127.0.0.1:{ports['direct']}/mcp"})
+    via_stdio = write_config(folder, "via-stdio", stdio_entry(CHAOS))
+    servers = [
+        ("direct", chaos_http),
+        (
+            "http downstream",
+            circuitbox_command(via_http, "--transport", "http", "--port", str(ports["http downstream"])),
+        ),
+        (
+            "stdio downstream",
+            circuitbox_command(via_stdio, "--transport", "http", "--port", str(ports["stdio downstream"])),
+        ),
+    ]
+    rows: dict[str, dict[str, list[float]]] = {name: {} for name, _ in servers}
+    async with AsyncExitStack() as stack:
+        for name, cmd in servers:  # the direct server first: circuitbox's HTTP downstream is that very server
+            await stack.enter_async_context(http_server(cmd, ports[name]))
+        urls = {name: f"http://127.0.0.1:{port}/mcp" for name, port in ports.items()}
+        for url in urls.values():
+            await http_load(url, 2, 5)  # warm-up
+        for r in range(rounds):
+            for name, _ in rotate(servers, r):
+                rate, lost = await http_load(urls[name], clients, calls)
+                rows[name].setdefault("rate", []).append(rate)
+                rows[name].setdefault("lost", []).append(lost)
+    return medians(rows)
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    quick = args.quick
+    rounds, calls = (3, 50) if quick else (7, 200)
+    http_calls = 20 if quick else 200
+    folder = Path(tempfile.mkdtemp(prefix="circuitbox-bench-"))
+    data: dict[str, Any] = {"rounds": rounds, "calls": calls, "http_calls": http_calls}
+    parts = {
+        "stdio": lambda: bench_stdio(folder, rounds, calls),
+        "listing": lambda: bench_listing(folder, rounds),
+        "initialize": lambda: bench_initialize(folder, rounds),
+        "fast_fail": lambda: bench_fast_fail(calls * 4),
+        "sessions": lambda: bench_sessions(folder, 1000),
+        "http": lambda: bench_http(folder, 2, 20, http_calls),
+    }
+    for name, run in parts.items():
+        if not args.only or name in args.only:
+            began = time.perf_counter()
+            data[name] = await run()
+            print(f"{name}: {time.perf_counter() - began:.0f} s", file=sys.stderr)
+    return data
 
 
 def report(data: dict[str, Any]) -> str:
-    res = data["results"]
-    bare = res["bare proxy"]
-    lines = [
-        f"proxy benchmark: {data['rounds']} interleaved rounds x {data['calls']} calls, medians",
-        "",
-        "| contender | echo latency (ms) | vs bare | calls/s, 8 in flight | vs bare "
-        "| calls/s, 64 in flight | vs bare |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, row in res.items():
-        lines.append(
-            f"| {name} | {row['latency'] * 1e3:.2f} | {row['latency'] / bare['latency']:.2f}x | "
-            f"{row['tput8']:.0f} | {row['tput8'] / bare['tput8']:.2f}x | "
-            f"{row['tput64']:.0f} | {row['tput64'] / bare['tput64']:.2f}x |"
-        )
-    ff, fi, listing = data["fast_fail"], data["fast_fail_in_process"], data["listing"]
-    lines += [
-        "",
-        f"fast-fail while open: {ff['rejected'] * 1e3:.3f} ms vs successful round trip {ff['success'] * 1e3:.3f} ms "
-        f"({ff['success'] / ff['rejected']:.1f}x faster; both include the agent's own stdio hop to the proxy)",
-        f"fast-fail with the agent in-process: {fi['rejected'] * 1e3:.3f} ms vs successful round trip "
-        f"{fi['success'] * 1e3:.3f} ms ({fi['success'] / fi['rejected']:.1f}x faster)",
-        f"inside circuitbox's call path: refusal {fi['rejected_inside'] * 1e6:.0f} us vs forwarded call "
-        f"{fi['success_inside'] * 1e6:.0f} us ({fi['success_inside'] / fi['rejected_inside']:.0f}x faster)",
-        f"tools/list of 1,000 tools: direct {listing['direct'] * 1e3:.1f} ms, through circuitbox "
-        f"{listing['circuitbox'] * 1e3:.1f} ms ({listing['circuitbox'] / listing['direct']:.2f}x)",
-    ]
+    lines = [f"proxy benchmark: {data['rounds']} interleaved rounds x {data['calls']} calls, medians"]
+    if "stdio" in data:
+        res = data["stdio"]
+        direct, bare = res["direct"], res["bare proxy"]
+        bare_added = bare["latency"] - direct["latency"]
+        lines += [
+            "",
+            "| stdio | echo latency (ms) | added (ms) | vs bare's added | sequential calls/s | vs direct "
+            "| 8 in flight | vs direct | 64 in flight | vs direct |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, row in res.items():
+            added = row["latency"] - direct["latency"]
+            lines.append(
+                f"| {name} | {row['latency'] * 1e3:.2f} | {added * 1e3:+.2f} | "
+                f"{(added / bare_added if bare_added > 0 else float('nan')):.2f}x | "
+                f"{row['sequential']:.0f} | {row['sequential'] / direct['sequential']:.2f}x | "
+                f"{row['tput8']:.0f} | {row['tput8'] / direct['tput8']:.2f}x | "
+                f"{row['tput64']:.0f} | {row['tput64'] / direct['tput64']:.2f}x |"
+            )
+    if "listing" in data:
+        listing = data["listing"]
+        lines += ["", "| tools/list of 1,000 tools | ms | vs direct |", "|---|---:|---:|"]
+        lines += [f"| {k} | {v * 1e3:.1f} | {v / listing['direct']:.2f}x |" for k, v in listing.items()]
+    if "initialize" in data:
+        init = data["initialize"]
+        lines += ["", "| spawn to initialize answered | ms | vs direct |", "|---|---:|---:|"]
+        lines += [f"| {k} | {v * 1e3:.0f} | {v / init['direct']:.2f}x |" for k, v in init.items()]
+    if "fast_fail" in data:
+        ff = data["fast_fail"]
+        lines += [
+            "",
+            f"fast-fail inside the proxy (request read to answer written, in-process): open circuit "
+            f"{ff['rejected'] * 1e6:.0f} us, forwarded call {ff['forwarded'] * 1e6:.0f} us",
+        ]
+    if "sessions" in data:
+        sessions = data["sessions"]
+        lines += [
+            "",
+            f"memory: {sessions['sessions']:.0f} idle HTTP sessions on one stdio downstream: RSS "
+            f"{sessions['before']:.0f} MB -> {sessions['after']:.0f} MB "
+            f"(+{sessions['after'] - sessions['before']:.1f} MB, {sessions['per_session_kb']:.0f} kB a session)",
+        ]
+    if "http" in data:
+        http = data["http"]
+        lines += [
+            "",
+            f"| HTTP upstream, 20 clients x {data['http_calls']} calls | calls/s | vs direct | lost |",
+            "|---|---:|---:|---:|",
+        ]
+        for k, v in http.items():
+            name = k if k == "direct" else f"circuitbox, {k}"
+            lines.append(f"| {name} | {v['rate']:.0f} | {v['rate'] / http['direct']['rate']:.2f}x | {v['lost']:.0f} |")
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and calls")
+    parser.add_argument("--json", action="store_true", help="print the medians as JSON after the tables")
+    parser.add_argument("--only", type=lambda s: s.split(","), help="comma-separated parts: stdio,listing,...")
     parser.add_argument("--bare-proxy", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_proxy:
         anyio.run(bare_proxy, args.rest)
         return
-    rounds, calls = (3, 50) if args.quick else (7, 200)
-    data = anyio.run(bench, rounds, calls)
+    data = anyio.run(bench, args)
     print(report(data))
+    if args.json:
+        print(json.dumps(data, indent=2))
 
-
-Runner = Callable[[], Awaitable[None]]
 
 if __name__ == "__main__":
     main()
