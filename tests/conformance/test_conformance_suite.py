@@ -41,7 +41,7 @@ def npm_everything(transport: str, port: int | None = None) -> list[str]:
     return [node, "--require", str(LOOPBACK), str(EVERYTHING), mode]
 
 
-SERVERS = {"sdk-everything": sdk_everything}
+SERVERS = {"sdk-everything": sdk_everything, "npm-everything": npm_everything}
 
 
 def direct_server(name: str, port: int) -> AbstractAsyncContextManager[None]:

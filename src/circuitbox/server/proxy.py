@@ -37,7 +37,7 @@ from circuitbox.config.load import ProxyConfig, ServerConfig
 from circuitbox.observability import traces
 from circuitbox.server._sdk_private import client_connection
 from circuitbox.server.callers import Callers
-from circuitbox.server.catalog import Catalog, build_catalog
+from circuitbox.server.catalog import Catalog, Route, build_catalog
 from circuitbox.server.downstream import Backoff, Downstream, DownstreamUnavailableError
 from circuitbox.server.guard import Guard, error_result, unavailable_result
 from circuitbox.server.own_tools import check_arguments, own_tools
@@ -446,6 +446,12 @@ class Proxy:
             owner = self._not_connected_owner(name)
             if owner is not None:  # not an unknown tool: its server is not up (yet)
                 return unavailable_result(owner, name)
+            unprefixed = self._unprefixed_owner(name)
+            if unprefixed is not None:
+                # In no listing, so no breaker (one per arbitrary name would grow without bound): the server's own
+                # answer, as it would give it directly (an isError result or its own JSON-RPC error).
+                request = types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments=arguments))
+                return await self._forward(unprefixed, request, types.CallToolResult)
             raise MCPError(
                 code=types.INVALID_PARAMS,
                 message=f"Unknown tool: {name!r}. Call tools/list to see the tools circuitbox publishes.",
@@ -483,9 +489,12 @@ class Proxy:
         if found is None and self._starting():
             await self.wait_first_attempts()  # like a tool call: the first request may come before the listing
             found = self.catalog.prompts.get(params.name)
-        if found is None:
+        if found is not None:
+            route = found[0]
+        elif (unprefixed := self._unprefixed_owner(params.name)) is not None:
+            route = Route(unprefixed, params.name)
+        else:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {params.name!r}")
-        route, _ = found
         request = types.GetPromptRequest(
             params=types.GetPromptRequestParams(name=route.name, arguments=params.arguments)
         )
@@ -508,6 +517,7 @@ class Proxy:
         if server is None and self._starting():
             await self.wait_first_attempts()
             server = self.catalog.resource_server(str(params.uri))
+        server = server or self._only_resource_server()
         if server is None:
             raise MCPError(code=-32002, message=f"Resource not found: {params.uri} (no single server offers it)")
         request = types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri=params.uri))
@@ -536,11 +546,16 @@ class Proxy:
         ref = params.ref
         if isinstance(ref, types.PromptReference):
             found = self.catalog.prompts.get(ref.name)
-            if found is None:
+            if found is not None:
+                server, ref = found[0].server, types.PromptReference(name=found[0].name)
+            elif (unprefixed := self._unprefixed_owner(ref.name)) is not None:
+                server = unprefixed
+            else:
                 raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {ref.name!r}")
-            server, ref = found[0].server, types.PromptReference(name=found[0].name)
         else:
-            routed = self.catalog.resource_server(ref.uri) or self._template_server(ref.uri)
+            routed = (
+                self.catalog.resource_server(ref.uri) or self._template_server(ref.uri) or self._only_resource_server()
+            )
             if routed is None:
                 raise MCPError(code=types.INVALID_PARAMS, message=f"No single server offers {ref.uri!r}")
             server = routed
@@ -548,6 +563,22 @@ class Proxy:
             params=types.CompleteRequestParams(ref=ref, argument=params.argument, context=params.context)
         )
         return await self._forward(server, request, types.CompleteResult)
+
+    def _unprefixed_owner(self, name: str) -> str | None:
+        """Where a tool or prompt name that no listing has goes: the one server that publishes its names as they are
+        (`"namespace": ""`), unless the name carries another server's namespace. That server answers for itself, as
+        it would directly (its own error for a name it does not know, a tool it did not list yet)."""
+        unprefixed = [d.name for d in self.downstreams.values() if not d.config.namespace]
+        if len(unprefixed) != 1:
+            return None
+        namespaces = (d.config.namespace for d in self.downstreams.values() if d.config.namespace)
+        return None if any(name.startswith(f"{ns}__") for ns in namespaces) else unprefixed[0]
+
+    def _only_resource_server(self) -> str | None:
+        """Where a URI that no listing or template has goes: the one server that declares resources (URIs carry no
+        namespace), which answers for itself: a resource it serves unlisted, a subscription, or its own error."""
+        servers = [d.name for d in self.downstreams.values() if d.capabilities and d.capabilities.resources is not None]
+        return servers[0] if len(servers) == 1 else None
 
     def _template_server(self, uri_template: str) -> str | None:
         servers = {server for _, server, template in self.catalog.templates if template.uri_template == uri_template}
@@ -577,7 +608,7 @@ class Proxy:
         return types.EmptyResult()
 
     def _resource_owner(self, uri: str) -> str:
-        server = self.catalog.resource_server(uri)
+        server = self.catalog.resource_server(uri) or self._only_resource_server()
         if server is None:
             raise MCPError(code=-32002, message=f"Resource not found: {uri} (no single server offers it)")
         return server
