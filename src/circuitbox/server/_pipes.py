@@ -20,10 +20,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
+
+from circuitbox.server.malformed import parse_line
 
 logger = logging.getLogger("circuitbox")
 
@@ -147,12 +148,7 @@ async def _read_lines(reader: asyncio.StreamReader, sink: MemoryObjectSendStream
                 continue
             if not line.strip():
                 continue
-            try:
-                item: SessionMessage | Exception = SessionMessage(
-                    types.jsonrpc_message_adapter.validate_json(line, by_name=False)
-                )
-            except Exception as exc:  # handed on like the SDK does: AnswerMalformed answers what it can
-                item = exc
+            item = parse_line(line)  # a malformed line is handed on as its refusal: AnswerMalformed answers it
             try:
                 await sink.send(item)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):

@@ -5,20 +5,22 @@
   connection. The wrapper sets an event instead, so the owner waits rather than polls.
 - `AnswerMalformed` (upstream stdio side): the SDK hands a line that fails JSON-RPC validation to the session as an
   exception and the session only logs it, so a request with an id but (say) a string as `params` would never be
-  answered. pydantic's error carries the parsed message, so the id is recoverable and answered here with -32600.
+  answered: it gets the spec's error here (-32700 or -32600, by `server/malformed.py`).
 
 Each costs one extra method call per message; only failing lines pay for more.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
 from typing import Any, Self
 
 import anyio
-import mcp_types as types
 from mcp.shared.message import SessionMessage
-from pydantic import ValidationError
+
+from circuitbox.server.malformed import describe
+
+logger = logging.getLogger("circuitbox")
 
 
 class _ReadStreamWrapper:
@@ -71,18 +73,9 @@ class WatchedStream(_ReadStreamWrapper):
         await self._inner.aclose()
 
 
-def request_id_of(error: ValidationError) -> types.RequestId | None:
-    """The id of the request a validation error is about, if the line was a JSON object with an id and method."""
-    for detail in error.errors():
-        data = detail.get("input")
-        if isinstance(data, Mapping) and "method" in data and isinstance(data.get("id"), str | int):
-            request_id: types.RequestId = data["id"]
-            return request_id
-    return None
-
-
 class AnswerMalformed(_ReadStreamWrapper):
-    """Malformed requests are answered on `write` with -32600; everything else passes."""
+    """Malformed upstream messages get the spec's JSON-RPC error on `write` (server/malformed.py says which);
+    those the spec answers not (a broken notification or response) are dropped with a warning."""
 
     def __init__(self, inner: Any, write: Any) -> None:
         super().__init__(inner)
@@ -91,9 +84,11 @@ class AnswerMalformed(_ReadStreamWrapper):
     async def receive(self) -> Any:
         while True:
             item = await self._inner.receive()
-            if isinstance(item, ValidationError) and (request_id := request_id_of(item)) is not None:
-                problem = "; ".join(f"{'.'.join(map(str, d['loc'][1:]))}: {d['msg']}" for d in item.errors()[:2])
-                error = types.ErrorData(code=types.INVALID_REQUEST, message=f"Invalid request: {problem}")
-                await self._write.send(SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error)))
+            refusal = describe(item)
+            if refusal is None:
+                return item
+            if refusal.answer is None:
+                logger.warning("stdio: %s", refusal.reason)
                 continue
-            return item
+            logger.warning("stdio: answered a malformed message with %d: %s", refusal.answer.error.code, refusal.reason)
+            await self._write.send(SessionMessage(refusal.answer))

@@ -24,6 +24,7 @@ from circuitbox.observability.status_page import StatusApp
 from circuitbox.server._pipes import stdio_pipes
 from circuitbox.server._streams import AnswerMalformed
 from circuitbox.server.http_sessions import mcp_http_app
+from circuitbox.server.malformed import AnswerMalformedHTTP
 from circuitbox.server.proxy import Proxy
 
 logger = logging.getLogger("circuitbox")
@@ -110,7 +111,7 @@ def http_app(
         max_sessions=proxy.config.http_max_sessions,
         session_idle_timeout=proxy.config.http_session_idle_timeout,
     )
-    routes: list[Route | Mount] = [Mount("/", app=mcp_app)]
+    routes: list[Route | Mount] = [Mount("/", app=AnswerMalformedHTTP(mcp_app))]
     if collector is not None:
         routes.insert(0, Route("/metrics", metrics_app(collector.registry)))
     status = StatusApp(proxy)
