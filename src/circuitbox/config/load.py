@@ -7,6 +7,7 @@ failure_threshold?)`). A reload builds a new `ProxyConfig`, and its policies are
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from circuitbox.breakers.profiles import check_environment, check_preset, enviro
 from circuitbox.config.expand import expand
 from circuitbox.config.model import (
     CLASSIFICATION_FIELDS,
+    SERVER_FIELDS,
     ConfigError,
     Overrides,
     ServerEntry,
@@ -79,6 +81,28 @@ class ServerConfig:
     """The server's own policy layers (`breaker`, then the server-level classification keys)."""
     tools: tuple[tuple[str, Layer], ...] = ()
     """(exact name or glob, layer) in file order."""
+    server_max_concurrent: int | None = None
+    """Calls of all its tools in flight at once; None: no cap."""
+    include: tuple[str, ...] | None = None
+    """Globs: only the downstream's tools matching one are published; None: all."""
+    exclude: tuple[str, ...] = ()
+    """Globs: the downstream's tools matching one are neither listed nor callable."""
+    rename: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Downstream tool name -> the name it is published under (before the namespace)."""
+    crash_loop_restarts: int = 5
+    crash_loop_window: float = 60.0
+    keys_set: frozenset[str] = frozenset()
+    """Which server keys of `SERVER_FIELDS` the file sets (the others are defaults), for `check`."""
+
+    def publishes(self, tool: str) -> bool:
+        """Whether the downstream's tool `tool` is published (listed and callable) under `include` / `exclude`."""
+        if self.include is not None and not any(fnmatch.fnmatchcase(tool, g) for g in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(tool, g) for g in self.exclude)
+
+    def public_name(self, tool: str) -> str:
+        """The name the downstream's tool `tool` is published under, before the namespace (`rename`)."""
+        return self.rename.get(tool, tool)
 
     def target(self) -> str:
         """Where the server is, safe to show: the command without its args (an expanded secret may hide there),
@@ -345,6 +369,7 @@ def _server(
             layers.append(make_layer(overrides, source, layer_path))
         except ConfigError as exc:
             found.extend(exc.problems)
+    _check_rename(entry.rename, where, found)
     if len(found) > before:
         return None
     return ServerConfig(
@@ -366,7 +391,30 @@ def _server(
         max_sessions=entry.max_sessions,
         layers=tuple(layers[:2]),
         tools=tuple(zip(entry.tools, layers[2:], strict=True)),
+        server_max_concurrent=entry.server_max_concurrent,
+        include=tuple(entry.include) if entry.include is not None else None,
+        exclude=tuple(entry.exclude),
+        rename=MappingProxyType(dict(entry.rename)),
+        crash_loop_restarts=entry.crash_loop_restarts,
+        crash_loop_window=entry.crash_loop_window,
+        keys_set=frozenset(SERVER_FIELDS) & entry.model_fields_set,
     )
+
+
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def _check_rename(rename: Mapping[str, str], where: str, found: list[str]) -> None:
+    """New names must be valid tool names, and two tools may not be renamed to one name."""
+    taken: dict[str, str] = {}
+    for old, new in rename.items():
+        if not _TOOL_NAME.fullmatch(new):
+            found.append(
+                f"{where}.rename.{old}: {new!r} is not a tool name (1 to 128 letters, digits, '_', '-' or '.')"
+            )
+        elif new in taken:
+            found.append(f"{where}.rename.{old}: {new!r} is also the new name of {taken[new]!r}")
+        taken.setdefault(new, old)
 
 
 def _preset(

@@ -32,6 +32,9 @@ BREAKER_FIELDS: tuple[str, ...] = (
 )
 """The `CircuitBreakerConfig` fields a config file may set (not `name`, `fallback`, `excluded_exceptions`)."""
 
+LIMIT_FIELDS: tuple[str, ...] = ("max_concurrent", "rate_limit", "queue_timeout")
+"""Bulkhead and rate-limit fields: what a call waits for before it reaches the breaker."""
+
 PROXY_FIELDS: tuple[str, ...] = (
     "max_call_timeout",
     "fallback",
@@ -41,8 +44,19 @@ PROXY_FIELDS: tuple[str, ...] = (
     "tool_errors",
     "ignore_errors",
     "failure_errors",
+    *LIMIT_FIELDS,
 )
 """Policy fields the proxy adds on top of the breaker's."""
+
+SERVER_FIELDS: tuple[str, ...] = (
+    "server_max_concurrent",
+    "include",
+    "exclude",
+    "rename",
+    "crash_loop_restarts",
+    "crash_loop_window",
+)
+"""Server keys (not per tool) that `check` shows beside the policy, with their source."""
 
 CLASSIFICATION_FIELDS: tuple[str, ...] = ("tool_errors", "ignore_errors", "failure_errors")
 
@@ -83,6 +97,17 @@ class Retry(_Strict):
     """Cap of one wait between attempts."""
     budget: float = Field(0.2, ge=0, le=10)
     """Retries allowed, as a fraction of the tool's calls in the last 10 s (plus 3 per 10 s whatever the traffic)."""
+
+
+class RateLimit(_Strict):
+    """A token bucket: `calls` per `per` seconds, up to `burst` at once."""
+
+    calls: int = Field(ge=1)
+    """Tokens added per `per` seconds."""
+    per: float = Field(1.0, gt=0, le=86400)
+    """Seconds in which `calls` tokens are added (default 1)."""
+    burst: int | None = Field(None, ge=1)
+    """Most tokens the bucket holds, i.e. calls allowed at once after a quiet spell (default: `calls`)."""
 
 
 class Overrides(_Strict):
@@ -140,6 +165,12 @@ class Overrides(_Strict):
     """Regexes: an `isError` text matching one is ignored (even under `tool_errors = "failure"`)."""
     failure_errors: list[str] | None = None
     """Regexes: an `isError` text matching one is a failure (even under `tool_errors = "ignore"`)."""
+    max_concurrent: int | None = Field(None, ge=1)
+    """Calls of one tool in flight at once; null: no cap."""
+    rate_limit: RateLimit | None = None
+    """`{"calls": N, "per": s, "burst": M}`: a token bucket per tool; null: no limit."""
+    queue_timeout: float | None = Field(None, ge=0, le=3600)
+    """Seconds a call waits for a concurrency slot or a token before it is answered busy / rate limited."""
 
 
 class ServerEntry(_Strict):
@@ -185,6 +216,18 @@ class ServerEntry(_Strict):
     """Server-wide `ignore_errors`."""
     failure_errors: list[str] | None = None
     """Server-wide `failure_errors`."""
+    server_max_concurrent: int | None = Field(None, ge=1)
+    """Calls of all this server's tools in flight at once; null: no cap."""
+    include: list[str] | None = None
+    """Globs over the downstream's tool names: only the tools matching one are published (default: all)."""
+    exclude: list[str] = []
+    """Globs over the downstream's tool names: tools matching one are neither listed nor callable."""
+    rename: dict[str, str] = {}
+    """`{"downstream_name": "new_name"}`: publish a tool as `namespace__new_name`."""
+    crash_loop_restarts: int = Field(5, ge=1, le=10_000)
+    """A stdio server that dies this many times within `crash_loop_window` is reported as a crash loop."""
+    crash_loop_window: float = Field(60.0, gt=0, le=86400)
+    """Seconds over which deaths are counted for `crash_loop_restarts`."""
 
 
 class Admin(_Strict):
@@ -341,6 +384,8 @@ def _known_keys(loc: Sequence[str | int]) -> Sequence[str]:
         return list(Overrides.model_fields)
     if parent[-1] == "retry":
         return list(Retry.model_fields)
+    if parent[-1] == "rate_limit":
+        return list(RateLimit.model_fields)
     return []
 
 

@@ -26,6 +26,7 @@ from circuitbox.config.model import (
     PROXY_FIELDS,
     ConfigError,
     Overrides,
+    RateLimit,
     describe,
     key_path,
     problems,
@@ -88,6 +89,18 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class RateLimitPolicy:
+    """A token bucket: `calls` tokens per `per` seconds, holding at most `burst`."""
+
+    calls: int
+    per: float
+    burst: int
+
+    def table(self) -> dict[str, Any]:
+        return {"calls": self.calls, "per": self.per, "burst": self.burst}
+
+
+@dataclass(frozen=True)
 class ToolPolicy:
     """Everything the proxy needs to guard one (server, tool)."""
 
@@ -113,6 +126,17 @@ class ToolPolicy:
     def last_known_good(self) -> LastKnownGood | None:
         return self.fallback if isinstance(self.fallback, LastKnownGood) else None
 
+    max_concurrent: int | None = None
+    """Calls in flight at once; None: no cap."""
+    rate_limit: RateLimitPolicy | None = None
+    queue_timeout: float = 0.0
+    """Seconds a call may wait for a slot or a token; 0: answered at once."""
+
+    @property
+    def limited(self) -> bool:
+        """Whether calls wait for anything of this tool's own (a slot or a token) before the breaker."""
+        return self.max_concurrent is not None or self.rate_limit is not None
+
     @property
     def call_limit(self) -> float:
         """The longest a call may run, progress notifications or not."""
@@ -136,6 +160,8 @@ class ToolPolicy:
             return _fallback_value(raw)
         if isinstance(raw, RetryPolicy):
             return dataclasses.asdict(raw)
+        if isinstance(raw, RateLimitPolicy):
+            return raw.table()
         if isinstance(raw, tuple):
             return [p.pattern for p in raw]
         return raw
@@ -188,6 +214,11 @@ def make_layer(
     for field in ("ignore_errors", "failure_errors"):
         if field in values:
             values[field] = _regexes(values[field], f"{where}.{field}")
+    if isinstance(values.get("rate_limit"), RateLimit):
+        raw = values["rate_limit"]
+        values["rate_limit"] = RateLimitPolicy(raw.calls, raw.per, raw.burst if raw.burst is not None else raw.calls)
+    if "queue_timeout" in values and values["queue_timeout"] is None:
+        values["queue_timeout"] = 0.0  # null: the default, no waiting
     return Layer(source, where, MappingProxyType(values))
 
 
@@ -262,6 +293,9 @@ def base_layers(environment: str, preset: str | None) -> list[Layer]:
         "tool_errors": "classified",
         "ignore_errors": (),
         "failure_errors": (),
+        "max_concurrent": None,
+        "rate_limit": None,
+        "queue_timeout": 0.0,
     }
     distress = tuple(("default", p) for p in DISTRESS_PATTERNS)
     layers = [
@@ -319,6 +353,9 @@ def resolve(name: str, layers: Sequence[Layer]) -> ToolPolicy:
         tool_list=values["tool_list"],
         retry=values["retry"],
         idempotent=values["idempotent"],
+        max_concurrent=values["max_concurrent"],
+        rate_limit=values["rate_limit"],
+        queue_timeout=values["queue_timeout"],
     )
 
 

@@ -18,6 +18,7 @@ from starlette.routing import Mount, Route
 from circuitbox.config.load import ConfigError, ProxyConfig
 from circuitbox.observability.collector import MetricsCollector
 from circuitbox.observability.http import metrics_app, start_metrics_server
+from circuitbox.observability.limits import LimitsCollector
 from circuitbox.observability.logging import TransitionLogger
 from circuitbox.observability.status_page import PATHS as STATUS_PATHS
 from circuitbox.observability.status_page import StatusApp
@@ -48,6 +49,10 @@ def build_proxy(config: ProxyConfig, *, metrics: bool = True, **kwargs: Any) -> 
         **kwargs,
     )
     collector.attach(proxy.registry)
+    guard = proxy.guard
+    LimitsCollector(
+        collector.registry, lambda: [(s, t, lim.inflight, lim.limited) for s, t, lim in guard.limit_stats()]
+    )
     proxy.registry.add_listener(TransitionLogger(proxy.guard.labels_for))
     return proxy, collector
 

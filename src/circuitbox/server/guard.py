@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -23,11 +24,13 @@ from circuitbox.config.policy import TextFallback, ToolFallback, ToolPolicy, ret
 from circuitbox.observability import traces
 from circuitbox.server.classify import CALLER_MISTAKES, Outcome, Verdict, classify_error, classify_result
 from circuitbox.server.downstream import Downstream, DownstreamUnavailableError, ProgressCallback
+from circuitbox.server.limits import BUSY, RATE_LIMITED, Clock, Slots, TokenBucket, ToolLimits
 
 logger = logging.getLogger("circuitbox.guard")
 
 META_KEY = "circuitbox/breaker"
 SERVER_META_KEY = "circuitbox/server"
+LIMIT_META_KEY = "circuitbox/limit"
 
 
 def breaker_name(server: str, tool: str) -> str:
@@ -48,6 +51,7 @@ class Guard:
         *,
         on_new_breaker: Callable[[CircuitBreaker, str, str], None] | None = None,
         on_forget: Callable[[str], None] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -61,6 +65,11 @@ class Guard:
         # (server, tool) whose last outcome was a transport failure: when the server is back, their open breakers
         # are probed at once rather than after their open period (the cause, a dead connection, is gone).
         self._transport_failed: set[tuple[str, str]] = set()
+        # Bulkheads and rate limits per (server, tool), kept for the breaker's life and retuned in place, so that
+        # calls in flight release into the same slots they took; `server_max_concurrent` slots per server.
+        self._limits: dict[tuple[str, str], ToolLimits] = {}
+        self._server_slots: dict[str, Slots] = {}
+        self._clock: Clock = clock if clock is not None else anyio.current_time
 
     def breaker(self, server: str, tool: str) -> tuple[CircuitBreaker, ToolPolicy]:
         key = (server, tool)
@@ -69,6 +78,7 @@ class Guard:
             policy = self._with_overrides(server, tool, self.config.policy(server, tool))
             breaker = self.registry.get_or_create(breaker_name(server, tool), policy.breaker)
             found = self._breakers[key] = (breaker, policy)
+            self._limits[key] = self._retune_limits(ToolLimits(), server, policy)
             self._labels[breaker.name] = key
             if self._on_new_breaker is not None:
                 self._on_new_breaker(breaker, server, tool)
@@ -89,6 +99,12 @@ class Guard:
     def apply_reload(self, config: ProxyConfig, plan: list[tuple[str, str, ToolPolicy]]) -> list[tuple[str, str]]:
         """Switch to `config`; reconfigure only the breakers whose policy changed (their window and state stay)."""
         self.config = config
+        for server in list(self._server_slots):
+            if server not in config.servers or config.servers[server].server_max_concurrent is None:
+                del self._server_slots[server]
+        for (server, tool), limits in self._limits.items():
+            if server in config.servers:
+                self._retune_limits(limits, server, self._breakers[(server, tool)][1])
         changed = []
         for server, tool, new in plan:
             breaker, policy = self._breakers[(server, tool)]
@@ -96,8 +112,42 @@ class Guard:
                 if new.breaker != policy.breaker:
                     breaker.reconfigure(new.breaker)
                 self._breakers[(server, tool)] = (breaker, new)
+                self._retune_limits(self._limits[(server, tool)], server, new)
                 changed.append((server, tool))
         return changed
+
+    def _retune_limits(self, limits: ToolLimits, server: str, policy: ToolPolicy) -> ToolLimits:
+        """`limits` set to `policy` and to the server's `server_max_concurrent`; slots are resized in place (their
+        holders release into them), a bucket is replaced only when its rate changed."""
+        cap = policy.max_concurrent
+        if cap is None:
+            limits.slots = None
+        elif limits.slots is None:
+            limits.slots = Slots(cap)
+        else:
+            limits.slots.resize(cap)
+        rate = policy.rate_limit
+        if rate is None:
+            limits.bucket, limits.rate = None, None
+        elif rate != limits.rate:
+            limits.bucket, limits.rate = TokenBucket(rate, self._clock), rate
+        srv = self.config.servers.get(server)
+        server_cap = srv.server_max_concurrent if srv is not None else None
+        if server_cap is None:
+            limits.server_slots = None
+        else:
+            slots = self._server_slots.get(server)
+            if slots is None:
+                slots = self._server_slots[server] = Slots(server_cap)
+            slots.resize(server_cap)
+            limits.server_slots = slots
+        limits.queue_timeout = policy.queue_timeout
+        limits.gated = limits.slots is not None or limits.bucket is not None or limits.server_slots is not None
+        return limits
+
+    def limit_stats(self) -> list[tuple[str, str, ToolLimits]]:
+        """Every (server, tool) the guard knows with its in-flight count and limited counters (for the metrics)."""
+        return [(server, tool, limits) for (server, tool), limits in self._limits.items()]
 
     def _add_override(self, server: str, pattern: str, settings: Mapping[str, Any]) -> None:
         """Keep only what a later change does not supersede: the list stays bounded by (pattern, field) pairs."""
@@ -147,6 +197,7 @@ class Guard:
         for tool, breaker, policy, new in planned:
             breaker.reconfigure(new.breaker)
             self._breakers[(server, tool)] = (breaker, new)
+            self._retune_limits(self._limits[(server, tool)], server, new)
             changed.append((tool, {k: (policy.value(k), new.value(k), new.sources[k]) for k in settings}))
         return changed
 
@@ -181,6 +232,7 @@ class Guard:
     def forget(self, server: str, tool: str) -> None:
         self._transport_failed.discard((server, tool))
         found = self._breakers.pop((server, tool), None)
+        self._limits.pop((server, tool), None)
         if found is not None:
             name = found[0].name
             self.registry.remove(name)
@@ -212,7 +264,7 @@ class Guard:
         if downstream.session is None:
             refusal = unavailable_result(downstream, published)
             return await self._fall_back(downstream, tool, arguments, progress, refusal, resolve) or refusal
-        outcome = await self._attempt(downstream, tool, arguments, progress)
+        outcome = await self._limited(downstream, tool, arguments, progress, published)
         if not isinstance(outcome, Rejection):
             return outcome
         rejected = rejection_result(downstream.name, tool, published, outcome)
@@ -247,6 +299,77 @@ class Guard:
             # Without a resolver: the fallback's own fallback may be text, never another hop (no cycles).
             return await self.call(other, other_tool, arguments, progress, published=fallback.tool)
         return None
+
+    async def _limited(
+        self,
+        downstream: Downstream,
+        tool: str,
+        arguments: dict[str, Any] | None,
+        progress: ProgressCallback | None,
+        published: str,
+    ) -> types.CallToolResult | Rejection:
+        """`_attempt` once the call has its rate-limit token and its concurrency slots (tool, then server), or the
+        "rate limited" / "busy" answer when it cannot have them within `queue_timeout`. Neither answer is recorded
+        in the breaker; a token whose call the circuit rejects is given back."""
+        key = (downstream.name, tool)
+        limits = self._limits.get(key)
+        if limits is None:
+            try:
+                self.breaker(*key)
+            except (ConfigError, ValueError):
+                return await self._attempt(downstream, tool, arguments, progress)  # it answers the bad policy
+            limits = self._limits[key]
+        if not limits.gated:
+            limits.inflight += 1
+            try:
+                return await self._attempt(downstream, tool, arguments, progress)
+            finally:
+                limits.inflight -= 1
+        deadline = self._clock() + limits.queue_timeout
+        bucket = limits.bucket
+        if bucket is not None:
+            ok, wait = bucket.take(limits.queue_timeout)
+            if not ok:
+                return self._refuse(limits, RATE_LIMITED, wait, downstream.name, tool, published)
+            if wait > 0:
+                try:
+                    await anyio.sleep(wait)
+                except BaseException:
+                    bucket.refund()
+                    raise
+        taken: list[Slots] = []
+        try:
+            for slots in (limits.slots, limits.server_slots):
+                if slots is not None:
+                    if not (slots.try_take() or await slots.take(deadline - self._clock())):
+                        if bucket is not None:
+                            bucket.refund()  # it never reached the downstream
+                        whose = "tool" if slots is limits.slots else "server"
+                        return self._refuse(limits, BUSY, limits.busy_retry_after(), downstream.name, tool,
+                                            published, whose)  # fmt: skip
+                    taken.append(slots)
+            limits.inflight += 1
+            began = time.monotonic()
+            try:
+                outcome = await self._attempt(downstream, tool, arguments, progress)
+            finally:
+                limits.inflight -= 1
+        finally:
+            for slots in taken:
+                slots.release()
+        if isinstance(outcome, Rejection):
+            if bucket is not None:
+                bucket.refund()
+        else:
+            limits.finished(time.monotonic() - began)
+        return outcome
+
+    def _refuse(
+        self, limits: ToolLimits, reason: str, retry_after: float, server: str, tool: str, published: str,
+        whose: str = "tool",
+    ) -> types.CallToolResult:  # fmt: skip
+        limits.limited[reason] += 1
+        return limited_result(limits, reason, retry_after, server, tool, published, whose)
 
     async def _attempt(
         self,
@@ -368,6 +491,40 @@ def _record(permit: Any, outcome: Outcome) -> None:
 
 def error_result(text: str, meta: dict[str, Any] | None = None) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True, _meta=meta)
+
+
+def limited_result(
+    limits: ToolLimits,
+    reason: str,
+    retry_after: float,
+    server: str,
+    tool: str,
+    published: str,
+    whose: str = "tool",
+) -> types.CallToolResult:
+    """The answer to a call that was not made because of a limit: what limit, and when to retry."""
+    if reason == RATE_LIMITED:
+        rate = limits.rate
+        assert rate is not None
+        why = f"tool '{tool}' of server '{server}' is over its rate limit ({rate.calls} calls per {rate.per:g}s)"
+        limit: dict[str, Any] = {"rate_limit": rate.table()}
+    elif whose == "tool":
+        assert limits.slots is not None
+        why = f"tool '{tool}' of server '{server}' already has {limits.slots.limit} calls in flight (max_concurrent)"
+        limit = {"max_concurrent": limits.slots.limit}
+    else:
+        assert limits.server_slots is not None
+        cap = limits.server_slots.limit
+        why = f"server '{server}' already has {cap} calls in flight (server_max_concurrent)"
+        limit = {"server_max_concurrent": cap}
+    waited = f" after waiting {limits.queue_timeout:g}s (queue_timeout)" if limits.queue_timeout else ""
+    word = "rate limited" if reason == RATE_LIMITED else "busy"
+    text = (
+        f"Tool '{published}' was not called ({word}): {why}{waited}. Retry in {retry_after:.1f}s. This is "
+        "circuitbox limiting calls, not a failure of the server."
+    )
+    data = {"reason": reason, "retry_after": retry_after, "server": server, "tool": tool, **limit}
+    return error_result(text, {LIMIT_META_KEY: data})
 
 
 def unavailable_result(downstream: Downstream, published: str) -> types.CallToolResult:

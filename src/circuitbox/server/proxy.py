@@ -85,10 +85,13 @@ class Proxy:
         on_new_breaker: Callable[[CircuitBreaker, str, str], None] | None = None,
         on_forget_breaker: Callable[[str], None] | None = None,
         tool_stats: Callable[[CircuitBreaker], dict[str, Any]] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         self.registry = registry if registry is not None else BreakerRegistry()
-        self.guard = Guard(config, self.registry, on_new_breaker=on_new_breaker, on_forget=on_forget_breaker)
+        self.guard = Guard(
+            config, self.registry, on_new_breaker=on_new_breaker, on_forget=on_forget_breaker, clock=clock
+        )
         self._backoff = backoff
         self.downstreams = {name: self._downstream(server) for name, server in config.servers.items() if server.enabled}
         self._scopes: dict[Downstream, anyio.CancelScope] = {}
