@@ -19,7 +19,8 @@ def installed() -> None:
 
 
 async def run_suite(url: str, results: Path) -> dict[str, list[str]]:
-    """Every scenario of the suite's active set against the MCP endpoint `url`: {scenario: its failed checks}.
+    """Every server scenario of the suite (`--suite all`: the active ones and those it still marks pending) against
+    the MCP endpoint `url`: {scenario: its failed checks}.
 
     A scenario passes when none of its checks failed (warnings and info do not count). The suite's own exit code is
     not used: it is 1 whenever any scenario fails, which says nothing about which.
@@ -27,7 +28,7 @@ async def run_suite(url: str, results: Path) -> dict[str, list[str]]:
     installed()
     with anyio.fail_after(300):
         done = await anyio.run_process(
-            [str(NODE), str(CLI), "server", "--url", url, "--output-dir", str(results)],
+            [str(NODE), str(CLI), "server", "--url", url, "--suite", "all", "--output-dir", str(results)],
             check=False,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -1,6 +1,6 @@
 """The official MCP conformance server suite, against real servers directly and through `circuitbox serve`.
 
-Each server runs the suite's active scenarios three ways: directly over streamable HTTP, then through circuitbox's
+Each server runs the suite's server scenarios three ways: directly over streamable HTTP, then through circuitbox's
 HTTP front end with that server as a stdio downstream and as an HTTP downstream. Every scenario that passes directly
 must pass through circuitbox; one that fails directly is printed with its failed checks, not hidden. The suite calls
 tools, prompts and resources by their own names (`test_simple_text`, `test://static-text`), so circuitbox publishes

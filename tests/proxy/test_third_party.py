@@ -110,8 +110,21 @@ async def test_everything_over_http_transports_is_proxied(tmp_path: Path, transp
 
 async def test_an_agent_cancel_reaches_the_downstream_and_the_proxy_keeps_serving(tmp_path: Path) -> None:
     async with proxy_session(tmp_path, {"mcpServers": {"ev": everything_server()}}) as session:
-        with anyio.move_on_after(0.5):
-            await session.call_tool("ev__trigger-long-running-operation", {"duration": 30, "steps": 3})
+        progressed = anyio.Event()
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            progressed.set()
+
+        async def long_call() -> None:
+            args = {"duration": 60, "steps": 60}  # a progress notification a second
+            await session.call_tool("ev__trigger-long-running-operation", args, progress_callback=on_progress)
+
+        # Cancelled once the call is surely running downstream (its first progress came back), not after a guess.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(long_call)
+            with anyio.fail_after(30):
+                await progressed.wait()
+            tg.cancel_scope.cancel()
         result = await session.call_tool("ev__echo", {"message": "still here"})
         assert result.content[0].text == "Echo: still here"  # type: ignore[union-attr]
         status = await session.call_tool("circuit_status", {"tool": "trigger-long-running-operation"})
