@@ -132,7 +132,7 @@ async def test_status_without_the_right_token_says_401_and_how_to_pass_it(tmp_pa
         code, out, err = await status(env={"CIRCUITBOX_AUTH_TOKEN": "the-token"})
         assert code == 0 and "connected" in out, err
         code, _, err = await status("--url", f"http://127.0.0.1:{port}/elsewhere", "--auth-token-file", str(token_file))
-        assert code == 1 and "HTTP 404: no MCP endpoint there" in err, err
+        assert code == 1 and "HTTP 404: no circuitbox status there" in err, err
         code, _, err = await status(env={"CIRCUITBOX_AUTH_TOKEN": " "})
         assert code == 2 and "empty or only whitespace" in err
 

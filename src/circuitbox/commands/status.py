@@ -1,6 +1,7 @@
-"""`circuitbox status`: ask a running instance (HTTP transport) for its breakers and print a table.
+"""`circuitbox status`: ask a running instance for its breakers and print a table.
 
-It calls the instance's own `circuit_status` tool over MCP, so it needs no extra endpoint and obeys the same token.
+It reads `/status.json` (the `circuit_status` document), which both the HTTP listener and a stdio-mode instance's
+metrics port serve, behind the same token.
 """
 
 from __future__ import annotations
@@ -31,37 +32,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def fetch_status(url: str, token: str | None, timeout: float) -> dict[str, Any]:
-    import anyio
-    from mcp import ClientSession
-    from mcp.client.streamable_http import streamable_http_client
+    """The `circuit_status` document of the instance at `url` (a base URL; a trailing `/mcp` is dropped).
 
-    from circuitbox.server.transports import http_client
+    Raises:
+        Refused: the instance answered an HTTP error status.
+    """
+    import httpx2
 
-    endpoint = url.rstrip("/") + ("" if url.rstrip("/").endswith("/mcp") else "/mcp")
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    refused: list[int] = []
-
-    async def note(response: Any) -> None:
-        if response.status_code >= 400:  # the SDK reports only "an error response": keep which one
-            refused.append(response.status_code)
-
-    try:
-        with anyio.fail_after(timeout):
-            async with http_client(headers) as http:
-                http.event_hooks["response"].append(note)
-                async with (
-                    streamable_http_client(endpoint, http_client=http) as (read, write),
-                    ClientSession(read, write) as session,
-                ):
-                    await session.initialize()
-                    result = await session.call_tool("circuit_status", {})
-    except Exception:
-        if refused:
-            raise Refused(refused[0]) from None
-        raise
-    if result.structured_content is None:
-        raise RuntimeError("the instance answered circuit_status without structured content")
-    return dict(result.structured_content)
+    base = url.rstrip("/").removesuffix("/mcp")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx2.AsyncClient(timeout=timeout, follow_redirects=False) as http:
+        response = await http.get(f"{base}/status.json", headers=headers)
+    if response.status_code != 200:
+        raise Refused(response.status_code)
+    document = response.json()
+    if not isinstance(document, dict) or "breakers" not in document:
+        raise RuntimeError("the answer is not a circuitbox status document")
+    return document
 
 
 def render(status: dict[str, Any]) -> str:
@@ -93,7 +80,10 @@ def refusal(status: int, token: str | None) -> str:
             "address it listens on, or start it with --allowed-host NAME"
         )
     if status == 404:
-        return "HTTP 404: no MCP endpoint there; --url takes the base URL of `circuitbox serve --transport http`"
+        return (
+            "HTTP 404: no circuitbox status there; --url takes the base URL of `circuitbox serve --transport http` "
+            "or of a stdio instance's metrics port"
+        )
     return f"HTTP {status} from the instance"
 
 

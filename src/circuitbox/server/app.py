@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
+import anyio.abc
 from mcp.server.transport_security import TransportSecuritySettings
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
 from circuitbox.config.load import ConfigError, ProxyConfig
+from circuitbox.observability._asgi_server import serve_asgi
+from circuitbox.observability.access import AccessGuard, is_loopback
 from circuitbox.observability.collector import MetricsCollector
-from circuitbox.observability.http import metrics_app, start_metrics_server
+from circuitbox.observability.http import metrics_app
 from circuitbox.observability.limits import LimitsCollector
 from circuitbox.observability.logging import TransitionLogger
 from circuitbox.observability.status_page import PATHS as STATUS_PATHS
@@ -57,35 +60,6 @@ def build_proxy(config: ProxyConfig, *, metrics: bool = True, **kwargs: Any) -> 
     return proxy, collector
 
 
-class BearerAuth:
-    """Rejects every request without `Authorization: Bearer <token>` (constant-time comparison)."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {token}".encode()
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        # /healthz answers without the token: load balancers probe it (the README's access rules).
-        if scope["type"] == "http" and scope.get("path") != "/healthz":
-            headers = dict(scope.get("headers") or [])
-            if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 401,
-                        "headers": [(b"content-type", b"text/plain"), (b"www-authenticate", b"Bearer")],
-                    }
-                )
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": b"401 Unauthorized: a valid bearer token is required\n",
-                    }
-                )
-                return
-        await self.app(scope, receive, send)
-
-
 def _lifespan_of(inner: Starlette) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
     """The outer app runs the MCP app's lifespan (its session manager) as its own."""
 
@@ -97,8 +71,24 @@ def _lifespan_of(inner: Starlette) -> Callable[[Starlette], AbstractAsyncContext
     return lifespan
 
 
+def observability_routes(proxy: Proxy, collector: MetricsCollector | None) -> list[Route | Mount]:
+    """/metrics (when metrics are collected) and the status routes: the same on the HTTP listener and on stdio
+    mode's metrics port."""
+    routes: list[Route | Mount] = []
+    if collector is not None:
+        routes.append(Route("/metrics", metrics_app(collector.registry)))
+    status = StatusApp(proxy)
+    routes += [Route(path, status) for path in STATUS_PATHS]  # StatusApp answers 405 itself
+    return routes
+
+
 def http_app(
-    proxy: Proxy, collector: MetricsCollector | None, host: str, token: str | None, extra_hosts: Sequence[str] = ()
+    proxy: Proxy,
+    collector: MetricsCollector | None,
+    host: str,
+    token: str | None,
+    extra_hosts: Sequence[str] = (),
+    port: int = 8765,
 ) -> ASGIApp:
     server = proxy.build_server()
     # DNS-rebinding protection stays on whatever the bind address: the Host header must name this listener.
@@ -116,16 +106,12 @@ def http_app(
         max_sessions=proxy.config.http_max_sessions,
         session_idle_timeout=proxy.config.http_session_idle_timeout,
     )
-    routes: list[Route | Mount] = [Mount("/", app=AnswerMalformedHTTP(mcp_app))]
-    if collector is not None:
-        routes.insert(0, Route("/metrics", metrics_app(collector.registry)))
-    status = StatusApp(proxy)
-    routes[:0] = [Route(path, status) for path in STATUS_PATHS]  # StatusApp answers 405 itself
     app = Starlette(
-        routes=routes,
+        routes=[*observability_routes(proxy, collector), Mount("/", app=AnswerMalformedHTTP(mcp_app))],
         lifespan=_lifespan_of(mcp_app),
     )
-    return BearerAuth(app, token) if token else app
+    # One guard for every route: exact Host and Origin (the SDK's check above matches ports by prefix), the token.
+    return AccessGuard(app, host, port, token, extra_hosts)
 
 
 async def serve(
@@ -148,11 +134,12 @@ async def serve(
         if reload_config is not None:
             tg.start_soon(_reload_on_sighup, proxy, reload_config)
         if transport == "http":
-            await _serve_http(http_app(proxy, collector, host, token, allowed_hosts), host, port, stop)
+            app = http_app(proxy, collector, host, token, allowed_hosts, port)
+            await _serve_http(app, host, port, stop)
         else:
             port_ = metrics_port if metrics_port is not None else config.metrics_port
-            if port_ is not None and collector is not None:
-                tg.start_soon(_serve_metrics, collector.registry, config.metrics_host, port_)
+            if port_ is not None:
+                tg.start_soon(_serve_metrics, proxy, collector, config.metrics_host, port_, token)
             server = proxy.build_server()
             proxy.stdio_upstream = True  # one client: a downstream's question with no call in flight is its
             async with stdio_pipes(stop) as (read, write):
@@ -184,12 +171,29 @@ async def _drain(proxy: Proxy, stop: anyio.Event, name: str) -> None:
     stop.set()
 
 
-async def _serve_metrics(registry: CollectorRegistry, host: str, port: int) -> None:
-    """A busy metrics port (two agents sharing one config, say) costs the metrics endpoint, never the proxy."""
+async def _serve_metrics(
+    proxy: Proxy, collector: MetricsCollector | None, host: str, port: int, token: str | None
+) -> None:
+    """stdio mode's metrics port: /metrics, the status page, /healthz and /readyz, behind the same guard as the HTTP
+    listener. A busy port (two agents sharing one config, say) costs these endpoints, never the proxy."""
+    if not is_loopback(host) and not token:
+        logger.error(
+            "metrics endpoint disabled: it would listen on %s without a token; set --auth-token-file, "
+            "$CIRCUITBOX_AUTH_TOKEN or --auth-token (or metrics.host 127.0.0.1)",
+            host,
+        )
+        return
     try:
-        await start_metrics_server(registry, host, port)
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
     except OSError as exc:
         logger.error("metrics endpoint disabled: cannot listen on %s:%d: %s", host, port, exc)
+        return
+    bound = listener.extra(anyio.abc.SocketAttribute.local_port)
+    app = AccessGuard(Starlette(routes=observability_routes(proxy, collector)), host, bound, token)
+    shown = f"[{host}]" if ":" in host else host
+    # stderr, not the log: the one line a person running an agent looks for, whatever the log level.
+    print(f"circuitbox status page: http://{shown}:{bound}/status (metrics at /metrics)", file=sys.stderr, flush=True)
+    await serve_asgi(listener, app, (host, bound))
 
 
 async def _reload_on_sighup(proxy: Proxy, reload_config: Callable[[], ProxyConfig]) -> None:
