@@ -19,6 +19,7 @@ import pytest
 from circuitbox.breakers.profiles import PRESETS
 from circuitbox.commands import check as check_cmd
 from circuitbox.config.load import parse_config
+from circuitbox.config.model import SERVER_FIELDS
 from circuitbox.config.policy import INPUT_VALIDATION, POLICY_FIELDS
 from tests.config.support import check, time_server, write
 from tests.net import free_port, wait_for_port
@@ -75,7 +76,8 @@ def test_the_table_shows_every_field_with_its_source_and_the_preset(
     slack = out.split("server slack")[1].split("server tools")[0]
     assert slack.splitlines()[1] == f"  ({PRESETS['slack'].doc})"  # why the preset's values are what they are
     fields, rules = slack.split("an isError result counts as")
-    assert [line.split()[0] for line in fields.splitlines()[3:] if line.strip()] == list(POLICY_FIELDS)
+    shown = [line.split()[0] for line in fields.splitlines()[3:] if line.strip()]
+    assert shown == [*POLICY_FIELDS, *SERVER_FIELDS]
     rows = {line.split()[0]: line.split()[1:] for line in fields.splitlines()[3:] if line.strip()}
     assert rows["call_timeout"] == ["15", "preset"]
     assert rows["timeout"] == ["90", "environment"]
@@ -102,7 +104,7 @@ def test_the_json_has_exactly_the_documented_shape(tmp_path: Path, capsys: pytes
         assert set(server) == {"server", "preset", "session", "policy", "error_rules", "tools"}
         assert server["session"] == {"mode": "auto", "max_sessions": 64}
         assert all(set(rule) == {"pattern", "counts_as", "source"} for rule in server["error_rules"])
-        assert list(server["policy"]) == list(POLICY_FIELDS)
+        assert list(server["policy"]) == [*POLICY_FIELDS, *SERVER_FIELDS]  # the server keys with their sources too
         assert all(set(item) == {"value", "source"} for item in server["policy"].values())
         assert server["tools"] == []  # only with --connect
     assert report["servers"][1]["policy"]["failure_threshold"] == {"value": 5, "source": "preset"}

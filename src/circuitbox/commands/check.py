@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from circuitbox.breakers.profiles import PRESETS
 from circuitbox.config.load import ConfigError, ProxyConfig, ServerConfig, discover_config_path, load_config
+from circuitbox.config.model import SERVER_FIELDS
 from circuitbox.config.policy import POLICY_FIELDS, ToolPolicy, describe_policy, error_rules, is_glob
 
 
@@ -78,9 +79,17 @@ def unmatched_overrides(config: ProxyConfig, tools: dict[str, list[str]]) -> lis
                 hint = f" (keys are the server's own tool names: {own!r})"
             elif close := difflib.get_close_matches(pattern, listed, n=1):
                 hint = f" (did you mean {close[0]!r}?)"
-            shown = ", ".join(listed[:10]) + (f", ... ({len(listed)} in all)" if len(listed) > 10 else "")
-            warnings.append(f"{layer.path}: matches no tool of {name!r}{hint}; its tools: {shown or 'none'}")
+            warnings.append(f"{layer.path}: matches no tool of {name!r}{hint}; its tools: {_listed(listed)}")
+        control = [("include", g) for g in server.include or ()] + [("exclude", g) for g in server.exclude]
+        for key, pattern in [*control, *(("rename", old) for old in server.rename)]:
+            matches = fnmatch.fnmatchcase if key != "rename" else str.__eq__
+            if not any(matches(t, pattern) for t in listed):
+                warnings.append(f"server {name!r}: {key} {pattern!r} matches no tool; its tools: {_listed(listed)}")
     return warnings
+
+
+def _listed(tools: list[str]) -> str:
+    return (", ".join(tools[:10]) + (f", ... ({len(tools)} in all)" if len(tools) > 10 else "")) or "none"
 
 
 def policy_json(policy: ToolPolicy) -> dict[str, dict[str, Any]]:
@@ -97,15 +106,42 @@ def build_report(config: ProxyConfig, tools: dict[str, list[str]] | None) -> dic
     for name, server in config.servers.items():
         policy = config.policy(name)
         entry: dict[str, Any] = {"server": name, "preset": server.preset, "policy": policy_json(policy)}
+        entry["policy"].update(server_fields(server))
         entry["session"] = {"mode": server.session, "max_sessions": server.max_sessions}
         entry["error_rules"] = error_rules(policy)  # how an isError result counts, pattern by pattern
         entry["tools"] = [
-            {"tool": tool, "policy": policy_json(p), "error_rules": error_rules(p)}
+            {
+                "tool": tool,
+                "published": published(server, tool),
+                "policy": policy_json(p),
+                "error_rules": error_rules(p),
+            }
             for tool in (tools or {}).get(name, [])
             for p in [config.policy(name, tool)]
         ]
         servers.append(entry)
     return {"environment": config.environment, "servers": servers}
+
+
+def server_fields(server: ServerConfig) -> dict[str, dict[str, Any]]:
+    """The server keys that are not per tool (bulkhead, tool control, crash loops) as `{"value", "source"}`."""
+    values: dict[str, Any] = {
+        "server_max_concurrent": server.server_max_concurrent,
+        "include": list(server.include) if server.include is not None else None,
+        "exclude": list(server.exclude),
+        "rename": dict(server.rename),
+        "crash_loop_restarts": server.crash_loop_restarts,
+        "crash_loop_window": server.crash_loop_window,
+    }
+    return {f: {"value": values[f], "source": "server" if f in server.keys_set else "default"} for f in SERVER_FIELDS}
+
+
+def published(server: ServerConfig, tool: str) -> str | None:
+    """The name the downstream's `tool` is published under, or None when `include` / `exclude` keep it out."""
+    if not server.publishes(tool):
+        return None
+    own = server.public_name(tool)
+    return f"{server.namespace}__{own}" if server.namespace else own
 
 
 def _show(value: Any) -> str:
@@ -120,7 +156,7 @@ def _show(value: Any) -> str:
 
 def print_table(config: ProxyConfig, report: dict[str, Any], out: TextIO) -> None:
     print(f"environment: {config.environment} (from {config.environment_source})    config: {config.source}", file=out)
-    width = max(len(f) for f in POLICY_FIELDS)
+    width = max(len(f) for f in (*POLICY_FIELDS, *SERVER_FIELDS))
     for entry in report["servers"]:
         server = config.servers[entry["server"]]
         preset = f"{server.preset} ({server.preset_source})" if server.preset else "none"
@@ -140,7 +176,14 @@ def print_table(config: ProxyConfig, report: dict[str, Any], out: TextIO) -> Non
             differs = [
                 (f, _show(i["value"]), i["source"]) for f, i in tool["policy"].items() if i != entry["policy"][f]
             ]
-            print(f"  tool {tool['tool']}: as the server{', except' if differs else ''}", file=out)
+            if tool["published"] is None:
+                print(
+                    f"  tool {tool['tool']}: not published (include / exclude): neither listed nor callable", file=out
+                )
+                continue
+            renamed = server.public_name(tool["tool"]) != tool["tool"]
+            shown = f"{tool['tool']} (published as {tool['published']})" if renamed else tool["tool"]
+            print(f"  tool {shown}: as the server{', except' if differs else ''}", file=out)
             for field, value, source in differs:
                 print(f"    {field:<{width}}  {value:<{values}}  {source}", file=out)
             if tool["error_rules"] != entry["error_rules"]:

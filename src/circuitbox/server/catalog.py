@@ -8,7 +8,7 @@ order of the servers in the config file (the first one wins) with a warning; cir
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import mcp_types as types
@@ -70,15 +70,25 @@ class Catalog:
         return matches.pop() if len(matches) == 1 else None
 
 
-def build_catalog(listings: Iterable[tuple[str, str, Listing]], reserved: Collection[str] = ()) -> Catalog:
-    """Merge `(server, namespace, listing)` triples, in config order."""
+# (server, the downstream's tool name) -> the name to publish it under before the namespace, or None: not published.
+ToolNamer = Callable[[str, str], "str | None"]
+
+
+def build_catalog(
+    listings: Iterable[tuple[str, str, Listing]], reserved: Collection[str] = (), tool_name: ToolNamer | None = None
+) -> Catalog:
+    """Merge `(server, namespace, listing)` triples, in config order; `tool_name` applies each server's `include`,
+    `exclude` and `rename` (a tool it does not publish is neither listed nor routed, so it cannot be called)."""
     tools: dict[str, tuple[Route, types.Tool]] = {}
     prompts: dict[str, tuple[Route, types.Prompt]] = {}
     resources: dict[str, tuple[str, types.Resource]] = {}
     templates: list[tuple[UriTemplate | None, str, types.ResourceTemplate]] = []
     for server, namespace, listing in listings:
         for tool in listing.tools:
-            name = published_name(namespace, tool.name)
+            own = tool.name if tool_name is None else tool_name(server, tool.name)
+            if own is None:
+                continue
+            name = published_name(namespace, own)
             if _claim(name, server, tools, reserved, "tool"):
                 tools[name] = (Route(server, tool.name), tool.model_copy(update={"name": name}))
         for prompt in listing.prompts:

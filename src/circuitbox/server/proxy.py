@@ -261,7 +261,9 @@ class Proxy:
             self._server.instructions = self.instructions()
         old = self.catalog
         self.catalog = build_catalog(
-            ((d.name, d.config.namespace, d.listing) for d in self.downstreams.values()), reserved=self.own
+            ((d.name, d.config.namespace, d.listing) for d in self.downstreams.values()),
+            reserved=self.own,
+            tool_name=self._tool_name,
         )
         # Breakers (and their metric series) of tools a downstream no longer lists go away: bounded cardinality.
         gone = {route for route, _ in old.tools.values()} - {route for route, _ in self.catalog.tools.values()}
@@ -450,7 +452,7 @@ class Proxy:
             if owner is not None:  # not an unknown tool: its server is not up (yet)
                 return unavailable_result(owner, name)
             unprefixed = self._unprefixed_owner(name)
-            if unprefixed is not None:
+            if unprefixed is not None and self._tool_name(unprefixed, name) == name:
                 # In no listing, so no breaker (one per arbitrary name would grow without bound): the server's own
                 # answer, as it would give it directly (an isError result or its own JSON-RPC error).
                 request = types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments=arguments))
@@ -566,6 +568,11 @@ class Proxy:
             params=types.CompleteRequestParams(ref=ref, argument=params.argument, context=params.context)
         )
         return await self._forward(server, request, types.CompleteResult)
+
+    def _tool_name(self, server: str, tool: str) -> str | None:
+        """The name `server`'s tool `tool` is published under (before the namespace), or None: not published."""
+        config = self.downstreams[server].config
+        return config.public_name(tool) if config.publishes(tool) else None
 
     def _unprefixed_owner(self, name: str) -> str | None:
         """Where a tool or prompt name that no listing has goes: the one server that publishes its names as they are
