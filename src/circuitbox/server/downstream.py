@@ -93,8 +93,10 @@ class Downstream:
         on_notification: Callable[[Downstream, types.ServerNotification], Awaitable[None]] | None = None,
         on_server_request: Callable[[Downstream, types.ServerRequest], Awaitable[Any]] | None = None,
         on_connected: Callable[[Downstream], None] | None = None,
+        offer: types.ClientCapabilities | None = None,
     ) -> None:
         self.config = config
+        self._offer = offer
         self.instructions: str | None = None
         self.capabilities: types.ServerCapabilities | None = None
         self.name = config.name
@@ -185,7 +187,8 @@ class Downstream:
             raise TimeoutError(f"did not start within {self.config.startup_timeout:g}s")
 
     def _callbacks(self) -> dict[str, Any]:
-        """Sampling, elicitation and roots are offered when there is someone to relay them to (the proxy's clients)."""
+        """Sampling, elicitation and roots are offered when there is someone to relay them to: with `offer` (one
+        client's own connection), exactly what that client declared; else (shared) all three."""
         relay = self._on_server_request
         if relay is None:
             return {}
@@ -199,7 +202,17 @@ class Downstream:
         async def roots(_: Any) -> Any:
             return await relay(self, types.ListRootsRequest())
 
-        return {"sampling_callback": sampling, "elicitation_callback": elicitation, "list_roots_callback": roots}
+        offer = self._offer
+        if offer is None:
+            return {"sampling_callback": sampling, "elicitation_callback": elicitation, "list_roots_callback": roots}
+        callbacks: dict[str, Any] = {}
+        if offer.sampling is not None:
+            callbacks.update(sampling_callback=sampling, sampling_capabilities=offer.sampling)
+        if offer.elicitation is not None:
+            callbacks["elicitation_callback"] = elicitation
+        if offer.roots is not None:
+            callbacks["list_roots_callback"] = roots
+        return callbacks
 
     def _transport(self) -> AbstractAsyncContextManager[tuple[Any, Any]]:
         return open_transport(self.config, redact=self.redact)

@@ -11,6 +11,7 @@ import math
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
 import anyio
@@ -43,6 +44,7 @@ from circuitbox.server.guard import Guard, error_result, unavailable_result
 from circuitbox.server.own_tools import check_arguments, own_tools
 from circuitbox.server.pages import PageCache
 from circuitbox.server.relay import Clients
+from circuitbox.server.sessions import ClientLink, ClientSessions, SessionLimitError, own_connection_of
 from circuitbox.server.shutdown import SHUTTING_DOWN, Drain
 
 logger = logging.getLogger("circuitbox.proxy")
@@ -107,6 +109,7 @@ class Proxy:
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self.clients = Clients()
         self.callers = Callers()
+        self.sessions = ClientSessions(backoff)  # per-client downstream connections
         self.stdio_upstream = False  # set by the stdio front end: it has exactly one client
         self._server: Server[Any] | None = None
         self._catalog_listeners: list[Callable[[Catalog, Catalog], None]] = []
@@ -142,6 +145,7 @@ class Proxy:
         """Start every downstream's owner task; returns at once (nothing waits for a downstream here)."""
         self._tg = tg
         self._started_at = anyio.current_time()
+        self.sessions.start(tg)
         for downstream in self.downstreams.values():
             self._launch(downstream)
 
@@ -179,6 +183,7 @@ class Proxy:
                     if retired is not None:
                         self._retire(retired)
                 del self.downstreams[name]
+                self.sessions.close_server(name)
                 report["removed"].append(name)
                 continue
             target = pending or downstream
@@ -200,6 +205,7 @@ class Proxy:
                 self._retire(downstream)
             else:
                 self._pending[name] = fresh
+            self.sessions.close_server(name)  # each client reconnects with the new settings on its next request
             report["restarted"].append(name)
         self.config = config
         self.own = own_tools(config.admin_enabled)
@@ -317,7 +323,9 @@ class Proxy:
     async def _downstream_notification(self, downstream: Downstream, message: types.ServerNotification) -> None:
         params = message.params.model_dump(by_alias=True, mode="json", exclude_none=True)  # type: ignore[union-attr]
         if isinstance(message, types.LoggingMessageNotification):
-            await self.clients.relay_log(downstream.config.namespace, params)
+            await self.clients.relay_log(
+                downstream.config.namespace, params, skip=lambda c: self.sessions.has_link(downstream.name, c)
+            )
         else:
             await self.clients.relay_updated(params)
 
@@ -410,15 +418,49 @@ class Proxy:
             check_arguments(own[0], arguments)
             return await own[1](self, arguments)
         found = self.catalog.tools.get(params.name)
+        if found is None and self._starting():
+            await self.wait_first_attempts()  # which connection serves the call depends on its server
+            found = self.catalog.tools.get(params.name)
         if found is None:
             result = await self.call(params.name, params.arguments, _progress_relay(ctx))
         else:
-            with self.callers.calling(found[0].server, ctx):
-                result = await self.call(params.name, params.arguments, _progress_relay(ctx))
+            result = await self._call_on_its_connection(found[0].server, params, ctx)
         if traces.active() and (found := found or self.catalog.tools.get(params.name)) is not None:
             route = found[0]  # known now even when the call came before its server's first listing
             traces.annotate_call(route.server, result, self.guard.find(route.server, route.name), _session_id(ctx))
         return result
+
+    async def _call_on_its_connection(
+        self, server: str, params: types.CallToolRequestParams, ctx: Any
+    ) -> types.CallToolResult:
+        """On the client's own connection to `server` when it gets one (sessions.py), else on the shared one."""
+        try:
+            link = await self._link(server, ctx)
+        except SessionLimitError as exc:  # not the downstream's failure: no breaker moves
+            return error_result(f"Tool '{params.name}' was not called: {exc}.")
+        if link is None:
+            with self.callers.calling(server, ctx):
+                return await self.call(params.name, params.arguments, _progress_relay(ctx))
+        with link.calling(ctx):
+            return await self.call(params.name, params.arguments, _progress_relay(ctx), via=link.downstream)
+
+    def _has_own_link(self, server: str, ctx: Any) -> bool:
+        """Whether the client of `ctx` reaches `server` on a connection of its own (see sessions.py)."""
+        downstream = self.downstreams.get(server)
+        if self.stdio_upstream or downstream is None:
+            return False
+        return own_connection_of(downstream.config, ctx) is not None
+
+    async def _link(self, server: str, ctx: Any) -> ClientLink | None:
+        """The client's own connection to `server`, opened on first use; None when it uses the shared one.
+
+        Raises:
+            SessionLimitError: it needs one and the server has `max_sessions` open already.
+        """
+        if not self._has_own_link(server, ctx):
+            return None
+        config = self.downstreams[server].config
+        return await self.sessions.link(config, own_connection_of(config, ctx))
 
     async def _server_request(self, downstream: Downstream, request: types.ServerRequest) -> Any:
         """A downstream asks the client something (sampling, elicitation, roots): only the caller may answer."""
@@ -429,7 +471,9 @@ class Proxy:
     async def _roots_changed(self, ctx: Any, params: Any) -> None:
         """A client's roots changed: every downstream hears of it (they ask the client for the new list)."""
         self._remember(ctx)
-        for downstream in list(self.downstreams.values()):
+        connection = client_connection(ctx.session)
+        own = [link.downstream for link in self.sessions.links_of(connection)] if connection is not None else []
+        for downstream in [*self.downstreams.values(), *own]:
             session = downstream.session
             if session is not None:
                 try:
@@ -437,8 +481,11 @@ class Proxy:
                 except Exception as exc:
                     logger.debug("could not tell server %r its client's roots changed: %s", downstream.name, exc)
 
-    async def call(self, name: str, arguments: dict[str, Any] | None, progress: Any = None) -> types.CallToolResult:
-        """Route a published tool name to its downstream once; the guard owns the rest (breaker, fallback).
+    async def call(
+        self, name: str, arguments: dict[str, Any] | None, progress: Any = None, *, via: Downstream | None = None
+    ) -> types.CallToolResult:
+        """Route a published tool name to its downstream once (`via`: the caller's own connection to it); the guard
+        owns the rest (breaker, fallback).
 
         Raises:
             MCPError: unknown tool, or the downstream rejected the arguments.
@@ -462,7 +509,7 @@ class Proxy:
                 message=f"Unknown tool: {name!r}. Call tools/list to see the tools circuitbox publishes.",
             )
         route, _ = found
-        downstream = self.downstreams[route.server]
+        downstream = via if via is not None else self.downstreams[route.server]
         if self.drain.closing:
             return error_result(f"Tool '{name}' was not called: {SHUTTING_DOWN}.")
         result: types.CallToolResult | None = None
@@ -503,7 +550,7 @@ class Proxy:
         request = types.GetPromptRequest(
             params=types.GetPromptRequestParams(name=route.name, arguments=params.arguments)
         )
-        return await self._forward(route.server, request, types.GetPromptResult)
+        return await self._forward(route.server, request, types.GetPromptResult, ctx)
 
     async def _list_resources(self, ctx: Any, params: Any) -> types.ListResourcesResult:
         self._remember(ctx)
@@ -526,10 +573,11 @@ class Proxy:
         if server is None:
             raise MCPError(code=-32002, message=f"Resource not found: {params.uri} (no single server offers it)")
         request = types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri=params.uri))
-        return await self._forward(server, request, types.ReadResourceResult)
+        return await self._forward(server, request, types.ReadResourceResult, ctx)
 
     async def _set_level(self, ctx: Any, params: types.SetLevelRequestParams) -> types.EmptyResult:
-        """The client's level is its own; each downstream that logs gets the most verbose level any client wants."""
+        """The client's level is its own: its own connections get it as it is; each shared one that logs gets the
+        most verbose level any client wants."""
         state = self._client(ctx)
         if state is not None:
             state.level = params.level
@@ -538,9 +586,10 @@ class Proxy:
             caps = downstream.capabilities
             if downstream.session is None or caps is None or caps.logging is None:
                 continue
-            request = types.SetLevelRequest(params=types.SetLevelRequestParams(level=level))
+            own = self._has_own_link(downstream.name, ctx)
+            request = types.SetLevelRequest(params=types.SetLevelRequestParams(level=params.level if own else level))
             try:
-                await self._forward(downstream.name, request, types.EmptyResult)
+                await self._forward(downstream.name, request, types.EmptyResult, ctx if own else None)
             except MCPError as exc:
                 logger.warning("server %r refused logging/setLevel: %s", downstream.name, exc.error.message)
         return types.EmptyResult()
@@ -567,7 +616,7 @@ class Proxy:
         request = types.CompleteRequest(
             params=types.CompleteRequestParams(ref=ref, argument=params.argument, context=params.context)
         )
-        return await self._forward(server, request, types.CompleteResult)
+        return await self._forward(server, request, types.CompleteResult, ctx)
 
     def _tool_name(self, server: str, tool: str) -> str | None:
         """The name `server`'s tool `tool` is published under (before the namespace), or None: not published."""
@@ -597,6 +646,10 @@ class Proxy:
     async def _subscribe(self, ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
         uri = str(params.uri)
         server = self._resource_owner(uri)
+        if self._has_own_link(server, ctx):  # on the client's own connection, which tells only it
+            request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
+            await self._forward(server, request, types.EmptyResult, ctx)
+            return types.EmptyResult()
         first = not self.clients.subscribed(uri)
         state = self._client(ctx)
         if first:
@@ -609,6 +662,10 @@ class Proxy:
     async def _unsubscribe(self, ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
         uri = str(params.uri)
         server = self._resource_owner(uri)
+        if self._has_own_link(server, ctx):
+            request = types.UnsubscribeRequest(params=types.UnsubscribeRequestParams(uri=uri))
+            await self._forward(server, request, types.EmptyResult, ctx)
+            return types.EmptyResult()
         state = self._client(ctx)
         if state is not None:
             state.subscriptions.discard(uri)
@@ -623,14 +680,21 @@ class Proxy:
             raise MCPError(code=-32002, message=f"Resource not found: {uri} (no single server offers it)")
         return server
 
-    async def _forward(self, server: str, request: Any, result_type: type[ResultT]) -> ResultT:
-        """Prompts and resources are not guarded by breakers, but still bounded and never left unanswered."""
+    async def _forward(self, server: str, request: Any, result_type: type[ResultT], ctx: Any = None) -> ResultT:
+        """Prompts and resources are not guarded by breakers, but still bounded and never left unanswered. With the
+        client's `ctx`, on its own connection to `server` when it has one."""
         downstream = self.downstreams[server]
         timeout = self.config.policy(server).call_timeout
         if self.drain.closing:
             raise MCPError(code=types.INTERNAL_ERROR, message=SHUTTING_DOWN)
         try:
-            with self.drain.track(), anyio.fail_after(timeout):
+            link = await self._link(server, ctx) if ctx is not None else None
+        except SessionLimitError as exc:
+            raise MCPError(code=types.INTERNAL_ERROR, message=str(exc)) from None
+        if link is not None:
+            downstream = link.downstream
+        try:
+            with self.drain.track(), anyio.fail_after(timeout), link.calling(ctx) if link else nullcontext():
                 return await downstream.request(request, result_type)
             raise MCPError(code=types.INTERNAL_ERROR, message="circuitbox is shutting down: the request was cancelled")
         except TimeoutError:

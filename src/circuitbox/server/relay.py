@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,8 +51,11 @@ class Clients:
     def subscribed(self, uri: str) -> bool:
         return any(uri in s.subscriptions for s in self._states.values())
 
-    async def relay_log(self, namespace: str, params: dict[str, Any]) -> None:
-        """A downstream's log message, to every client whose level admits it, its logger prefixed."""
+    async def relay_log(
+        self, namespace: str, params: dict[str, Any], skip: Callable[[Any], bool] = lambda _: False
+    ) -> None:
+        """A downstream's log message, to every client whose level admits it, its logger prefixed; not to those
+        `skip` names (clients with a connection of their own to that server hear only that one)."""
         level = params.get("level")
         rank = LEVELS.index(level) if level in LEVELS else len(LEVELS)
         prefixed = dict(params)
@@ -59,6 +63,8 @@ class Clients:
             source = params.get("logger")
             prefixed["logger"] = f"{namespace}__{source}" if source else namespace
         for connection, state in list(self._states.items()):
+            if skip(connection):
+                continue
             if state.level is None or rank >= LEVELS.index(state.level):
                 await _send(connection, "notifications/message", prefixed)
 
