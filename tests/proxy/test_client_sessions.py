@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
-from mcp import Client
+from mcp import Client, MCPDeprecationWarning
 
 from tests.net import free_port
 from tests.proxy.harness import chaos, everything_server, pid_of, running_process, write_config
@@ -171,7 +171,7 @@ async def test_each_clients_log_level_and_subscriptions_stay_its_own(tmp_path: P
             Client(url, mode="legacy", message_handler=handler("bob"), **callbacks_of("bob")) as bob,
         ):
             uri = str((await alice.list_resources()).resources[0].uri)
-            with pytest.warns(DeprecationWarning):
+            with pytest.warns(MCPDeprecationWarning):
                 await alice.set_logging_level("emergency")  # alice wants nothing but emergencies
                 await bob.set_logging_level("debug")
                 await alice.subscribe_resource(uri)  # only alice subscribes
