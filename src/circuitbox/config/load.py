@@ -24,6 +24,7 @@ from circuitbox.breakers.profiles import check_environment, check_preset, enviro
 from circuitbox.config.expand import expand
 from circuitbox.config.model import (
     CLASSIFICATION_FIELDS,
+    MAX_MESSAGE_BYTES,
     SERVER_FIELDS,
     ConfigError,
     Overrides,
@@ -138,6 +139,7 @@ class ProxyConfig:
     http_max_sessions: int = 1000
     http_session_idle_timeout: float = 600.0
     shutdown_timeout: float = 10.0
+    max_message_bytes: int = MAX_MESSAGE_BYTES
     list_changed_interval: float = 2.0
     source: str = "<config>"
     defaults: Layer | None = field(default=None, repr=False)
@@ -267,6 +269,7 @@ def parse_config(
         http_max_sessions=file.http.max_sessions,
         http_session_idle_timeout=file.http.session_idle_timeout,
         shutdown_timeout=file.shutdown_timeout,
+        max_message_bytes=file.max_message_bytes,
         list_changed_interval=file.list_changed_interval,
         source=source,
         defaults=defaults,

@@ -109,7 +109,7 @@ class Proxy:
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self.clients = Clients()
         self.callers = Callers()
-        self.sessions = ClientSessions(backoff)  # per-client downstream connections
+        self.sessions = ClientSessions(backoff, config.max_message_bytes)  # per-client downstream connections
         self.stdio_upstream = False  # set by the stdio front end: it has exactly one client
         self._server: Server[Any] | None = None
         self._catalog_listeners: list[Callable[[Catalog, Catalog], None]] = []
@@ -126,6 +126,7 @@ class Proxy:
             on_notification=self._downstream_notification,
             on_server_request=self._server_request,
             on_connected=self._connected,
+            max_message_bytes=self.config.max_message_bytes,
         )
 
     def _connected(self, downstream: Downstream) -> None:
