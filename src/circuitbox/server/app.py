@@ -49,6 +49,7 @@ def build_proxy(config: ProxyConfig, *, metrics: bool = True, **kwargs: Any) -> 
         on_new_breaker=lambda breaker, server, tool: collector.bind(breaker.name, server=server, tool=tool),
         on_forget_breaker=collector.forget,
         tool_stats=lambda breaker: collector.tool_stats(breaker.name),
+        on_count=collector.count,
         **kwargs,
     )
     collector.attach(proxy.registry)
