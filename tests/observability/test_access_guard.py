@@ -99,7 +99,7 @@ async def test_a_link_with_the_token_is_exchanged_for_the_cookie_and_redirected_
     async with _client("s3cret") as http:
         link = await http.get("/status", params={"token": "s3cret", "state": "open"})
         assert link.status_code == 303 and link.headers["location"] == "/status?state=open"
-        assert link.headers["referrer-policy"] == "no-referrer" and COOKIE in http.cookies
+        assert link.headers["referrer-policy"] == "same-origin" and COOKIE in http.cookies
         http.cookies.clear()
         bare = await http.get("/status", params={"token": "s3cret"})
         assert bare.headers["location"] == "/status"

@@ -178,7 +178,7 @@ class AccessGuard:
         return [
             (b"set-cookie", cookie.encode()),
             (b"location", location.encode()),
-            (b"referrer-policy", b"no-referrer"),
+            (b"referrer-policy", b"same-origin"),
         ]
 
     async def _login(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -205,7 +205,7 @@ class AccessGuard:
             401,
             page,
             "text/html; charset=utf-8",
-            [(b"www-authenticate", b"Bearer"), (b"referrer-policy", b"no-referrer")],
+            [(b"www-authenticate", b"Bearer"), (b"referrer-policy", b"same-origin")],
         )
 
 

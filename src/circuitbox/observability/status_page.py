@@ -41,7 +41,7 @@ FORCE_CHOICES = ("open", "disabled", "metrics_only", "auto")
 _CSS = (
     "body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}table{border-collapse:collapse;margin:1rem 0}"
     "th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}th{background:#f3f3f3}"
-    "td.num{text-align:right}.state{font-weight:bold;border-radius:.3rem}"
+    "td.num{text-align:right}td.num,td.admin{white-space:nowrap}.state{font-weight:bold;border-radius:.3rem}"
     ".closed,.connected{color:#176b2c}.open,.forced_open,.down,.crash_loop{color:#fff;background:#b00020}"
     ".half_open,.starting,.restarting{color:#5c3b00;background:#ffd27a}.disabled,.metrics_only{color:#444;"
     "background:#ddd}form.inline{display:inline;margin:0 .2rem}#live{color:#666}"
@@ -128,7 +128,7 @@ def render_html(
             f'<td class="num">{b["failure_rate"]:.0%}</td><td class="num">{_ms(b.get("p50"))}</td>'
             f'<td class="num">{_ms(b.get("p99"))}</td><td>{esc(b.get("last_error") or "")}</td>'
             f'<td class="num probe" data-retry="{retry or 0}">{"" if not retry else format(retry, ".1f") + " s"}</td>'
-            + (f"<td>{_admin_forms(b['server'], b['tool'], csrf)}</td>" if csrf else "")
+            + (f'<td class="admin">{_admin_forms(b["server"], b["tool"], csrf)}</td>' if csrf else "")
             + "</tr>"
         )
     names = sorted({s["server"] for s in doc.get("servers", [])} | {b["server"] for b in doc.get("breakers", [])})
@@ -170,9 +170,10 @@ _JS = r"""
     if(!settings.csrf)return '';
     var h='<input type="hidden" name="server" value="'+esc(b.server)+'"><input type="hidden" name="tool" value="'+
       esc(b.tool)+'"><input type="hidden" name="csrf" value="'+esc(settings.csrf)+'">';
-    return '<td><form class="inline" method="post" action="/status/admin">'+h+'<input type="hidden" name="action" '+
-      'value="reset"><button type="submit" class="reset">reset</button></form><form class="inline" method="post" '+
-      'action="/status/admin">'+h+'<input type="hidden" name="action" value="force"><select name="state">'+
+    return '<td class="admin"><form class="inline" method="post" action="/status/admin">'+h+
+      '<input type="hidden" name="action" value="reset"><button type="submit" class="reset">reset</button></form>'+
+      '<form class="inline" method="post" action="/status/admin">'+h+
+      '<input type="hidden" name="action" value="force"><select name="state">'+
       ['open','disabled','metrics_only','auto'].map(function(c){return '<option value="'+c+'">'+c+'</option>';})
       .join('')+'</select><button type="submit" class="force">force</button></form></td>';
   };
@@ -327,5 +328,6 @@ class StatusApp:
                 csrf=self.csrf if self.proxy.config.admin_enabled else None,
                 nonce=nonce,
             )
-            headers = [(b"content-security-policy", _csp(nonce)), (b"referrer-policy", b"no-referrer")]
+            # same-origin, not no-referrer: with no-referrer a browser sends `Origin: null` on the admin forms.
+            headers = [(b"content-security-policy", _csp(nonce)), (b"referrer-policy", b"same-origin")]
             await reply(send, 200, page.encode(), "text/html; charset=utf-8", headers)
