@@ -30,6 +30,8 @@ from circuitbox.chaos import DEFAULT_TOOLS, BehaviourError, parse_behaviour, par
         ("flapping:1:2:hang", {"kind": "flapping", "fault": "hang"}),
         ("fail:0.3", {"kind": "fail", "probability": 0.3, "fault": "error"}),
         ("fail:1:protocol_error", {"kind": "fail", "probability": 1.0, "fault": "protocol_error"}),
+        ("fail_first:2", {"kind": "fail_first", "count": 2, "fault": "error"}),
+        ("fail_first:1:hang", {"kind": "fail_first", "count": 1, "fault": "hang"}),
         ("progress", {"kind": "progress", "count": 3, "seconds": (0.0, 0.0)}),
         ("progress:5:0.1", {"kind": "progress", "count": 5, "seconds": (0.1, 0.1)}),
     ],
@@ -56,6 +58,8 @@ def test_every_documented_spec_parses_to_its_fields(spec: str, fields: dict[str,
         ("flapping:0:0", r"DOWN \+ UP"),
         ("garbage:later", "THEN must be one of"),
         ("crash:x", "must be an integer"),
+        ("fail_first", "expected 1 to 2 argument"),
+        ("fail_first:x", "must be an integer"),
     ],
 )
 def test_a_bad_spec_is_rejected_with_a_message_naming_the_problem(spec: str, complaint: str) -> None:
@@ -117,3 +121,9 @@ def test_plain_behaviours_resolve_to_themselves() -> None:
     for spec in ("healthy", "hang", "latency:0.2", "garbage:exit", "crash"):
         behaviour = parse_behaviour(spec)
         assert resolve(behaviour, random.Random(0), 123.0) is behaviour
+
+
+def test_fail_first_fails_the_first_n_calls_since_it_was_set_then_heals() -> None:
+    behaviour = parse_behaviour("fail_first:2:hang")
+    kinds = [resolve(behaviour, random.Random(0), 0.0, nth).kind for nth in (1, 2, 3, 4)]
+    assert kinds == ["hang", "hang", "healthy", "healthy"]

@@ -13,7 +13,7 @@ import circuitbox.chaos
 from circuitbox.chaos import DEFAULT_TOOLS
 from circuitbox.chaos._transport import _LockedText, _StdioWire
 from circuitbox.cli import main
-from circuitbox.commands.chaos import add_arguments, tools_from_args
+from circuitbox.commands.chaos import add_arguments, hints_from_args, tools_from_args
 
 pytestmark = pytest.mark.anyio
 
@@ -38,6 +38,11 @@ def test_tool_flags_override_a_json_spec_and_seed_overrides_its_seed(tmp_path: P
     path.write_text(json.dumps(spec))
     tools, seed = tools_from_args(parse("--spec", str(path), "--seed", "9"))
     assert (list(tools), seed) == (["echo", "slow"], 9)
+
+
+def test_read_only_and_idempotent_flags_give_tools_their_hints() -> None:
+    hints = hints_from_args(parse("--read-only", "get", "--idempotent", "get", "--idempotent", "put"))
+    assert hints == {"get": frozenset({"readOnly", "idempotent"}), "put": frozenset({"idempotent"})}
 
 
 def test_help_lists_the_behaviour_syntax(capsys: pytest.CaptureFixture[str]) -> None:

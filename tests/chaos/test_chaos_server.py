@@ -40,6 +40,20 @@ async def test_tools_are_listed_with_their_schemas_and_list_changed_is_advertise
         assert tools["sum"].input_schema["required"] == ["a", "b"]
 
 
+async def test_hinted_tools_are_listed_with_their_annotations_and_fail_first_counts_from_each_set() -> None:
+    hinted = ChaosState(
+        {"get": parse_behaviour("fail_first:1"), "put": parse_behaviour("healthy")},
+        hints={"get": frozenset({"readOnly", "idempotent"})},
+    )
+    async with memory_session(hinted) as (session, _):
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+        assert tools["get"].annotations == types.ToolAnnotations(read_only_hint=True, idempotent_hint=True)
+        assert tools["put"].annotations is None
+        assert [(await session.call_tool("get", {})).is_error for _ in range(2)] == [True, False]
+        await session.call_tool("chaos_control", {"action": "set", "tool": "get", "behaviour": "fail_first:1"})
+        assert [(await session.call_tool("get", {})).is_error for _ in range(2)] == [True, False]
+
+
 async def test_healthy_echoes_text_and_structured_content() -> None:
     async with memory_session(state(echo="healthy")) as (session, _):
         result = await session.call_tool("echo", {"x": 1})

@@ -314,3 +314,41 @@ def test_the_unmatched_warning_lists_at_most_ten_tools_and_says_so_for_a_server_
     warnings = check_cmd.unmatched_overrides(config, {"s": many, "e": []})
     assert warnings[0].endswith("its tools: t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, ... (12 in all)")
     assert warnings[1].endswith("its tools: none")
+
+
+def test_check_connect_says_where_retry_and_last_known_good_apply_and_refuses_them_on_a_writing_tool(
+    tmp_path: Path,
+) -> None:
+    from tests.proxy.harness import chaos
+
+    entry = {
+        **chaos("get=healthy", "put=healthy", "upd=healthy", read_only=("get",), idempotent=("upd",)),
+        "breaker": {"retry": {"attempts": 2}, "fallback": {"last_known_good": {"max_age": 60}}},
+    }
+    done = check(str(write(tmp_path, {"mcpServers": {"c": entry}})), "--connect", "--json")
+    assert done.returncode == 0, done.stderr
+    tools = {t["tool"]: t for t in json.loads(done.stdout)["servers"][0]["tools"]}
+    assert (tools["get"]["retry"], tools["get"]["last_known_good"]) == (
+        "applies (readOnlyHint)",
+        "applies (readOnlyHint)",
+    )
+    assert tools["upd"]["retry"] == "applies (idempotentHint)"
+    assert tools["upd"]["last_known_good"] == "does not apply (no readOnlyHint)"
+    assert tools["put"]["retry"] == "does not apply (neither readOnlyHint nor idempotentHint)"
+    assert policy_value(tools["get"], "retry") == {"attempts": 2, "backoff": 0.1, "max_backoff": 2.0, "budget": 0.2}
+
+    entry["tools"] = {"put": {"idempotent": True, "fallback": {"last_known_good": {}}}}
+    done = check(str(write(tmp_path, {"mcpServers": {"c": entry}})), "--connect")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "circuitbox: config error: mcpServers.c.tools.put.fallback: last_known_good is for read-only tools, and "
+        "'put' of 'c' is not listed with readOnlyHint: its calls are never answered with a kept result"
+    )
+    entry["tools"] = {"put": {"idempotent": True}}
+    table = check(str(write(tmp_path, {"mcpServers": {"c": entry}})), "--connect").stdout
+    assert "  tool put: as the server, except\n    idempotent" in table
+    assert "    retry: applies (idempotent: true)\n    last_known_good: does not apply (no readOnlyHint)" in table
+
+
+def policy_value(tool: dict[str, Any], field: str) -> Any:
+    return tool["policy"][field]["value"]

@@ -20,11 +20,18 @@ REPO = Path(__file__).resolve().parents[2]
 EVERYTHING = REPO / ".cache/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 
 
-def chaos(*tools: str, seed: int = 1) -> dict[str, Any]:
-    """A server entry running the bundled chaos server over stdio with the given `--tool` specs."""
+def chaos(
+    *tools: str, seed: int = 1, read_only: tuple[str, ...] = (), idempotent: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A server entry running the bundled chaos server over stdio with the given `--tool` specs (the tools named in
+    `read_only` / `idempotent` listed with those annotations)."""
     args = ["-m", "circuitbox", "chaos", "--seed", str(seed)]
     for spec in tools:
         args += ["--tool", spec]
+    for name in read_only:
+        args += ["--read-only", name]
+    for name in idempotent:
+        args += ["--idempotent", name]
     entry: dict[str, Any] = {"command": sys.executable, "args": args}
     if env := import_path_env():
         entry["env"] = env

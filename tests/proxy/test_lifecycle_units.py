@@ -137,14 +137,14 @@ async def test_a_drain_refuses_nothing_until_closed_and_cancels_what_outlives_it
 async def test_lines_are_split_across_chunks_and_one_over_the_limit_is_dropped(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(stdio_child, "MAX_LINE", 10)
     send, receive = anyio.create_memory_object_stream[bytes](10)
     for chunk in (b"ab", b"c\n\n  \n", b"x" * 8, b"y" * 8, b"still too long\nok\n"):
         send.send_nowait(chunk)
     send.close()
     with receive:
-        assert [line async for line in _lines(receive, "s")] == [b"abc", b"ok"]  # type: ignore[arg-type]
-    assert "server 's' wrote a stdout line over 10 bytes; dropped" in caplog.text
+        lines = [line async for line in _lines(receive, "s", 10)]  # type: ignore[arg-type]
+    assert lines == [b"abc", stdio_child.Oversized(b"x" * 8 + b"y" * 8, b"x" * 8 + b"y" * 8 + b"still too long"), b"ok"]
+    assert "server 's' wrote a stdout line over 10 bytes (max_message_bytes); dropped" in caplog.text
 
 
 async def test_stderr_lines_over_the_budget_are_counted_in_the_log(

@@ -22,6 +22,7 @@ Kind = Literal[
     "garbage",
     "flapping",
     "fail",
+    "fail_first",
     "progress",
 ]
 Fault = Literal["error", "protocol_error", "hang", "crash"]
@@ -42,6 +43,7 @@ crash[:EXIT]               the process exits at once (os._exit), default status 
 garbage[:THEN[:LINES]]     write LINES (3) non-JSON lines to stdout (stdio), THEN answer|hang|exit (answer)
 flapping:DOWN:UP[:FAULT]   FAULT (error) for DOWN s, healthy for UP s, repeating; clock starts when set
 fail:P[:FAULT]             FAULT (error) with probability P, else healthy (seeded)
+fail_first:N[:FAULT]       FAULT (error) for the first N calls after it is set, then healthy
 progress[:N[:INTERVAL]]    N (3) progress notifications INTERVAL (0) s apart, then answer"""
 
 
@@ -66,7 +68,7 @@ class Behaviour:
     message: str = ""
     then: Then = "answer"
     count: int = 3
-    """garbage: lines written; progress: notifications sent."""
+    """garbage: lines written; progress: notifications sent; fail_first: calls that fail."""
 
 
 def _float(text: str, what: str, spec: str) -> float:
@@ -147,6 +149,11 @@ def parse_behaviour(spec: str) -> Behaviour:
             raise BehaviourError(f"{spec!r}: P must be between 0 and 1")
         fault = cast(Fault, _choice(args[1], FAULTS, "FAULT", spec)) if len(args) > 1 else "error"
         b = replace(b, probability=p, fault=fault)
+    elif kind == "fail_first":
+        _arity(args, 1, 2, spec)
+        failing = _int(args[0], "N", spec)
+        fault = cast(Fault, _choice(args[1], FAULTS, "FAULT", spec)) if len(args) > 1 else "error"
+        b = replace(b, count=max(failing, 0), fault=fault)
     else:  # progress
         _arity(args, 0, 2, spec)
         steps = _int(args[0], "N", spec) if args else 3
@@ -168,11 +175,14 @@ def parse_tool(text: str) -> tuple[str, Behaviour]:
     return name, parse_behaviour(spec)
 
 
-def resolve(b: Behaviour, rng: random.Random, elapsed: float) -> Behaviour:
-    """The concrete behaviour of one call; `elapsed` is the seconds since `b` was set.
+def resolve(b: Behaviour, rng: random.Random, elapsed: float, nth: int = 1) -> Behaviour:
+    """The concrete behaviour of one call; `elapsed` is the seconds since `b` was set, `nth` the call's number
+    since then (1 for the first).
 
-    The result's kind is never `fail` or `flapping`, and a latency has a fixed delay.
+    The result's kind is never `fail`, `fail_first` or `flapping`, and a latency has a fixed delay.
     """
+    if b.kind == "fail_first":
+        return fault(b.fault) if nth <= b.count else HEALTHY
     if b.kind == "fail":
         return fault(b.fault) if rng.random() < b.probability else HEALTHY
     if b.kind == "flapping":

@@ -74,18 +74,25 @@ def _text(text: str, *, error: bool = False, data: dict[str, Any] | None = None)
 
 
 def tool_def(entry: ToolEntry) -> types.Tool:
-    """The listed definition of a chaos tool (depends on its fixed shape, never on its current behaviour)."""
+    """The listed definition of a chaos tool (depends on its fixed shape and hints, never on its behaviour)."""
+    annotations = None
+    if entry.hints:
+        annotations = types.ToolAnnotations(
+            read_only_hint="readOnly" in entry.hints or None, idempotent_hint="idempotent" in entry.hints or None
+        )
     if entry.shape == "add":
         return types.Tool(
             name=entry.name,
             description="Chaos tool: adds a and b (behaviour switchable with chaos_control).",
             input_schema=ADD_INPUT,
             output_schema=ADD_OUTPUT,
+            annotations=annotations,
         )
     return types.Tool(
         name=entry.name,
         description="Chaos tool: echoes its arguments (behaviour switchable with chaos_control).",
         input_schema=ECHO_INPUT,
+        annotations=annotations,
     )
 
 

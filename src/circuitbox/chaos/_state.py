@@ -38,6 +38,10 @@ class ToolEntry:
     since: float
     rng: random.Random
     stats: ToolStats = field(default_factory=ToolStats)
+    calls_since: int = 0
+    """Calls since the behaviour was set (fail_first counts them)."""
+    hints: frozenset[str] = frozenset()
+    """Annotations the tool is listed with: "readOnly", "idempotent"."""
 
 
 class UnknownToolError(KeyError):
@@ -53,9 +57,11 @@ class ChaosState:
         *,
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        hints: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self.seed = seed
         self.clock = clock
+        self.hints = dict(hints or {})
         self._initial = dict(tools)
         self._started = clock()
         self.tools: dict[str, ToolEntry] = {}
@@ -86,7 +92,9 @@ class ChaosState:
             self.set(name, behaviour)
             return False
         shape: Literal["echo", "add"] = "add" if behaviour.kind == "add" else "echo"
-        self.tools[name] = ToolEntry(name, behaviour, shape, self.clock(), self._rng(name))
+        self.tools[name] = ToolEntry(
+            name, behaviour, shape, self.clock(), self._rng(name), hints=self.hints.get(name, frozenset())
+        )
         return True
 
     def remove(self, name: str) -> None:
@@ -105,6 +113,7 @@ class ChaosState:
         for n in names:
             self.tools[n].behaviour = behaviour
             self.tools[n].since = now
+            self.tools[n].calls_since = 0
         return names
 
     def begin(self, name: str) -> tuple[ToolEntry, Behaviour]:
@@ -116,7 +125,8 @@ class ChaosState:
         entry = self.entry(name)
         entry.stats.calls += 1
         entry.stats.in_flight += 1
-        return entry, resolve(entry.behaviour, entry.rng, self.clock() - entry.since)
+        entry.calls_since += 1
+        return entry, resolve(entry.behaviour, entry.rng, self.clock() - entry.since, entry.calls_since)
 
     @staticmethod
     def end(entry: ToolEntry, outcome: Outcome) -> None:

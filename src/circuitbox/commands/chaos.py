@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tool", action="append", default=[], metavar="NAME=BEHAVIOUR", help="a tool and its behaviour"
     )
     parser.add_argument("--spec", metavar="JSON|PATH", help="tools and seed as JSON; --tool entries override it")
+    parser.add_argument(
+        "--read-only", action="append", default=[], metavar="NAME", help="list tool NAME with readOnlyHint"
+    )
+    parser.add_argument(
+        "--idempotent", action="append", default=[], metavar="NAME", help="list tool NAME with idempotentHint"
+    )
     parser.add_argument("--seed", type=int, help="seed for fail and latency ranges (per tool), for reproducible runs")
     parser.add_argument("--transport", choices=["stdio", "http"], default="stdio")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
@@ -88,6 +94,15 @@ def tools_from_args(args: argparse.Namespace) -> tuple[dict[str, Behaviour], int
     return tools, seed
 
 
+def hints_from_args(args: argparse.Namespace) -> dict[str, frozenset[str]]:
+    """Tool name -> the annotations `--read-only` and `--idempotent` give it."""
+    hints: dict[str, set[str]] = {}
+    for flag, hint in ((args.read_only, "readOnly"), (args.idempotent, "idempotent")):
+        for name in flag:
+            hints.setdefault(name, set()).add(hint)
+    return {name: frozenset(found) for name, found in hints.items()}
+
+
 async def _serve(args: argparse.Namespace, tools: dict[str, Behaviour], seed: int | None) -> None:
     import anyio
 
@@ -95,7 +110,7 @@ async def _serve(args: argparse.Namespace, tools: dict[str, Behaviour], seed: in
     from circuitbox.chaos._transport import serve_http, serve_stdio
 
     await anyio.sleep(args.startup_delay)
-    state = ChaosState(tools, seed=seed)
+    state = ChaosState(tools, seed=seed, hints=hints_from_args(args))
     if args.transport == "http":
         await serve_http(state, name=args.name, host=args.host, port=args.port)
     else:

@@ -17,9 +17,25 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, TextIO
 
 from circuitbox.breakers.profiles import PRESETS
-from circuitbox.config.load import ConfigError, ProxyConfig, ServerConfig, discover_config_path, load_config
+from circuitbox.config.load import (
+    ConfigError,
+    ProxyConfig,
+    ServerConfig,
+    discover_config_path,
+    last_known_good_misuse,
+    load_config,
+)
 from circuitbox.config.model import SERVER_FIELDS
 from circuitbox.config.policy import POLICY_FIELDS, ToolPolicy, describe_policy, error_rules, is_glob
+
+
+class Listed(list[str]):
+    """A server's tool names as listed, with the names whose annotations say readOnlyHint / idempotentHint."""
+
+    def __init__(self, names: list[str], read_only: set[str] | None = None, idempotent: set[str] | None = None):
+        super().__init__(names)
+        self.read_only = frozenset(read_only or ())
+        self.idempotent = frozenset(idempotent or ())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +57,15 @@ def run(args: argparse.Namespace) -> int:
 
             tools, errors = anyio.run(connect_all, config)
         report = build_report(config, tools if args.connect else None)
+        misuse = [
+            problem
+            for server, listed in tools.items()
+            for tool in listed
+            if config.servers[server].publishes(tool)
+            and (problem := last_known_good_misuse(config, server, tool, tool in _read_only(listed)))
+        ]
+        if misuse:
+            raise ConfigError.of(misuse)
     except ConfigError as exc:
         for problem in exc.problems:  # one line each: every problem of the file at once
             print(f"circuitbox: config error: {problem}", file=sys.stderr)
@@ -109,14 +134,16 @@ def build_report(config: ProxyConfig, tools: dict[str, list[str]] | None) -> dic
         entry["policy"].update(server_fields(server))
         entry["session"] = {"mode": server.session, "max_sessions": server.max_sessions}
         entry["error_rules"] = error_rules(policy)  # how an isError result counts, pattern by pattern
+        listed = (tools or {}).get(name, [])
         entry["tools"] = [
             {
                 "tool": tool,
                 "published": published(server, tool),
                 "policy": policy_json(p),
                 "error_rules": error_rules(p),
+                **surface(p, tool, listed),
             }
-            for tool in (tools or {}).get(name, [])
+            for tool in listed
             for p in [config.policy(name, tool)]
         ]
         servers.append(entry)
@@ -142,6 +169,27 @@ def published(server: ServerConfig, tool: str) -> str | None:
         return None
     own = server.public_name(tool)
     return f"{server.namespace}__{own}" if server.namespace else own
+
+
+def _read_only(listed: list[str]) -> frozenset[str]:
+    return listed.read_only if isinstance(listed, Listed) else frozenset()
+
+
+def surface(policy: ToolPolicy, tool: str, listed: list[str]) -> dict[str, str]:
+    """Whether `retry` and `fallback.last_known_good`, where set, apply to `tool`: both depend on its annotations."""
+    read_only = tool in _read_only(listed)
+    idempotent = isinstance(listed, Listed) and tool in listed.idempotent
+    out = {}
+    if policy.retry is not None:
+        if policy.idempotent:
+            out["retry"] = "applies (idempotent: true)"
+        elif read_only or idempotent:
+            out["retry"] = f"applies ({'readOnlyHint' if read_only else 'idempotentHint'})"
+        else:
+            out["retry"] = "does not apply (neither readOnlyHint nor idempotentHint)"
+    if policy.last_known_good is not None:
+        out["last_known_good"] = "applies (readOnlyHint)" if read_only else "does not apply (no readOnlyHint)"
+    return out
 
 
 def _show(value: Any) -> str:
@@ -186,6 +234,9 @@ def print_table(config: ProxyConfig, report: dict[str, Any], out: TextIO) -> Non
             print(f"  tool {shown}: as the server{', except' if differs else ''}", file=out)
             for field, value, source in differs:
                 print(f"    {field:<{width}}  {value:<{values}}  {source}", file=out)
+            for field in ("retry", "last_known_good"):
+                if field in tool:
+                    print(f"    {field}: {tool[field]}", file=out)
             if tool["error_rules"] != entry["error_rules"]:
                 print_rules(tool["error_rules"], "    ", out)
 
@@ -219,7 +270,7 @@ async def connect_all(config: ProxyConfig) -> tuple[dict[str, list[str]], dict[s
     return dict(sorted(tools.items(), key=lambda i: order.index(i[0]))), errors
 
 
-async def list_tools(server: ServerConfig) -> list[str]:
+async def list_tools(server: ServerConfig) -> Listed:
     """Start `server`, list its tools (every page), stop it; all within its `startup_timeout`.
 
     Raises:
@@ -245,12 +296,18 @@ async def list_tools(server: ServerConfig) -> list[str]:
             raise
 
 
-async def _all_tools(session: Any) -> list[str]:
+async def _all_tools(session: Any) -> Listed:
     import mcp_types as types
 
     from circuitbox.server.downstream import paginate
 
-    return [tool.name for tool in await paginate(session, types.ListToolsRequest, types.ListToolsResult, "tools")]
+    tools = await paginate(session, types.ListToolsRequest, types.ListToolsResult, "tools")
+    hints = [(t.name, t.annotations or types.ToolAnnotations()) for t in tools]
+    return Listed(
+        [t.name for t in tools],
+        read_only={name for name, h in hints if h.read_only_hint},
+        idempotent={name for name, h in hints if h.idempotent_hint},
+    )
 
 
 def _transport(server: ServerConfig, errlog: TextIO) -> AbstractAsyncContextManager[tuple[Any, Any]]:

@@ -24,6 +24,7 @@ from circuitbox.breakers.profiles import check_environment, check_preset, enviro
 from circuitbox.config.expand import expand
 from circuitbox.config.model import (
     CLASSIFICATION_FIELDS,
+    MAX_MESSAGE_BYTES,
     SERVER_FIELDS,
     ConfigError,
     Overrides,
@@ -32,7 +33,16 @@ from circuitbox.config.model import (
     strip_client_keys,
     validate_parts,
 )
-from circuitbox.config.policy import Layer, ToolPolicy, base_layers, is_glob, make_layer, resolve, tool_layers
+from circuitbox.config.policy import (
+    LastKnownGood,
+    Layer,
+    ToolPolicy,
+    base_layers,
+    is_glob,
+    make_layer,
+    resolve,
+    tool_layers,
+)
 from circuitbox.config.secrets import mask, secrets_of
 
 logger = logging.getLogger("circuitbox.config")
@@ -138,6 +148,7 @@ class ProxyConfig:
     http_max_sessions: int = 1000
     http_session_idle_timeout: float = 600.0
     shutdown_timeout: float = 10.0
+    max_message_bytes: int = MAX_MESSAGE_BYTES
     list_changed_interval: float = 2.0
     source: str = "<config>"
     defaults: Layer | None = field(default=None, repr=False)
@@ -168,6 +179,21 @@ class ProxyConfig:
         elif tool is not None:
             layers += tool_layers(srv.tools, tool)
         return resolve(f"{srv.name}__{tool}" if tool is not None else srv.name, layers)
+
+
+def last_known_good_misuse(config: ProxyConfig, server: str, tool: str, read_only: bool) -> str | None:
+    """The config error of a `tools` entry naming `tool` exactly that sets `fallback.last_known_good` when the tool
+    is not read-only (known only once the server lists it), or None. Set for a server, in `defaults` or by a glob,
+    last_known_good simply applies to the read-only tools only."""
+    if read_only or server not in config.servers:
+        return None
+    for pattern, layer in config.servers[server].tools:
+        if pattern == tool and isinstance(layer.values.get("fallback"), LastKnownGood):
+            return (
+                f"{layer.path}.fallback: last_known_good is for read-only tools, and {tool!r} of {server!r} is not "
+                "listed with readOnlyHint: its calls are never answered with a kept result"
+            )
+    return None
 
 
 def discover_config_path(explicit: str | None, env: Mapping[str, str] | None = None) -> Path:
@@ -267,6 +293,7 @@ def parse_config(
         http_max_sessions=file.http.max_sessions,
         http_session_idle_timeout=file.http.session_idle_timeout,
         shutdown_timeout=file.shutdown_timeout,
+        max_message_bytes=file.max_message_bytes,
         list_changed_interval=file.list_changed_interval,
         source=source,
         defaults=defaults,

@@ -82,6 +82,10 @@ class ConfigError(Exception):
         return cls("; ".join(unique), unique)
 
 
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""Default of `max_message_bytes`."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -265,6 +269,9 @@ class ConfigFile(_Strict):
     """The HTTP upstream's sessions."""
     shutdown_timeout: float = Field(10.0, ge=0, le=3600)
     """Seconds that calls in flight get to finish on SIGTERM / SIGINT before they are answered with an error."""
+    max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=64 * 1024, le=1 << 30)
+    """The largest message any hop takes (an upstream line or HTTP body, a downstream line, response or SSE
+    event); a larger one is refused with a logged error, never buffered and parsed."""
     list_changed_interval: float = Field(2.0, ge=0, le=3600)
     """Seconds between two tools/list_changed notifications that breaker state causes (the last of a burst is
     always sent)."""

@@ -1,6 +1,6 @@
 """The metric families one scrape yields, and how one breaker's `Series` becomes their samples.
 
-The first seven are the contract (README, "Observability"). The last two are extras that only the "open for
+The first nine are the contract (README, "Observability"). The last two are extras that only the "open for
 too long" alert needs, so that each breaker is judged against its own timeout.
 """
 
@@ -52,6 +52,12 @@ class Families:
             "circuit_breaker_fallback_activations", "Rejected calls answered by a fallback.", labels=lb
         )
         self.health = GaugeMetricFamily("circuit_breaker_health_score", "Health score 0..1 (0 when open).", labels=lb)
+        self.retries = CounterMetricFamily(
+            "circuit_breaker_retries", "Attempts after the first (retry policy, read-only/idempotent tools).", labels=lb
+        )
+        self.stale_answers = CounterMetricFamily(
+            "circuit_breaker_stale_answers", "Calls answered with a last-known-good result, marked stale.", labels=lb
+        )
         self.open_timeout = GaugeMetricFamily(
             "circuit_breaker_open_timeout_seconds",
             "Configured base open period (the breaker's timeout); not part of the contract.",
@@ -72,6 +78,8 @@ class Families:
             self.response,
             self.fallbacks,
             self.health,
+            self.retries,
+            self.stale_answers,
             self.open_timeout,
             self.open_duration,
         )
@@ -99,6 +107,8 @@ class Families:
             sum_value=s.duration_sum,
         )
         self.fallbacks.add_metric(labels, s.fallbacks)
+        self.retries.add_metric(labels, s.retries)
+        self.stale_answers.add_metric(labels, s.stale_answers)
         self.open_duration.add_metric(labels, open_duration)
         if health is not None:
             self.health.add_metric(labels, health)

@@ -42,6 +42,8 @@ class Series:
     failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_TYPES, 0))
     transitions: dict[tuple[str, str], int] = field(default_factory=dict)
     fallbacks: int = 0
+    retries: int = 0
+    stale_answers: int = 0
     # bucket_counts[i] counts durations <= BUCKETS[i] and > BUCKETS[i-1]; the last slot is +Inf.
     bucket_counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
     duration_sum: float = 0.0

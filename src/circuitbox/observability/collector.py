@@ -107,6 +107,18 @@ class MetricsCollector(Collector):
         else:
             s.unavailable_since = None
 
+    def count(self, breaker_name: str, what: str) -> None:
+        """One retry (`what` "retries") or stale answer ("stale_answers") of a breaker's tool, told by the proxy."""
+        s = self._series.get(breaker_name)
+        if s is None:
+            if breaker_name in self._forgotten:
+                return
+            s = self._series[breaker_name] = Series(*self.labels_for(breaker_name))
+        if what == "retries":
+            s.retries += 1
+        elif what == "stale_answers":
+            s.stale_answers += 1
+
     def attach(self, target: BreakerRegistry | CircuitBreaker) -> None:
         """Listen to a registry (its breakers now and later) or to one breaker, and read gauges from it."""
         if isinstance(target, CircuitBreaker):
@@ -173,6 +185,8 @@ class MetricsCollector(Collector):
             "requests": {**s.requests, "total": sum(s.requests.values())},
             "failures_by_type": dict(s.failures),
             "fallback_activations": s.fallbacks,
+            "retries": s.retries,
+            "stale_answers": s.stale_answers,
             "state_transitions": sum(s.transitions.values()),
             "latency_seconds": {
                 **s.percentiles(),

@@ -51,19 +51,21 @@ def _on_asyncio() -> bool:
 
 
 @asynccontextmanager
-async def stdio_pipes(stop_reading: anyio.Event | None = None) -> AsyncIterator[tuple[Any, Any]]:
+async def stdio_pipes(
+    stop_reading: anyio.Event | None = None, limit: int = _LINE_LIMIT
+) -> AsyncIterator[tuple[Any, Any]]:
     """(read stream, write stream) for `Server.run`, on loop-native pipes when possible.
 
     `stop_reading` set: the read stream ends as if the client had closed stdin, so the server finishes (its last
     answers still written) instead of being cancelled mid-answer; used by shutdown. The SDK's fallback transport
-    cannot stop reading: it is cancelled instead.
+    cannot stop reading: it is cancelled instead. A line over `limit` bytes (max_message_bytes) is dropped.
     """
     if not (_on_asyncio() and _is_pipe(0) and _is_pipe(1)):
         async with stdio_server() as streams:
             yield streams
         return
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=_LINE_LIMIT)
+    reader = asyncio.StreamReader(limit=limit)
     stdin_file = os.fdopen(os.dup(0), "rb", buffering=0)
     stdout_file = os.fdopen(os.dup(1), "wb", buffering=0)
     read_transport: asyncio.ReadTransport | None = None
@@ -94,7 +96,7 @@ async def stdio_pipes(stop_reading: anyio.Event | None = None) -> AsyncIterator[
     written = anyio.Event()
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_read_until, stop_reading, reader, to_server)
+            tg.start_soon(_read_until, stop_reading, reader, to_server, limit)
             tg.start_soon(_write_messages, from_server, writer, written)
             yield server_reads, server_writes
             # The session closes its write stream when it ends: let the last answers reach stdout, then stop
@@ -112,7 +114,10 @@ async def stdio_pipes(stop_reading: anyio.Event | None = None) -> AsyncIterator[
 
 
 async def _read_until(
-    stop: anyio.Event | None, reader: asyncio.StreamReader, sink: MemoryObjectSendStream[SessionMessage | Exception]
+    stop: anyio.Event | None,
+    reader: asyncio.StreamReader,
+    sink: MemoryObjectSendStream[SessionMessage | Exception],
+    limit: int = _LINE_LIMIT,
 ) -> None:
     """`_read_lines` until `stop` is set; the sink closes either way, so the server sees the input end."""
     async with anyio.create_task_group() as tg:
@@ -123,11 +128,13 @@ async def _read_until(
                 tg.cancel_scope.cancel()
 
             tg.start_soon(stopper)
-        await _read_lines(reader, sink)
+        await _read_lines(reader, sink, limit)
         tg.cancel_scope.cancel()
 
 
-async def _read_lines(reader: asyncio.StreamReader, sink: MemoryObjectSendStream[SessionMessage | Exception]) -> None:
+async def _read_lines(
+    reader: asyncio.StreamReader, sink: MemoryObjectSendStream[SessionMessage | Exception], limit: int = _LINE_LIMIT
+) -> None:
     skipping = False  # inside a line over the limit: drop everything up to its newline
     async with sink:
         while True:
@@ -136,7 +143,7 @@ async def _read_lines(reader: asyncio.StreamReader, sink: MemoryObjectSendStream
             except asyncio.LimitOverrunError as over:
                 await reader.readexactly(over.consumed)  # what is buffered of it goes, the reader stays usable
                 if not skipping:
-                    logger.error("stdio: dropped a message over %d bytes (no answer can name its id)", _LINE_LIMIT)
+                    logger.error("stdio: dropped a message over %d bytes (max_message_bytes)", limit)
                 skipping = True
                 continue
             except asyncio.IncompleteReadError as eof:

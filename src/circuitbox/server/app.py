@@ -49,6 +49,7 @@ def build_proxy(config: ProxyConfig, *, metrics: bool = True, **kwargs: Any) -> 
         on_new_breaker=lambda breaker, server, tool: collector.bind(breaker.name, server=server, tool=tool),
         on_forget_breaker=collector.forget,
         tool_stats=lambda breaker: collector.tool_stats(breaker.name),
+        on_count=collector.count,
         **kwargs,
     )
     collector.attach(proxy.registry)
@@ -105,6 +106,7 @@ def http_app(
         # Ours, not the SDK's 10,000 sessions and 30 minutes; past the cap the longest-idle session makes room.
         max_sessions=proxy.config.http_max_sessions,
         session_idle_timeout=proxy.config.http_session_idle_timeout,
+        max_request_body_size=proxy.config.max_message_bytes,
     )
     app = Starlette(
         routes=[*observability_routes(proxy, collector), Mount("/", app=AnswerMalformedHTTP(mcp_app))],
@@ -142,7 +144,7 @@ async def serve(
                 tg.start_soon(_serve_metrics, proxy, collector, config.metrics_host, port_, token)
             server = proxy.build_server()
             proxy.stdio_upstream = True  # one client: a downstream's question with no call in flight is its
-            async with stdio_pipes(stop) as (read, write):
+            async with stdio_pipes(stop, config.max_message_bytes) as (read, write):
                 await server.run(AnswerMalformed(read, write), write, proxy.initialization_options(server))
         # Cancelling the owners ends every downstream: each stdio child's whole process group.
         tg.cancel_scope.cancel()

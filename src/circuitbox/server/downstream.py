@@ -24,6 +24,7 @@ from mcp.client.session import IncomingMessage
 from mcp.shared.dispatcher import ProgressFnT
 from pydantic import BaseModel
 
+from circuitbox.config.model import MAX_MESSAGE_BYTES
 from circuitbox.server._streams import WatchedStream
 from circuitbox.server.transports import open_transport
 
@@ -94,9 +95,11 @@ class Downstream:
         on_server_request: Callable[[Downstream, types.ServerRequest], Awaitable[Any]] | None = None,
         on_connected: Callable[[Downstream], None] | None = None,
         offer: types.ClientCapabilities | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.config = config
         self._offer = offer
+        self.max_message_bytes = max_message_bytes
         self.instructions: str | None = None
         self.capabilities: types.ServerCapabilities | None = None
         self.name = config.name
@@ -215,7 +218,7 @@ class Downstream:
         return callbacks
 
     def _transport(self) -> AbstractAsyncContextManager[tuple[Any, Any]]:
-        return open_transport(self.config, redact=self.redact)
+        return open_transport(self.config, redact=self.redact, max_message_bytes=self.max_message_bytes)
 
     async def _on_message(self, message: IncomingMessage) -> None:
         if isinstance(message, Exception):

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -20,11 +21,13 @@ from mcp import MCPError
 
 from circuitbox.breakers import BreakerRegistry, CircuitBreaker, Permit, Rejection
 from circuitbox.config.load import ConfigError, ProxyConfig
-from circuitbox.config.policy import TextFallback, ToolFallback, ToolPolicy, retune
+from circuitbox.config.policy import LastKnownGood, RetryPolicy, TextFallback, ToolFallback, ToolPolicy, retune
 from circuitbox.observability import traces
 from circuitbox.server.classify import CALLER_MISTAKES, Outcome, Verdict, classify_error, classify_result
 from circuitbox.server.downstream import Downstream, DownstreamUnavailableError, ProgressCallback
 from circuitbox.server.limits import BUSY, RATE_LIMITED, Clock, Slots, TokenBucket, ToolLimits
+from circuitbox.server.retry import RETRYABLE, RetryBudget, backoff, is_read_only, may_retry
+from circuitbox.server.stale import KeptAnswers, arguments_key, stale_result
 
 logger = logging.getLogger("circuitbox.guard")
 
@@ -40,6 +43,25 @@ def breaker_name(server: str, tool: str) -> str:
 # A published tool name -> (its downstream owner, the tool as that downstream names it), or None.
 Resolver = Callable[[str], "tuple[Downstream, str] | None"]
 
+# What a stale answer's first line says happened to the call.
+STALE_WHY = {
+    "failed": "failed just now",
+    "rejected": "was not called: its circuit breaker is open",
+    "unavailable": "was not called: its server is not connected",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """An attempt that counted as a failure: the answer to give the agent, and the failure's kind."""
+
+    result: types.CallToolResult
+    kind: str
+
+
+# One attempt's outcome: the downstream's result, a counted failure, or the breaker's rejection.
+Answer = types.CallToolResult | Failed | Rejection
+
 
 class Guard:
     """Owns the (server, tool) breakers of one proxy and runs calls through them."""
@@ -52,9 +74,16 @@ class Guard:
         on_new_breaker: Callable[[CircuitBreaker, str, str], None] | None = None,
         on_forget: Callable[[str], None] | None = None,
         clock: Clock | None = None,
+        on_count: Callable[[str, str], None] | None = None,
     ) -> None:
+        """`on_count(breaker_name, what)` hears of each retry ("retries") and stale answer ("stale_answers");
+        `clock` (monotonic seconds) dates kept answers and the retry budget."""
         self.config = config
         self.registry = registry
+        self._on_count = on_count
+        # Per (server, tool), only for tools that use them: the retry budget, the last good answers.
+        self._budgets: dict[tuple[str, str], RetryBudget] = {}
+        self._kept: dict[tuple[str, str], KeptAnswers] = {}
         self._breakers: dict[tuple[str, str], tuple[CircuitBreaker, ToolPolicy]] = {}
         self._on_new_breaker = on_new_breaker
         self._on_forget = on_forget
@@ -231,6 +260,8 @@ class Guard:
 
     def forget(self, server: str, tool: str) -> None:
         self._transport_failed.discard((server, tool))
+        self._budgets.pop((server, tool), None)
+        self._kept.pop((server, tool), None)
         found = self._breakers.pop((server, tool), None)
         self._limits.pop((server, tool), None)
         if found is not None:
@@ -249,10 +280,14 @@ class Guard:
         *,
         published: str,
         resolve: Resolver | None = None,
+        definition: types.Tool | None = None,
     ) -> types.CallToolResult:
         """One guarded call, answered: the downstream's result, a failure as an `isError` result, or, when the
         circuit rejects it, the fallback (text, or another tool `resolve` routes, guarded by its own breaker, one
         level deep) or the rejection's answer.
+
+        `definition` is the tool as listed: its annotations say whether it may be retried (`retry`) or answered
+        from its last good result (`fallback.last_known_good`); without it, neither happens.
 
         A call to a server that is not connected (starting, restarting, down) is answered at once and counts against
         no breaker: the server's connection state already says what is wrong, and a breaker opened by a restart
@@ -263,12 +298,128 @@ class Guard:
         """
         if downstream.session is None:
             refusal = unavailable_result(downstream, published)
-            return await self._fall_back(downstream, tool, arguments, progress, refusal, resolve) or refusal
-        outcome = await self._limited(downstream, tool, arguments, progress, published)
+            answer = await self._fall_back(
+                downstream, tool, arguments, progress, refusal, resolve, published, definition
+            )
+            return answer or refusal
+        outcome = await self._limited(downstream, tool, arguments, progress, published, definition)
+        if isinstance(outcome, Failed):
+            return outcome.result
         if not isinstance(outcome, Rejection):
             return outcome
         rejected = rejection_result(downstream.name, tool, published, outcome)
-        return await self._fall_back(downstream, tool, arguments, progress, rejected, resolve) or rejected
+        answer = await self._fall_back(downstream, tool, arguments, progress, rejected, resolve, published, definition)
+        return answer or rejected
+
+    async def _run(
+        self,
+        downstream: Downstream,
+        tool: str,
+        arguments: dict[str, Any] | None,
+        progress: ProgressCallback | None,
+        published: str,
+        definition: types.Tool | None,
+    ) -> Answer:
+        """The call through its breaker: one attempt, or, when its policy sets `retry` or a fallback, retried and
+        answered from a kept result as the policy and the tool's annotations allow."""
+        try:
+            breaker, policy = self.breaker(downstream.name, tool)
+        except (ConfigError, ValueError) as exc:  # a policy only this tool's name makes invalid: still an answer
+            logger.error("no valid policy for %s/%s: %s", downstream.name, tool, exc)
+            return error_result(f"Tool '{tool}' of server '{downstream.name}' has an invalid circuit policy: {exc}")
+        if policy.retry is None and policy.fallback is None:  # the plain path: one attempt, nothing kept
+            return await self._attempt(downstream, tool, arguments, progress, breaker, policy)
+        return await self._surface_call(downstream, tool, arguments, progress, breaker, policy, published, definition)
+
+    async def _surface_call(
+        self,
+        downstream: Downstream,
+        tool: str,
+        arguments: dict[str, Any] | None,
+        progress: ProgressCallback | None,
+        breaker: CircuitBreaker,
+        policy: ToolPolicy,
+        published: str,
+        definition: types.Tool | None,
+    ) -> Answer:
+        """A call of a tool with `retry` or a fallback set: retried when it may be, its success kept when its
+        last good result may be served."""
+        retry = may_retry(policy, definition)
+        if retry is None:
+            outcome = await self._attempt(downstream, tool, arguments, progress, breaker, policy)
+        else:
+            outcome = await self._retried(downstream, tool, arguments, progress, breaker, policy, retry)
+        if policy.last_known_good is None or not is_read_only(definition):
+            return outcome
+        if isinstance(outcome, Failed):
+            return self._stale(downstream.name, tool, arguments, policy, definition, published, "failed") or outcome
+        if isinstance(outcome, types.CallToolResult) and not outcome.is_error:
+            kept = self._kept.get((downstream.name, tool))
+            if kept is None:
+                kept = self._kept[(downstream.name, tool)] = KeptAnswers()
+            kept.keep(arguments_key(arguments), outcome, self._clock())
+        return outcome
+
+    async def _retried(
+        self,
+        downstream: Downstream,
+        tool: str,
+        arguments: dict[str, Any] | None,
+        progress: ProgressCallback | None,
+        breaker: CircuitBreaker,
+        policy: ToolPolicy,
+        retry: RetryPolicy,
+    ) -> Answer:
+        """Attempts until one does not time out or break the connection, `retry.attempts` at most, within
+        `call_timeout` x `attempts` from the start, while the budget allows and the circuit lets them through."""
+        key = (downstream.name, tool)
+        budget = self._budgets.get(key)
+        if budget is None or budget.ratio != retry.budget:
+            budget = self._budgets[key] = RetryBudget(retry.budget, self._clock)
+        budget.called()
+        until = anyio.current_time() + policy.call_timeout * retry.attempts
+        outcome = await self._attempt(downstream, tool, arguments, progress, breaker, policy, until)
+        for number in range(1, retry.attempts):
+            if not isinstance(outcome, Failed) or outcome.kind not in RETRYABLE or downstream.session is None:
+                break
+            wait = backoff(retry, number)
+            if anyio.current_time() + wait >= until:
+                break
+            if not budget.allows():
+                logger.debug("%s/%s: not retried, its retry budget is spent", downstream.name, tool)
+                break
+            budget.spent()  # at once: calls failing together must not all see the same budget left
+            await anyio.sleep(wait)
+            retried = await self._attempt(downstream, tool, arguments, progress, breaker, policy, until)
+            if isinstance(retried, Rejection):  # the circuit opened: no retry past it
+                return retried
+            if self._on_count is not None:
+                self._on_count(breaker.name, "retries")
+            outcome = retried
+        return outcome
+
+    def _stale(
+        self,
+        server: str,
+        tool: str,
+        arguments: dict[str, Any] | None,
+        policy: ToolPolicy,
+        definition: types.Tool | None,
+        published: str,
+        why: str,
+        meta: dict[str, Any] | None = None,
+    ) -> types.CallToolResult | None:
+        """The last good result for these arguments, marked stale, when the policy and the tool allow it."""
+        lkg = policy.last_known_good
+        kept = self._kept.get((server, tool)) if lkg is not None else None
+        if kept is None or lkg is None or not is_read_only(definition):
+            return None
+        found = kept.find(arguments_key(arguments), lkg.max_age, self._clock())
+        if found is None:
+            return None
+        if self._on_count is not None:
+            self._on_count(breaker_name(server, tool), "stale_answers")
+        return stale_result(found[0], found[1], published, STALE_WHY[why], meta)
 
     async def _fall_back(
         self,
@@ -278,6 +429,8 @@ class Guard:
         progress: ProgressCallback | None,
         refusal: types.CallToolResult,
         resolve: Resolver | None,
+        published: str,
+        definition: types.Tool | None,
     ) -> types.CallToolResult | None:
         """The fallback's answer to a call that was not made, or None without one."""
         try:
@@ -285,6 +438,13 @@ class Guard:
         except (ConfigError, ValueError):
             return None
         fallback = policy.fallback
+        if isinstance(fallback, LastKnownGood):
+            why = "rejected" if META_KEY in (refusal.meta or {}) else "unavailable"
+            stale = self._stale(downstream.name, tool, arguments, policy, definition, published, why, refusal.meta)
+            if stale is not None:
+                breaker.record_fallback()
+                return stale
+            fallback = fallback.then
         if isinstance(fallback, TextFallback):
             breaker.record_fallback()
             return types.CallToolResult(
@@ -307,8 +467,9 @@ class Guard:
         arguments: dict[str, Any] | None,
         progress: ProgressCallback | None,
         published: str,
-    ) -> types.CallToolResult | Rejection:
-        """`_attempt` once the call has its rate-limit token and its concurrency slots (tool, then server), or the
+        definition: types.Tool | None,
+    ) -> Answer:
+        """`_run` once the call has its rate-limit token and its concurrency slots (tool, then server), or the
         "rate limited" / "busy" answer when it cannot have them within `queue_timeout`. Neither answer is recorded
         in the breaker; a token whose call the circuit rejects is given back."""
         key = (downstream.name, tool)
@@ -317,12 +478,14 @@ class Guard:
             try:
                 self.breaker(*key)
             except (ConfigError, ValueError):
-                return await self._attempt(downstream, tool, arguments, progress)  # it answers the bad policy
+                return await self._run(
+                    downstream, tool, arguments, progress, published, definition
+                )  # answers the bad policy
             limits = self._limits[key]
         if not limits.gated:
             limits.inflight += 1
             try:
-                return await self._attempt(downstream, tool, arguments, progress)
+                return await self._run(downstream, tool, arguments, progress, published, definition)
             finally:
                 limits.inflight -= 1
         deadline = self._clock() + limits.queue_timeout
@@ -351,7 +514,7 @@ class Guard:
             limits.inflight += 1
             began = time.monotonic()
             try:
-                outcome = await self._attempt(downstream, tool, arguments, progress)
+                outcome = await self._run(downstream, tool, arguments, progress, published, definition)
             finally:
                 limits.inflight -= 1
         finally:
@@ -377,19 +540,18 @@ class Guard:
         tool: str,
         arguments: dict[str, Any] | None,
         progress: ProgressCallback | None,
-    ) -> types.CallToolResult | Rejection:
-        """Forward one call through the breaker's permit, or return the breaker's rejection."""
-        try:
-            breaker, policy = self.breaker(downstream.name, tool)
-        except (ConfigError, ValueError) as exc:  # a policy only this tool's name makes invalid: still an answer
-            logger.error("no valid policy for %s/%s: %s", downstream.name, tool, exc)
-            return error_result(f"Tool '{tool}' of server '{downstream.name}' has an invalid circuit policy: {exc}")
+        breaker: CircuitBreaker,
+        policy: ToolPolicy,
+        until: float | None = None,
+    ) -> Answer:
+        """Forward one call through the breaker's permit, or return the breaker's rejection. A counted failure
+        comes back as `Failed` (the answer to give, and its kind); `until` caps the attempt's deadline."""
         permit = breaker.acquire()
         if permit.rejected:
             assert isinstance(permit, Rejection)
             return permit
         with traces.attempt(downstream.name, tool, breaker.state.value, permit) as permit:
-            return await self._forward(downstream, tool, arguments, progress, policy, permit)
+            return await self._forward(downstream, tool, arguments, progress, policy, permit, until)
 
     async def _forward(
         self,
@@ -399,10 +561,11 @@ class Guard:
         progress: ProgressCallback | None,
         policy: ToolPolicy,
         permit: Permit,
-    ) -> types.CallToolResult:
+        until: float | None,
+    ) -> types.CallToolResult | Failed:
         """Send one admitted call under its deadline, classify how it ended and report it on `permit`."""
         request = types.CallToolRequest(params=types.CallToolRequestParams(name=tool, arguments=arguments))
-        deadline = Deadline(policy.call_timeout, policy.call_limit, progress)
+        deadline = Deadline(policy.call_timeout, policy.call_limit, progress, until)
         try:
             with deadline.scope:
                 result = await downstream.request(request, types.CallToolResult, deadline.on_progress)
@@ -412,7 +575,7 @@ class Guard:
             message = f"{deadline.describe()}; the request was cancelled"
             permit.failure("timeout", message)
             self._note(downstream.name, tool, "timeout")
-            return error_result(f"Tool '{tool}' of server '{downstream.name}' timed out: {message}.")
+            return Failed(error_result(f"Tool '{tool}' of server '{downstream.name}' timed out: {message}."), "timeout")
         except DownstreamUnavailableError:
             permit.release()  # the connection ended between the check in call() and now: not the tool's failure
             return unavailable_result(downstream, tool)
@@ -427,17 +590,22 @@ class Guard:
                 # The SDK's HTTP client reports a lost session with -32600: start afresh. A stdio child that
                 # answers -32600 is alive and speaking: respawning it would cost every call in flight.
                 downstream.request_reconnect()
-            return error_result(f"Tool '{tool}' of server '{downstream.name}' failed: {error}")
+            answer = error_result(f"Tool '{tool}' of server '{downstream.name}' failed: {error}")
+            return Failed(answer, outcome.kind) if outcome.verdict is Verdict.FAILURE else answer
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             permit.failure("transport", downstream.redact(f"{type(exc).__name__}: {exc}"))
             self._note(downstream.name, tool, "transport")
-            return error_result(f"Tool '{tool}' of server '{downstream.name}' failed: the connection broke.")
+            broke = error_result(f"Tool '{tool}' of server '{downstream.name}' failed: the connection broke.")
+            return Failed(broke, "transport")
         except Exception as exc:  # a bug or a malformed answer: still one failure, still an answer
             logger.exception("call to %s/%s failed unexpectedly", downstream.name, tool)
             permit.failure("protocol", f"{type(exc).__name__}: {exc}")
-            return error_result(
-                f"Tool '{tool}' of server '{downstream.name}' sent an answer circuitbox could not "
-                f"read ({type(exc).__name__})."
+            return Failed(
+                error_result(
+                    f"Tool '{tool}' of server '{downstream.name}' sent an answer circuitbox could not "
+                    f"read ({type(exc).__name__})."
+                ),
+                "protocol",
             )
         except BaseException:
             permit.release()  # cancelled by the agent or by shutdown: neither success nor failure
@@ -445,6 +613,8 @@ class Guard:
         outcome = classify_result(result, policy)
         _record(permit, outcome)
         self._note(downstream.name, tool, outcome.kind)
+        if outcome.verdict is Verdict.FAILURE:
+            return Failed(result, outcome.kind)
         return result
 
     def _note(self, server: str, tool: str, kind: str) -> None:
@@ -458,10 +628,15 @@ class Deadline:
     """A call's deadline: `call_timeout` from its start or from its last progress notification, never later than
     `limit` (`max_call_timeout`) from its start. Progress is relayed to the caller's own callback, if any."""
 
-    def __init__(self, timeout: float, limit: float, relay: ProgressCallback | None) -> None:
+    def __init__(
+        self, timeout: float, limit: float, relay: ProgressCallback | None, until: float | None = None
+    ) -> None:
         self._timeout = timeout
         self._start = anyio.current_time()
         self._limit = self._start + limit
+        self._until = until
+        if until is not None and until < self._limit:  # a retried call's whole bound comes first
+            self._limit = until
         self._relay = relay
         self.progressed = False
         self.scope = anyio.CancelScope(deadline=min(self._start + timeout, self._limit))
@@ -473,6 +648,8 @@ class Deadline:
             await self._relay(progress, total, message)
 
     def describe(self) -> str:
+        if self._until is not None and self.scope.deadline >= self._until:
+            return "no answer before the retries' bound (call_timeout x attempts) ran out"
         if not self.progressed:
             return f"no answer within call_timeout ({self._timeout:g}s)"
         if self.scope.deadline >= self._limit:

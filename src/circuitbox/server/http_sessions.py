@@ -21,6 +21,8 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from circuitbox.config.model import MAX_MESSAGE_BYTES
+
 logger = logging.getLogger("circuitbox.http")
 
 
@@ -61,6 +63,7 @@ def mcp_http_app(
     security: TransportSecuritySettings,
     max_sessions: int,
     session_idle_timeout: float,
+    max_request_body_size: int = MAX_MESSAGE_BYTES,
 ) -> Starlette:
     """What `Server.streamable_http_app()` builds (without auth, which circuitbox does itself), on our manager."""
     manager = EvictingSessionManager(
@@ -68,5 +71,6 @@ def mcp_http_app(
         security_settings=security,
         max_sessions=max_sessions,
         session_idle_timeout=session_idle_timeout,
+        max_request_body_size=max_request_body_size,  # the SDK's default is 4 MiB: ours is max_message_bytes
     )
     return Starlette(routes=[Route(path, endpoint=StreamableHTTPASGIApp(manager))], lifespan=lambda _: manager.run())

@@ -34,7 +34,7 @@ from pydantic import BaseModel
 
 from circuitbox import __version__
 from circuitbox.breakers import BreakerRegistry, CircuitBreaker
-from circuitbox.config.load import ProxyConfig, ServerConfig
+from circuitbox.config.load import ProxyConfig, ServerConfig, last_known_good_misuse
 from circuitbox.observability import traces
 from circuitbox.server._sdk_private import client_connection
 from circuitbox.server.callers import Callers
@@ -44,6 +44,7 @@ from circuitbox.server.guard import Guard, error_result, unavailable_result
 from circuitbox.server.own_tools import check_arguments, own_tools
 from circuitbox.server.pages import PageCache
 from circuitbox.server.relay import Clients
+from circuitbox.server.retry import is_read_only
 from circuitbox.server.sessions import ClientLink, ClientSessions, SessionLimitError, own_connection_of
 from circuitbox.server.shutdown import SHUTTING_DOWN, Drain
 
@@ -88,11 +89,17 @@ class Proxy:
         on_forget_breaker: Callable[[str], None] | None = None,
         tool_stats: Callable[[CircuitBreaker], dict[str, Any]] | None = None,
         clock: Callable[[], float] | None = None,
+        on_count: Callable[[str, str], None] | None = None,
     ) -> None:
         self.config = config
         self.registry = registry if registry is not None else BreakerRegistry()
         self.guard = Guard(
-            config, self.registry, on_new_breaker=on_new_breaker, on_forget=on_forget_breaker, clock=clock
+            config,
+            self.registry,
+            on_new_breaker=on_new_breaker,
+            on_forget=on_forget_breaker,
+            clock=clock,
+            on_count=on_count,
         )
         self._backoff = backoff
         self.downstreams = {name: self._downstream(server) for name, server in config.servers.items() if server.enabled}
@@ -109,12 +116,13 @@ class Proxy:
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self.clients = Clients()
         self.callers = Callers()
-        self.sessions = ClientSessions(backoff)  # per-client downstream connections
+        self.sessions = ClientSessions(backoff, config.max_message_bytes)  # per-client downstream connections
         self.stdio_upstream = False  # set by the stdio front end: it has exactly one client
         self._server: Server[Any] | None = None
         self._catalog_listeners: list[Callable[[Catalog, Catalog], None]] = []
         self.drain = Drain()
         self._pages = PageCache()
+        self._misuse_reported: set[tuple[str, str]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
 
@@ -126,6 +134,7 @@ class Proxy:
             on_notification=self._downstream_notification,
             on_server_request=self._server_request,
             on_connected=self._connected,
+            max_message_bytes=self.config.max_message_bytes,
         )
 
     def _connected(self, downstream: Downstream) -> None:
@@ -275,9 +284,22 @@ class Proxy:
         gone = {route for route, _ in old.tools.values()} - {route for route, _ in self.catalog.tools.values()}
         for route in gone:
             self.guard.forget(route.server, route.name)
+        self._report_misuse()
         for listener in self._catalog_listeners:
             listener(old, self.catalog)
         await self._relay_changes(old, self.catalog, own_tools_changed)
+
+    def _report_misuse(self) -> None:
+        """Config errors that only a listing reveals, each logged once: last_known_good on a tool entry of a tool
+        that is not read-only (the tool is served, never with a kept result)."""
+        for route, tool in self.catalog.tools.values():
+            key = (route.server, route.name)
+            if key in self._misuse_reported:
+                continue
+            problem = last_known_good_misuse(self.config, route.server, route.name, is_read_only(tool))
+            if problem is not None:
+                self._misuse_reported.add(key)
+                logger.error("config error: %s", problem)
 
     async def _relay_changes(self, old: Catalog, new: Catalog, own_tools_changed: bool = False) -> None:
         events: list[tuple[Any, types.ServerNotification]] = []
@@ -508,14 +530,14 @@ class Proxy:
                 code=types.INVALID_PARAMS,
                 message=f"Unknown tool: {name!r}. Call tools/list to see the tools circuitbox publishes.",
             )
-        route, _ = found
+        route, definition = found
         downstream = via if via is not None else self.downstreams[route.server]
         if self.drain.closing:
             return error_result(f"Tool '{name}' was not called: {SHUTTING_DOWN}.")
         result: types.CallToolResult | None = None
         with self.drain.track():
             result = await self.guard.call(
-                downstream, route.name, arguments, progress, published=name, resolve=self._route
+                downstream, route.name, arguments, progress, published=name, resolve=self._route, definition=definition
             )
         if result is None:  # cut short by shutdown: still an answer
             return error_result(

@@ -27,6 +27,7 @@ from mcp import MCPError
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from circuitbox.config.model import MAX_MESSAGE_BYTES
 from circuitbox.server._sdk_private import client_connection
 from circuitbox.server.downstream import Backoff, Downstream
 
@@ -93,9 +94,12 @@ class ClientLink:
 class ClientSessions:
     """The per-client connections of every server, keyed by the upstream connection they serve."""
 
-    def __init__(self, backoff: Callable[[], Backoff] | None = None) -> None:
+    def __init__(
+        self, backoff: Callable[[], Backoff] | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES
+    ) -> None:
         self._links: dict[str, dict[int, ClientLink]] = {}
         self._backoff = backoff
+        self._max_message_bytes = max_message_bytes
         self._tg: anyio.abc.TaskGroup | None = None
 
     def start(self, tg: anyio.abc.TaskGroup) -> None:
@@ -151,6 +155,7 @@ class ClientSessions:
             on_notification=tell,
             on_server_request=ask,
             offer=connection.client_capabilities or types.ClientCapabilities(),
+            max_message_bytes=self._max_message_bytes,
         )
         link = ClientLink(server.name, connection, downstream, scope)
 

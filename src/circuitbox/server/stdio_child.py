@@ -13,13 +13,16 @@ The streams it yields are the ones the SDK's `ClientSession` takes: `SessionMess
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import anyio
@@ -103,10 +106,13 @@ async def open_stdio_child(
     *,
     errlog: TextIO | None = None,
     redact: Callable[[str], str] = str,
+    max_line: int = MAX_LINE,
 ) -> AsyncIterator[Streams]:
     """Spawn the server and yield (read, write) message streams; on exit, end its process group.
 
-    `errlog`: where its stderr goes (a file); default: our log, a line at a time, under `name`.
+    `errlog`: where its stderr goes (a file); default: our log, a line at a time, under `name`. A stdout line over
+    `max_line` bytes is dropped unparsed; when its first or last bytes name the id of a response, that request is
+    answered with an error at once instead of waiting for its deadline.
 
     Raises:
         OSError: it cannot be spawned (no such command, not executable, bad cwd).
@@ -129,7 +135,12 @@ async def open_stdio_child(
         garbage = BurstLog()
         async with read_writer:
             with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-                async for line in _lines(process.stdout, name):
+                async for line in _lines(process.stdout, name, max_line):
+                    if isinstance(line, Oversized):
+                        refusal = line.refusal(name, max_line)
+                        if refusal is not None:
+                            await read_writer.send(SessionMessage(refusal))
+                        continue
                     try:
                         message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
                     except ValueError:
@@ -188,27 +199,72 @@ async def _release(process: anyio.abc.Process) -> None:
             close()
 
 
-async def _lines(stream: anyio.abc.ByteReceiveStream, name: str) -> AsyncIterator[bytes]:
-    """Non-empty lines of `stream` (without their newline); a line longer than MAX_LINE is dropped with an error."""
+@dataclass(frozen=True)
+class Oversized:
+    """A stdout line over the limit: only its first and last bytes are kept, to find the id it answers."""
+
+    head: bytes
+    tail: bytes
+
+    def refusal(self, name: str, limit: int) -> types.JSONRPCError | None:
+        """The error that answers the request this line was the response to, if its id can be read."""
+        found = _HEAD_ID.match(self.head) or _TAIL_ID.search(self.tail)
+        if found is None:
+            return None
+        request_id: types.RequestId = json.loads(found.group("id"))
+        message = f"server {name!r} answered with a message over max_message_bytes ({limit} bytes); it was dropped"
+        return types.JSONRPCError(
+            jsonrpc="2.0", id=request_id, error=types.ErrorData(code=types.INTERNAL_ERROR, message=message)
+        )
+
+
+_ID = rb'(?P<id>"(?:[^"\\]|\\.){0,200}"|-?\d{1,19})'
+# Where a response's own id sits: first (`{"jsonrpc":"2.0","id":1,"result":...`, as Python servers write it) or last
+# (`...,"jsonrpc":"2.0","id":1}`, as TypeScript servers do); an "id" nested in the result is never at either end.
+_HEAD_ID = re.compile(rb'\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*' + _ID + rb'\s*,\s*"(?:result|error)"')
+_TAIL_ID = re.compile(rb'"id"\s*:\s*' + _ID + rb"\s*\}\s*$")
+_KEEP = 512
+
+
+async def _lines(
+    stream: anyio.abc.ByteReceiveStream, name: str, limit: int = MAX_LINE, what: str = "stdout"
+) -> AsyncIterator[bytes | Oversized]:
+    """Non-empty lines of `stream` (without their newline); a line longer than `limit` is dropped with an error and
+    stands as an `Oversized` of its ends."""
     buffer = bytearray()
     skipping = False
+    head = tail = b""
+
+    def over() -> bool:
+        nonlocal head, tail, skipping
+        if len(buffer) <= limit:
+            return False
+        logger.error("server %r wrote a %s line over %d bytes (max_message_bytes); dropped", name, what, limit)
+        head, tail, skipping = bytes(buffer[:_KEEP]), bytes(buffer[-_KEEP:]), True
+        buffer.clear()
+        return True
+
     with suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
         async for chunk in stream:
             start = 0
             while (end := chunk.find(b"\n", start)) >= 0:
-                if not skipping:
+                if skipping:
+                    tail = (tail + chunk[start:end])[-_KEEP:]
+                else:
                     buffer += chunk[start:end]
-                    if buffer.strip():
-                        yield bytes(buffer)
+                    over()  # a whole line too long within one chunk
+                if skipping:
+                    yield Oversized(head, tail)
+                elif buffer.strip():
+                    yield bytes(buffer)
                 buffer.clear()
                 skipping = False
                 start = end + 1
-            if not skipping:
+            if skipping:
+                tail = (tail + chunk[start:])[-_KEEP:]
+            else:
                 buffer += chunk[start:]
-                if len(buffer) > MAX_LINE:
-                    logger.error("server %r wrote a stdout line over %d bytes; dropped", name, MAX_LINE)
-                    buffer.clear()
-                    skipping = True
+                over()
 
 
 async def _log_stderr(stream: anyio.abc.ByteReceiveStream, name: str, redact: Callable[[str], str]) -> None:
@@ -222,7 +278,9 @@ async def _log_stderr(stream: anyio.abc.ByteReceiveStream, name: str, redact: Ca
                                   budget.dropped - reported, STDERR_BURST, STDERR_WINDOW)  # fmt: skip
             reported = budget.dropped
 
-    async for line in _lines(stream, name):
+    async for line in _lines(stream, name, what="stderr"):
+        if isinstance(line, Oversized):  # already logged as dropped
+            continue
         if budget.take():
             report()
             stderr_logger.info("[%s] %s", name, redact(line.decode("utf-8", "replace").rstrip()))
