@@ -4,11 +4,16 @@ A downstream over a shared connection does not say which call its request serves
 channel), so it goes to the only upstream client with a call in flight to that server, on that call's own channel
 (over HTTP, the stream of the POST that carries the call). With no such client, or several, the downstream gets an
 error and the reason is logged: a question must never reach a client that did not cause it.
+
+A URL-mode elicitation ends later with `notifications/elicitation/complete`, outside any call: it goes to the client
+that was asked, remembered by the elicitation's id (the most recent 1,024 per proxy, so ids that never complete
+cannot grow without bound).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,8 +23,11 @@ from mcp import MCPError
 from mcp.shared.message import ServerMessageMetadata
 
 from circuitbox.server._sdk_private import client_connection
+from circuitbox.server.relay import send_to_client
 
 logger = logging.getLogger("circuitbox.callers")
+
+MAX_PENDING_URL_ELICITATIONS = 1024
 
 _RESULTS: dict[type[Any], type[Any]] = {
     types.CreateMessageRequest: types.CreateMessageResult,
@@ -33,6 +41,7 @@ class Callers:
 
     def __init__(self) -> None:
         self._in_flight: dict[str, list[Any]] = {}
+        self._url_elicitations: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
     @contextmanager
     def calling(self, server: str, ctx: Any) -> Iterator[None]:
@@ -55,6 +64,7 @@ class Callers:
         """Ask the calling client; with no call in flight, `only_client` (a connection) when it is the only one."""
         ctx = self.caller(server)
         if ctx is None and only_client is not None and server not in self._in_flight:
+            self._remember_url_elicitation(server, request, only_client)
             return await _ask_connection(only_client, server, request)
         if ctx is None:
             count = len(self._in_flight.get(server, []))
@@ -64,6 +74,7 @@ class Callers:
                 code=types.INTERNAL_ERROR,
                 message=f"circuitbox cannot route {request.method} to a client: {reason}",
             )
+        self._remember_url_elicitation(server, request, client_connection(ctx.session))
         try:
             return await ctx.session.send_request(
                 request, _RESULTS[type(request)], metadata=ServerMessageMetadata(related_request_id=ctx.request_id)
@@ -73,6 +84,25 @@ class Callers:
         except Exception as exc:
             logger.warning("relaying %s from server %r failed: %s", request.method, server, exc)
             return types.ErrorData(code=types.INTERNAL_ERROR, message=f"relaying {request.method} failed: {exc}")
+
+    def _remember_url_elicitation(self, server: str, request: Any, connection: Any) -> None:
+        params = getattr(request, "params", None)
+        if isinstance(params, types.ElicitRequestURLParams) and params.elicitation_id and connection is not None:
+            self._url_elicitations[(server, params.elicitation_id)] = connection
+            while len(self._url_elicitations) > MAX_PENDING_URL_ELICITATIONS:
+                self._url_elicitations.popitem(last=False)
+
+    async def elicitation_complete(self, server: str, params: dict[str, Any]) -> None:
+        """A URL elicitation finished out of band: tell the client that was asked, and only that one."""
+        connection = self._url_elicitations.pop((server, str(params.get("elicitationId"))), None)
+        if connection is None:
+            logger.warning(
+                "server %r sent notifications/elicitation/complete for %r, which no client was asked: dropped",
+                server,
+                params.get("elicitationId"),
+            )
+            return
+        await send_to_client(connection, "notifications/elicitation/complete", params)
 
 
 async def _ask_connection(connection: Any, server: str, request: Any) -> Any:

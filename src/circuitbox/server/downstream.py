@@ -231,7 +231,10 @@ class Downstream:
         ):
             self._refresh.set()
         elif (
-            isinstance(message, types.LoggingMessageNotification | types.ResourceUpdatedNotification)
+            isinstance(
+                message,
+                types.LoggingMessageNotification | types.ResourceUpdatedNotification | types.ElicitCompleteNotification,
+            )
             and self._on_notification is not None
         ):
             await self._on_notification(self, message)

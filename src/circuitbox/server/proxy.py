@@ -348,6 +348,8 @@ class Proxy:
             await self.clients.relay_log(
                 downstream.config.namespace, params, skip=lambda c: self.sessions.has_link(downstream.name, c)
             )
+        elif isinstance(message, types.ElicitCompleteNotification):
+            await self.callers.elicitation_complete(downstream.name, params)
         else:
             await self.clients.relay_updated(params)
 
@@ -441,7 +443,9 @@ class Proxy:
             return await own[1](self, arguments)
         found = self.catalog.tools.get(params.name)
         if found is None and self._starting():
-            await self.wait_first_attempts()  # which connection serves the call depends on its server
+            # Which connection serves the call depends on its server, and the call must be known as that server's
+            # caller before the server can ask the client something while answering it.
+            await self.wait_first_attempts()
             found = self.catalog.tools.get(params.name)
         if found is None:
             result = await self.call(params.name, params.arguments, _progress_relay(ctx))

@@ -66,17 +66,17 @@ class Clients:
             if skip(connection):
                 continue
             if state.level is None or rank >= LEVELS.index(state.level):
-                await _send(connection, "notifications/message", prefixed)
+                await send_to_client(connection, "notifications/message", prefixed)
 
     async def relay_updated(self, params: dict[str, Any]) -> None:
         """A resource changed: only the clients that subscribed to it hear of it."""
         uri = params.get("uri")
         for connection, state in list(self._states.items()):
             if uri in state.subscriptions:
-                await _send(connection, "notifications/resources/updated", params)
+                await send_to_client(connection, "notifications/resources/updated", params)
 
 
-async def _send(connection: Any, method: str, params: dict[str, Any] | None) -> None:
+async def send_to_client(connection: Any, method: str, params: dict[str, Any] | None) -> None:
     try:
         # Bounded: a client that stopped reading must not stall the downstream owner relaying this.
         with anyio.move_on_after(1):

@@ -1,0 +1,59 @@
+"""A real MCP server (stdio) whose tools ask the client things and take them back, for the relay tests.
+
+    python -m tests.proxy.elicit_server
+
+- `sign_in`: a URL-mode elicitation, then `notifications/elicitation/complete` for it (the out-of-band flow done).
+- `complete_unknown`: `notifications/elicitation/complete` for an elicitation no client was asked.
+- `ask_then_withdraw`: a form elicitation the server cancels (`notifications/cancelled`) once `withdraw` is called.
+"""
+
+from __future__ import annotations
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import BaseModel
+
+mcp = MCPServer(name="elicit-server")
+withdrawn = anyio.Event()
+
+
+class Answer(BaseModel):
+    answer: str
+
+
+@mcp.tool()
+async def sign_in(ctx: Context) -> str:
+    result = await ctx.elicit_url("Sign in to continue", "https://example.invalid/sign-in", "sign-in-1")
+    await ctx.session.send_elicit_complete("sign-in-1")
+    return f"sign-in {result.action}"
+
+
+@mcp.tool()
+async def complete_unknown(ctx: Context) -> str:
+    await ctx.session.send_elicit_complete("never-asked")
+    return "sent"
+
+
+@mcp.tool()
+async def ask_then_withdraw(ctx: Context) -> str:
+    global withdrawn
+    withdrawn = anyio.Event()
+    async with anyio.create_task_group() as tg:
+
+        async def ask() -> None:
+            await ctx.elicit("A question the server will take back", Answer)
+
+        tg.start_soon(ask)
+        await withdrawn.wait()
+        tg.cancel_scope.cancel()  # the SDK sends notifications/cancelled for the abandoned elicitation
+    return "withdrawn"
+
+
+@mcp.tool()
+async def withdraw() -> str:
+    withdrawn.set()
+    return "ok"
+
+
+if __name__ == "__main__":
+    mcp.run(transport="stdio")
