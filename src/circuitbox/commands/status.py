@@ -52,9 +52,13 @@ async def fetch_status(url: str, token: str | None, timeout: float) -> dict[str,
 
 
 def render(status: dict[str, Any]) -> str:
+    from circuitbox.server.own_tools import crash_loop_note
+
     lines = ["SERVER               CONNECTION   TOOLS  LAST ERROR"]
     for s in status["servers"]:
-        lines.append(f"{s['server']:<20} {s['connection']:<12} {s['tools']:>5}  {s.get('last_error') or ''}")
+        note = crash_loop_note(s)
+        error = (s.get("last_error") or "") + note if s.get("last_error") else note.removeprefix("; ")
+        lines.append(f"{s['server']:<20} {s['connection']:<12} {s['tools']:>5}  {error}")
     lines += ["", "SERVER               TOOL                       STATE         CALLS  FAIL%  RETRY IN"]
     for b in status["breakers"]:
         retry = f"{b['retry_after']:.1f}s" if b.get("retry_after") else ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ ProgressCallback = ProgressFnT
 
 
 DOWN_AFTER = 5  # consecutive failed connection attempts before a server is reported "down" rather than "restarting"
+STDERR_TAIL = 20  # stderr lines of a stdio server kept for circuit_status (its last words when it crash-loops)
 
 
 class Connection(StrEnum):
@@ -45,6 +47,8 @@ class Connection(StrEnum):
     CONNECTED = "connected"
     RESTARTING = "restarting"
     DOWN = "down"
+    CRASH_LOOP = "crash_loop"
+    """A stdio server that died `crash_loop_restarts` times within `crash_loop_window`: still restarted."""
 
 
 class DownstreamUnavailableError(Exception):
@@ -120,6 +124,11 @@ class Downstream:
         self.in_flight = 0
         self._idle = anyio.Event()
         self._idle.set()
+        self.restarts = 0
+        """Connection attempts after the first (each one a restart of a stdio server's process)."""
+        self._deaths: deque[float] = deque()  # when a stdio connection ended, within crash_loop_window
+        self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
+        """A stdio server's last stderr lines (secrets masked), across restarts."""
 
     # -- the owner task -------------------------------------------------------------------------------------------
 
@@ -140,10 +149,29 @@ class Downstream:
             failures += 1
             # Still retried (at the longest backoff), but reported as down after repeated failures.
             self.state = Connection.DOWN if failures >= DOWN_AFTER else Connection.RESTARTING
+            if self._crash_looping():
+                self.state = Connection.CRASH_LOOP
             delay = self._backoff.delay(failures)
             logger.warning("server %r disconnected (%s); reconnecting in %.1fs", self.name, self.last_error, delay)
+            if self.state is Connection.CRASH_LOOP:
+                logger.error(
+                    "server %r is in a crash loop: %d deaths within %gs, %d restarts so far; its stderr ended with: %s",
+                    self.name, len(self._deaths), self.config.crash_loop_window, self.restarts,
+                    self.stderr_tail[-1] if self.stderr_tail else "(nothing)",
+                )  # fmt: skip
             self._retry_at = anyio.current_time() + delay
             await anyio.sleep(delay)
+            self.restarts += 1
+
+    def _crash_looping(self) -> bool:
+        """Count this end of a stdio connection; whether `crash_loop_restarts` of them fell in `crash_loop_window`."""
+        if self.config.transport != "stdio":
+            return False
+        now = anyio.current_time()
+        self._deaths.append(now)
+        while self._deaths[0] < now - self.config.crash_loop_window:
+            self._deaths.popleft()
+        return len(self._deaths) >= self.config.crash_loop_restarts
 
     def retry_after(self) -> float:
         """Seconds until the server should be back: what is left of the backoff, plus a second to connect."""
@@ -218,7 +246,9 @@ class Downstream:
         return callbacks
 
     def _transport(self) -> AbstractAsyncContextManager[tuple[Any, Any]]:
-        return open_transport(self.config, redact=self.redact, max_message_bytes=self.max_message_bytes)
+        return open_transport(
+            self.config, redact=self.redact, max_message_bytes=self.max_message_bytes, stderr_tail=self.stderr_tail
+        )
 
     async def _on_message(self, message: IncomingMessage) -> None:
         if isinstance(message, Exception):

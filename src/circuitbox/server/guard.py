@@ -709,8 +709,9 @@ def unavailable_result(downstream: Downstream, published: str) -> types.CallTool
     state = downstream.state.value
     retry = downstream.retry_after()
     why = f": {downstream.last_error}" if downstream.last_error else ""
+    shown = f"in a crash loop (restarted {downstream.restarts} times)" if state == "crash_loop" else state
     text = (
-        f"Tool '{published}' was not called: server '{downstream.name}' is {state}{why}. Retry in {math.ceil(retry)} s."
+        f"Tool '{published}' was not called: server '{downstream.name}' is {shown}{why}. Retry in {math.ceil(retry)} s."
     )
     data = {"server": downstream.name, "connection": state, "retry_after": retry, "last_error": downstream.last_error}
     return error_result(text, {SERVER_META_KEY: data})

@@ -63,9 +63,15 @@ _SERVER = {
     "type": "object",
     "properties": {
         "server": {"type": "string"},
-        "connection": {"enum": ["connected", "starting", "restarting", "down"]},
+        "connection": {"enum": ["connected", "starting", "restarting", "down", "crash_loop"]},
         "tools": {"type": "integer"},
         "last_error": {"type": ["string", "null"]},
+        "restarts": {"type": "integer", "description": "connection attempts after the first"},
+        "stderr_tail": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "in a crash loop: the last lines of its stderr, secrets masked",
+        },
     },
     "required": ["server", "connection", "tools"],
 }
@@ -235,6 +241,7 @@ async def circuit_status(proxy: ProxyView, args: dict[str, Any]) -> types.CallTo
     lines = [
         f"{s['server']}: {s['connection']}, {count(s['tools'], 'tool')}"
         + (f" (last error: {s['last_error']})" if s["last_error"] else "")
+        + crash_loop_note(s)
         for s in servers
     ]
     lines += [
@@ -245,6 +252,15 @@ async def circuit_status(proxy: ProxyView, args: dict[str, Any]) -> types.CallTo
     if not breakers:
         lines.append("No tool has been called yet, so no breaker exists yet (all circuits closed).")
     return _answer("\n".join(lines), data)
+
+
+def crash_loop_note(server: Mapping[str, Any]) -> str:
+    """What a crash-looping server's status line adds: its restarts and the last line of its stderr."""
+    if server.get("connection") != "crash_loop":
+        return ""
+    tail = server.get("stderr_tail") or []
+    last = f"; its stderr ended with: {tail[-1]}" if tail else "; it wrote nothing to stderr"
+    return f"; crash loop: restarted {count(server.get('restarts', 0), 'time')}{last}"
 
 
 def _healthy(row: dict[str, Any]) -> bool:

@@ -39,7 +39,7 @@ from circuitbox.observability import traces
 from circuitbox.server._sdk_private import client_connection
 from circuitbox.server.callers import Callers
 from circuitbox.server.catalog import Catalog, Route, build_catalog
-from circuitbox.server.downstream import Backoff, Downstream, DownstreamUnavailableError
+from circuitbox.server.downstream import Backoff, Connection, Downstream, DownstreamUnavailableError
 from circuitbox.server.guard import Guard, error_result, unavailable_result
 from circuitbox.server.own_tools import check_arguments, own_tools
 from circuitbox.server.pages import PageCache
@@ -388,6 +388,8 @@ class Proxy:
             "retry_after": None if downstream.session is not None else downstream.retry_after(),
             "connects": downstream.connects,
             "transport": downstream.config.transport,
+            "restarts": downstream.restarts,
+            **({"stderr_tail": list(downstream.stderr_tail)} if downstream.state is Connection.CRASH_LOOP else {}),
         }
 
     def audit(self, action: str, server: str, tool: str, before: str, after: str) -> None:

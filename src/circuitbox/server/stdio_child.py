@@ -20,7 +20,7 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, MutableSequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -107,10 +107,12 @@ async def open_stdio_child(
     errlog: TextIO | None = None,
     redact: Callable[[str], str] = str,
     max_line: int = MAX_LINE,
+    stderr_tail: MutableSequence[str] | None = None,
 ) -> AsyncIterator[Streams]:
     """Spawn the server and yield (read, write) message streams; on exit, end its process group.
 
-    `errlog`: where its stderr goes (a file); default: our log, a line at a time, under `name`. A stdout line over
+    `errlog`: where its stderr goes (a file); default: our log, a line at a time, under `name`, each line (redacted)
+    also appended to `stderr_tail` (a bounded deque: its last words when it crash-loops). A stdout line over
     `max_line` bytes is dropped unparsed; when its first or last bytes name the id of a response, that request is
     answered with an error at once instead of waiting for its deadline.
 
@@ -129,6 +131,7 @@ async def open_stdio_child(
     read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
     writer_done = anyio.Event()
+    stderr_done = anyio.Event()
 
     async def stdout_reader() -> None:
         assert process.stdout is not None
@@ -171,7 +174,9 @@ async def open_stdio_child(
         tg.start_soon(stdout_reader)
         tg.start_soon(stdin_writer)
         if process.stderr is not None:
-            tg.start_soon(_log_stderr, process.stderr, name, redact)
+            tg.start_soon(_log_stderr, process.stderr, name, redact, stderr_tail, stderr_done)
+        else:
+            stderr_done.set()
         try:
             yield read_stream, write_stream
         finally:
@@ -180,6 +185,8 @@ async def open_stdio_child(
                 with anyio.move_on_after(FLUSH_GRACE):
                     await writer_done.wait()
                 await end_process_group(process)
+                with anyio.move_on_after(FLUSH_GRACE):  # its last words, often the reason it died
+                    await stderr_done.wait()
                 await _release(process)
                 read_stream.close()
             tg.cancel_scope.cancel()
@@ -267,7 +274,22 @@ async def _lines(
                 over()
 
 
-async def _log_stderr(stream: anyio.abc.ByteReceiveStream, name: str, redact: Callable[[str], str]) -> None:
+async def _log_stderr(
+    stream: anyio.abc.ByteReceiveStream,
+    name: str,
+    redact: Callable[[str], str],
+    tail: MutableSequence[str] | None,
+    done: anyio.Event,
+) -> None:
+    try:
+        await _read_stderr(stream, name, redact, tail)
+    finally:
+        done.set()
+
+
+async def _read_stderr(
+    stream: anyio.abc.ByteReceiveStream, name: str, redact: Callable[[str], str], tail: MutableSequence[str] | None
+) -> None:
     budget = _Budget(STDERR_BURST, STDERR_WINDOW)
     reported = 0
 
@@ -281,9 +303,12 @@ async def _log_stderr(stream: anyio.abc.ByteReceiveStream, name: str, redact: Ca
     async for line in _lines(stream, name, what="stderr"):
         if isinstance(line, Oversized):  # already logged as dropped
             continue
+        text = redact(line.decode("utf-8", "replace").rstrip())
+        if tail is not None:
+            tail.append(text)  # every line, logged or not: the tail is bounded by its deque
         if budget.take():
             report()
-            stderr_logger.info("[%s] %s", name, redact(line.decode("utf-8", "replace").rstrip()))
+            stderr_logger.info("[%s] %s", name, text)
     report()
 
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableSequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TextIO
 
@@ -92,10 +92,11 @@ def open_transport(
     *,
     redact: Callable[[str], str] = str,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    stderr_tail: MutableSequence[str] | None = None,
 ) -> AbstractAsyncContextManager[tuple[Any, Any]]:
     """(read, write) streams to `server`; a stdio child's stderr goes to `errlog`, or by default to our log, line by
-    line under the server's name, through `redact`. A message over `max_message_bytes` is refused on every transport
-    but SSE, whose SDK client caps an event at 1 MiB itself."""
+    line under the server's name, through `redact` (and, redacted, onto `stderr_tail`). A message over
+    `max_message_bytes` is refused on every transport but SSE, whose SDK client caps an event at 1 MiB itself."""
     if server.transport == "stdio":
         assert server.command is not None
         return open_stdio_child(
@@ -107,6 +108,7 @@ def open_transport(
             errlog=errlog,
             redact=redact,
             max_line=max_message_bytes,
+            stderr_tail=stderr_tail,
         )
     assert server.url is not None
     if server.transport == "sse":
