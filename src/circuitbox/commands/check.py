@@ -147,7 +147,10 @@ def build_report(config: ProxyConfig, tools: dict[str, list[str]] | None) -> dic
             for p in [config.policy(name, tool)]
         ]
         servers.append(entry)
-    return {"environment": config.environment, "servers": servers}
+    report: dict[str, Any] = {"environment": config.environment, "servers": servers}
+    if config.cluster is not None:  # the URL with its credentials masked, like every URL check shows
+        report["cluster"] = {"redis_url": config.cluster.shown_url, "group": config.cluster.group}
+    return report
 
 
 def server_fields(server: ServerConfig) -> dict[str, dict[str, Any]]:
@@ -204,6 +207,9 @@ def _show(value: Any) -> str:
 
 def print_table(config: ProxyConfig, report: dict[str, Any], out: TextIO) -> None:
     print(f"environment: {config.environment} (from {config.environment_source})    config: {config.source}", file=out)
+    if config.cluster is not None:
+        cluster = report["cluster"]
+        print(f"cluster: group {cluster['group']!r} through Redis {cluster['redis_url']}", file=out)
     width = max(len(f) for f in (*POLICY_FIELDS, *SERVER_FIELDS))
     for entry in report["servers"]:
         server = config.servers[entry["server"]]

@@ -129,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(discover_config_path(args.config), environment=args.environment)
         for server in config.servers.values():
             masked.update(server.secrets)  # a reload adds its own; the old ones stay masked
+        if config.cluster is not None:
+            masked.update(config.cluster.secrets)  # redis-py's errors may quote the URL
         return config
 
     try:
@@ -137,6 +139,12 @@ def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:  # one line each: every problem of the file at once
             print(f"circuitbox: config error: {problem}", file=sys.stderr)
         return 2
+    if config.cluster is not None:
+        from circuitbox.cluster import missing_extra
+
+        if missing := missing_extra():
+            print(f"circuitbox: {missing}", file=sys.stderr)
+            return 2
     if args.transport == "http" and (busy := port_in_use(args.host, args.port)):
         print(f"circuitbox: cannot listen on {args.host}:{args.port}: {busy}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from circuitbox.breakers.profiles import check_environment, check_preset, environment_from, infer_preset
+from circuitbox.config.cluster import ClusterConfig, cluster_config
 from circuitbox.config.expand import expand
 from circuitbox.config.model import (
     CLASSIFICATION_FIELDS,
@@ -150,6 +151,7 @@ class ProxyConfig:
     shutdown_timeout: float = 10.0
     max_message_bytes: int = MAX_MESSAGE_BYTES
     list_changed_interval: float = 2.0
+    cluster: ClusterConfig | None = None
     source: str = "<config>"
     defaults: Layer | None = field(default=None, repr=False)
     warnings: tuple[str, ...] = ()
@@ -278,6 +280,7 @@ def parse_config(
             defaults = make_layer(file.defaults, "defaults", ("defaults",))
         except ConfigError as exc:
             found.extend(exc.problems)
+    cluster = cluster_config(file.cluster, env, found)
     servers: dict[str, ServerConfig] = {}
     for name, entry in (entries or {}).items():
         server = _server(name, entry, (table, name), env, found)
@@ -295,6 +298,7 @@ def parse_config(
         shutdown_timeout=file.shutdown_timeout,
         max_message_bytes=file.max_message_bytes,
         list_changed_interval=file.list_changed_interval,
+        cluster=cluster,
         source=source,
         defaults=defaults,
         warnings=tuple(warnings),

@@ -254,6 +254,14 @@ class Http(_Strict):
     """Seconds without a request after which an upstream HTTP session is closed."""
 
 
+class Cluster(_Strict):
+    redis_url: str
+    """The Redis every replica of the group shares its breakers through (`${VAR}` expands; needs
+    `circuitbox[redis]`)."""
+    group: str = "default"
+    """Replicas with the same group share each (server, tool) breaker; other groups on the same Redis do not."""
+
+
 class ConfigFile(_Strict):
     """The whole file."""
 
@@ -267,6 +275,8 @@ class ConfigFile(_Strict):
     """Prometheus endpoint."""
     http: Http = Http()
     """The HTTP upstream's sessions."""
+    cluster: Cluster | None = None
+    """Scale-out: breaker state shared with the other replicas of a group through Redis."""
     shutdown_timeout: float = Field(10.0, ge=0, le=3600)
     """Seconds that calls in flight get to finish on SIGTERM / SIGINT before they are answered with an error."""
     max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=64 * 1024, le=1 << 30)

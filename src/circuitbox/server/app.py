@@ -16,9 +16,11 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
+from circuitbox.cluster import ClusterStore
 from circuitbox.config.load import ConfigError, ProxyConfig
 from circuitbox.observability._asgi_server import serve_asgi
 from circuitbox.observability.access import AccessGuard, is_loopback
+from circuitbox.observability.cluster import bind_cluster_gauges
 from circuitbox.observability.collector import MetricsCollector
 from circuitbox.observability.http import metrics_app
 from circuitbox.observability.limits import LimitsCollector
@@ -38,7 +40,24 @@ ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
 
 def build_proxy(config: ProxyConfig, *, metrics: bool = True, **kwargs: Any) -> tuple[Proxy, MetricsCollector | None]:
-    """A proxy whose breakers feed a metrics collector on its own Prometheus registry (never the global one)."""
+    """A proxy whose breakers feed a metrics collector on its own Prometheus registry (never the global one), and
+    share their state with the fleet when the config has a `cluster` (the store's task starts in `serve`)."""
+    proxy, collector = _build_proxy(config, metrics=metrics, **kwargs)
+    if config.cluster is not None:
+        store = ClusterStore(config.cluster.redis_url, config.cluster.group, shown_url=config.cluster.shown_url)
+        store.on_configure = lambda server, pattern, settings: _configure_here(proxy, server, pattern, settings)
+        proxy.registry.set_store(store)
+        if collector is not None:
+            bind_cluster_gauges(collector.registry, store)
+    return proxy, collector
+
+
+def _configure_here(proxy: Proxy, server: str, pattern: str, settings: dict[str, Any]) -> None:
+    proxy.configure(server, pattern, settings, proxy.tools_of(server))
+    proxy.audit("configure (from the cluster)", server, pattern, "-", repr(settings))
+
+
+def _build_proxy(config: ProxyConfig, *, metrics: bool, **kwargs: Any) -> tuple[Proxy, MetricsCollector | None]:
     if not metrics:
         proxy = Proxy(config, **kwargs)
         proxy.registry.add_listener(TransitionLogger(proxy.guard.labels_for))
@@ -132,6 +151,9 @@ async def serve(
     stop = anyio.Event()  # set once the calls in flight are answered: the front end stops, then everything else
     async with anyio.create_task_group() as tg:
         await proxy.start(tg)
+        store = proxy.registry.store
+        if isinstance(store, ClusterStore):
+            tg.start_soon(store.run, name="cluster link")
         tg.start_soon(_shutdown_on_signals, proxy, stop, tg.cancel_scope)
         if reload_config is not None:
             tg.start_soon(_reload_on_sighup, proxy, reload_config)

@@ -14,6 +14,7 @@ import mcp_types as types
 from mcp import MCPError
 
 from circuitbox.breakers import BreakerRegistry, CircuitBreaker, CircuitState
+from circuitbox.cluster import ClusterStore
 from circuitbox.config.model import BREAKER_FIELDS, ConfigError
 
 
@@ -82,6 +83,7 @@ _STATUS_OUTPUT = {
         "breakers": {"type": "array", "items": _SNAPSHOT},
         "servers": {"type": "array", "items": _SERVER},
         "summary": _SUMMARY,
+        "cluster": {"type": "object"},
     },
     "required": ["breakers", "servers", "summary"],
 }
@@ -238,7 +240,15 @@ async def circuit_status(proxy: ProxyView, args: dict[str, Any]) -> types.CallTo
     breakers = [_row(*row, proxy) for row in _filtered(proxy, args)]
     servers = [proxy.server_status(name) for name in proxy.downstreams if args.get("server") in (None, name)]
     data = {"breakers": breakers, "servers": servers, "summary": proxy.registry.summary()}
-    lines = [
+    cluster = _cluster(proxy)
+    lines = []
+    if cluster is not None:
+        data["cluster"] = status = cluster.status()
+        lines.append(
+            f"cluster: group {status['group']!r}, "
+            + (f"connected, {count(status['replicas'], 'replica')}" if status["connected"] else "Redis unreachable")
+        )
+    lines += [
         f"{s['server']}: {s['connection']}, {count(s['tools'], 'tool')}"
         + (f" (last error: {s['last_error']})" if s["last_error"] else "")
         + crash_loop_note(s)
@@ -300,9 +310,10 @@ async def circuit_reset(proxy: ProxyView, args: dict[str, Any]) -> types.CallToo
         breaker = proxy.find_breaker(server, tool)
         if breaker is not None:
             breaker.reset()
+            _announce(proxy, breaker, "reset by operator")
             proxy.audit("reset", server, tool, str(snap.state), "closed")
             changed.append(_row(server, tool, breaker.snapshot(), proxy))
-    return _answer(f"Reset {count(len(changed), 'breaker')}.", {"changed": changed})
+    return _answer(f"Reset {count(len(changed), 'breaker')}{_fleet(proxy)}.", {"changed": changed})
 
 
 _FORCE_STATES = {
@@ -330,11 +341,12 @@ async def circuit_force(proxy: ProxyView, args: dict[str, Any]) -> types.CallToo
         before = str(breaker.state)
         if target == "auto":
             breaker.reset()
+            _announce(proxy, breaker, "reset by operator")
         else:
             breaker.force(_FORCE_STATES[target])
         proxy.audit("force", server, name, before, str(breaker.state))
         changed.append(_row(server, name, breaker.snapshot(), proxy))
-    return _answer(f"{count(len(changed), 'breaker')} now {target}.", {"changed": changed})
+    return _answer(f"{count(len(changed), 'breaker')} now {target}{_fleet(proxy)}.", {"changed": changed})
 
 
 async def circuit_configure(proxy: ProxyView, args: dict[str, Any]) -> types.CallToolResult:
@@ -353,9 +365,36 @@ async def circuit_configure(proxy: ProxyView, args: dict[str, Any]) -> types.Cal
         rows.append({"tool": tool, "changes": {k: {"old": o, "new": n, "source": w} for k, (o, n, w) in diff.items()}})
     text = (
         f"Applied {settings} to {count(len(rows), 'existing breaker')} of {server!r} matching {pattern!r}; "
-        "breakers created later get it too."
+        f"breakers created later get it too{_fleet(proxy)}."
     )
+    cluster = _cluster(proxy)
+    if cluster is not None:
+        cluster.announce_configure(server, pattern, settings)
     return _answer(text, {"changed": rows, "settings": settings})
+
+
+def _cluster(proxy: ProxyView) -> ClusterStore | None:
+    store = proxy.registry.store
+    return store if isinstance(store, ClusterStore) else None
+
+
+def _announce(proxy: ProxyView, breaker: CircuitBreaker, reason: str) -> None:
+    """An operator's reset reaches the fleet even where this replica's breaker was already closed."""
+    cluster = _cluster(proxy)
+    if cluster is not None:
+        cluster.announce(breaker, reason)
+
+
+def _fleet(proxy: ProxyView) -> str:
+    cluster = _cluster(proxy)
+    if cluster is None:
+        return ""
+    if cluster.connected:
+        return f", fleet-wide (every replica of cluster group {cluster.group!r})"
+    return (
+        f", on this replica only for now: Redis is unreachable, the other replicas of cluster group "
+        f"{cluster.group!r} get it when it is back"
+    )
 
 
 def count(n: int, noun: str) -> str:
