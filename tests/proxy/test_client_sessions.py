@@ -3,6 +3,8 @@ server-everything and chaos processes, driven by the SDK's clients."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,10 +13,10 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
-from mcp import Client, MCPDeprecationWarning
+from mcp import Client, MCPDeprecationWarning, MCPError
 
 from tests.net import free_port
-from tests.proxy.harness import chaos, everything_server, pid_of, running_process, write_config
+from tests.proxy.harness import chaos, everything_server, pid_of, proxy_session, running_process, write_config
 from tests.proxy.test_http_front_end import serve_args
 
 pytestmark = pytest.mark.anyio
@@ -187,6 +189,8 @@ async def test_each_clients_log_level_and_subscriptions_stay_its_own(tmp_path: P
                 while len([m for m in inboxes["bob"] if isinstance(m, types.LoggingMessageNotification)]) < 3:
                     arrived["bob"] = anyio.Event()
                     await arrived["bob"].wait()
+            with pytest.warns(MCPDeprecationWarning):
+                await alice.unsubscribe_resource(uri)
         alice_logs = [m for m in inboxes["alice"] if isinstance(m, types.LoggingMessageNotification)]
         assert all(m.params.level == "emergency" for m in alice_logs)
         assert not [m for m in inboxes["bob"] if isinstance(m, types.ResourceUpdatedNotification)]
@@ -199,6 +203,8 @@ async def test_past_max_sessions_a_new_client_gets_a_clear_error_until_another_l
             assert not (await first.call_tool("c__echo", {"text": "hi"})).is_error
             refused = await second.call_tool("c__echo", {"text": "hi"})
             assert refused.is_error and "max_sessions" in text(refused)
+            async with Client(url) as modern:  # a 2026-era client has no session: it uses the shared connection
+                assert not (await modern.call_tool("c__echo", {"text": "hi"})).is_error
             status = await first.call_tool("circuit_status", {"server": "c"})
             assert all(b["state"] == "closed" for b in status.structured_content["breakers"])  # no breaker moved
         # The first client left: its connection closed, the second gets one.
@@ -231,3 +237,37 @@ async def test_200_sessions_opened_and_closed_leave_no_child_process_and_bounded
         grown = rss_kib(pid) - after_first
         assert grown < 40 * 1024, f"{grown} KiB more after 180 more sessions"
         assert rss_kib(pid) > 0  # still serving
+
+
+async def test_past_max_sessions_a_prompt_request_gets_a_clear_protocol_error(tmp_path: Path) -> None:
+    config = {"mcpServers": {"ev": {**everything_server(), "session": "per_client", "max_sessions": 1}}}
+    async with (
+        serving(tmp_path, config) as (url, _),
+        Client(url, mode="legacy") as first,
+        Client(url, mode="legacy") as second,
+    ):
+        prompt = next(p for p in (await first.list_prompts()).prompts if not p.arguments)
+        assert (await first.get_prompt(prompt.name)).messages  # on first's own connection
+        with pytest.raises(MCPError, match="max_sessions"):
+            await second.get_prompt(prompt.name)
+
+
+async def test_a_question_for_a_client_that_did_not_declare_it_gets_the_downstream_an_error(tmp_path: Path) -> None:
+    # The shared connection is offered sampling before any client arrives; this client declared none.
+    async with proxy_session(tmp_path, {"mcpServers": {"ev": everything_server()}}) as client:
+        result = await client.call_tool("ev__trigger-sampling-request", {"prompt": "hi", "maxTokens": 5})
+        assert "did not declare sampling" in text(result)
+
+
+async def test_a_reload_that_changes_a_servers_connection_closes_its_per_client_connections(tmp_path: Path) -> None:
+    entry = {**chaos("echo=healthy"), "session": "per_client"}
+    async with serving(tmp_path, {"mcpServers": {"c": entry}}) as (url, path), Client(url, mode="legacy") as client:
+        assert not (await client.call_tool("c__echo", {"text": "hi"})).is_error
+        before = await wait_children(path, 2)
+        write_config(tmp_path, {"mcpServers": {"c": {**chaos("echo=healthy", seed=2), "session": "per_client"}}})
+        os.kill(pid_of(path), signal.SIGHUP)
+        with anyio.fail_after(60):  # the old shared child and the client's own are replaced
+            while descendants(pid_of(path)) & before:
+                await anyio.sleep(0.05)
+        assert not (await client.call_tool("c__echo", {"text": "hi"})).is_error  # on a new connection of its own
+        await wait_children(path, 2)

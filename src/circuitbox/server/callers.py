@@ -24,6 +24,7 @@ from mcp.shared.message import ServerMessageMetadata
 
 from circuitbox.server._sdk_private import client_connection
 from circuitbox.server.relay import send_to_client
+from circuitbox.server.sessions import undeclared
 
 logger = logging.getLogger("circuitbox.callers")
 
@@ -64,6 +65,9 @@ class Callers:
         """Ask the calling client; with no call in flight, `only_client` (a connection) when it is the only one."""
         ctx = self.caller(server)
         if ctx is None and only_client is not None and server not in self._in_flight:
+            refused = undeclared(only_client.client_capabilities, server, request)
+            if refused is not None:
+                return refused
             self._remember_url_elicitation(server, request, only_client)
             return await _ask_connection(only_client, server, request)
         if ctx is None:
@@ -74,6 +78,9 @@ class Callers:
                 code=types.INTERNAL_ERROR,
                 message=f"circuitbox cannot route {request.method} to a client: {reason}",
             )
+        refused = undeclared(ctx.session.client_capabilities, server, request)
+        if refused is not None:
+            return refused
         self._remember_url_elicitation(server, request, client_connection(ctx.session))
         try:
             return await ctx.session.send_request(

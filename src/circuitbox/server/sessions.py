@@ -60,6 +60,24 @@ def declares_client_features(capabilities: types.ClientCapabilities | None) -> b
     )
 
 
+def undeclared(capabilities: types.ClientCapabilities | None, server: str, request: Any) -> types.ErrorData | None:
+    """The error a downstream gets when the client it would ask did not declare what it asks for (a shared
+    connection is offered sampling, elicitation and roots before any client arrives), else None."""
+    wanted = {
+        types.CreateMessageRequest: "sampling",
+        types.ElicitRequest: "elicitation",
+        types.ListRootsRequest: "roots",
+    }[type(request)]
+    if capabilities is not None and getattr(capabilities, wanted) is not None:
+        return None
+    logger.warning(
+        "server %r sent %s, but the client it would reach did not declare %s", server, request.method, wanted
+    )
+    return types.ErrorData(
+        code=types.METHOD_NOT_FOUND, message=f"the client circuitbox would ask did not declare {wanted}"
+    )
+
+
 def own_connection_of(server: ServerConfig, ctx: Any) -> Any | None:
     """The upstream connection that gets a connection of its own to `server`, or None: the shared one serves it."""
     if server.session == "shared" or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
