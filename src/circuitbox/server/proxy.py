@@ -37,6 +37,7 @@ from circuitbox.breakers import BreakerRegistry, CircuitBreaker
 from circuitbox.config.load import ProxyConfig, ServerConfig, last_known_good_misuse
 from circuitbox.observability import traces
 from circuitbox.server._sdk_private import client_connection
+from circuitbox.server.bridge import Bridge, ParkedCall
 from circuitbox.server.callers import Callers
 from circuitbox.server.catalog import Catalog, Route, build_catalog
 from circuitbox.server.downstream import Backoff, Connection, Downstream, DownstreamUnavailableError
@@ -123,6 +124,7 @@ class Proxy:
         self.drain = Drain()
         self._pages = PageCache()
         self._misuse_reported: set[tuple[str, str]] = set()
+        self.bridge = Bridge()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
 
@@ -437,7 +439,9 @@ class Proxy:
         tools, cursor = pages.page(params)
         return types.ListToolsResult(tools=tools, next_cursor=cursor)
 
-    async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def _call_tool(
+        self, ctx: Any, params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
         own = self.own.get(params.name)
         if own is not None:
             arguments = dict(params.arguments or {})
@@ -451,6 +455,8 @@ class Proxy:
             found = self.catalog.tools.get(params.name)
         if found is None:
             result = await self.call(params.name, params.arguments, _progress_relay(ctx))
+        elif ctx.protocol_version in MODERN_PROTOCOL_VERSIONS and self._tg is not None:
+            return await self._bridged_call(found[0].server, params, ctx)
         else:
             result = await self._call_on_its_connection(found[0].server, params, ctx)
         if traces.active() and (found := found or self.catalog.tools.get(params.name)) is not None:
@@ -458,17 +464,42 @@ class Proxy:
             traces.annotate_call(route.server, result, self.guard.find(route.server, route.name), _session_id(ctx))
         return result
 
-    async def _call_on_its_connection(
+    async def _bridged_call(
         self, server: str, params: types.CallToolRequestParams, ctx: Any
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        """A 2026-era client's call: a question its downstream asks mid-call comes back as input-required
+        (bridge.py); the call goes on in our task group until the client's retry answers it."""
+        assert self._tg is not None
+
+        async def start(parked: ParkedCall) -> types.CallToolResult:
+            async def progress(value: float, total: float | None, message: str | None) -> None:
+                if parked.progress is not None:  # relayed to whichever request of the client is waiting now
+                    await parked.progress(value, total, message)
+
+            return await self._call_on_its_connection(server, params, ctx, caller=parked, progress=progress)
+
+        capabilities = ctx.session.client_capabilities
+        return await self.bridge.call(self._tg, params, capabilities, start, _progress_relay(ctx))
+
+    async def _call_on_its_connection(
+        self,
+        server: str,
+        params: types.CallToolRequestParams,
+        ctx: Any,
+        *,
+        caller: Any = None,
+        progress: Any = None,
     ) -> types.CallToolResult:
-        """On the client's own connection to `server` when it gets one (sessions.py), else on the shared one."""
+        """On the client's own connection to `server` when it gets one (sessions.py), else on the shared one.
+
+        `caller`: who answers the downstream's questions, when not the request of `ctx` (a bridged call)."""
         try:
             link = await self._link(server, ctx)
         except SessionLimitError as exc:  # not the downstream's failure: no breaker moves
             return error_result(f"Tool '{params.name}' was not called: {exc}.")
         if link is None:
-            with self.callers.calling(server, ctx):
-                return await self.call(params.name, params.arguments, _progress_relay(ctx))
+            with self.callers.calling(server, caller or ctx):
+                return await self.call(params.name, params.arguments, progress or _progress_relay(ctx))
         with link.calling(ctx):
             return await self.call(params.name, params.arguments, _progress_relay(ctx), via=link.downstream)
 
