@@ -49,8 +49,9 @@ class _Done:
 class _BridgedSession:
     """What `Callers.relay` asks (`send_request`): the question is parked on the call instead of being sent."""
 
-    def __init__(self, call: ParkedCall) -> None:
+    def __init__(self, call: ParkedCall, capabilities: types.ClientCapabilities | None) -> None:
         self._call = call
+        self.client_capabilities = capabilities  # what the client declared in its request's _meta
 
     async def send_request(self, request: Any, result_type: type[BaseModel], **_: Any) -> Any:
         return await self._call.ask(request, result_type)
@@ -63,7 +64,7 @@ class ParkedCall:
 
     def __init__(self, tool: str, capabilities: types.ClientCapabilities | None) -> None:
         self.tool = tool
-        self.session = _BridgedSession(self)
+        self.session = _BridgedSession(self, capabilities)
         self.scope = anyio.CancelScope()
         self.progress: Callable[[float, float | None, str | None], Awaitable[None]] | None = None
         self._capabilities = capabilities
