@@ -3,8 +3,10 @@ read, bodies, HEAD, a streaming response ended by the client hanging up, and a r
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import anyio.abc
@@ -170,3 +172,23 @@ async def test_circuitbox_status_refuses_an_answer_that_is_not_a_status_document
         with pytest.raises(RuntimeError, match="not a circuitbox status document"):
             await fetch_status(f"http://127.0.0.1:{port}/mcp", None, 10)
         tg.cancel_scope.cancel()
+
+
+async def test_circuitbox_status_says_why_it_cannot_reach_an_instance() -> None:
+    from tests.net import free_port
+
+    done = await anyio.run_process(
+        [sys.executable, "-m", "circuitbox", "status", "--url", f"http://127.0.0.1:{free_port()}"], check=False
+    )
+    assert done.returncode == 1 and "cannot read status from" in done.stderr.decode()
+    assert b"Traceback" not in done.stderr
+
+
+def test_without_metrics_the_status_routes_are_served_and_metrics_is_not(tmp_path: Path) -> None:
+    from circuitbox.config.load import load_config
+    from circuitbox.server.app import build_proxy, observability_routes
+    from tests.proxy.harness import chaos, write_config
+
+    proxy, collector = build_proxy(load_config(write_config(tmp_path, {"mcpServers": {"c": chaos()}})), metrics=False)
+    paths = [getattr(route, "path", "") for route in observability_routes(proxy, collector)]
+    assert collector is None and "/metrics" not in paths and {"/status", "/status/events", "/healthz"} <= set(paths)

@@ -76,14 +76,21 @@ def _serve(config: Path, port: int, *extra: str) -> list[str]:
     return [*serve, "--port", str(port), *extra]
 
 
-def _state_of(driver: Any, tool: str) -> str | None:
-    from selenium.webdriver.common.by import By
+# The page rebuilds its rows on every event: each look at them is one script, so no row goes stale halfway.
+_STATE_OF = """
+for (const row of document.querySelectorAll('#breakers tbody tr')) {
+  if (row.cells[1].textContent === arguments[0]) return row.cells[2].textContent;
+}
+return null;
+"""
+_VISIBLE_ROWS = (
+    "return [...document.querySelectorAll('#breakers tbody tr')].filter(r => !r.hidden).map(r => r.innerText)"
+)
 
-    for row in driver.find_elements(By.CSS_SELECTOR, "#breakers tbody tr"):
-        cells = row.find_elements(By.TAG_NAME, "td")
-        if len(cells) > 2 and cells[1].text == tool:
-            return str(cells[2].text)
-    return None
+
+def _state_of(driver: Any, tool: str) -> str | None:
+    state = driver.execute_script(_STATE_OF, tool)
+    return None if state is None else str(state)
 
 
 def _artifact(driver: Any, name: str) -> Path:
@@ -136,8 +143,8 @@ async def test_the_page_follows_a_breaker_open_and_closed_live_and_its_reset_but
         assert (await session.call_tool("docs__flaky", {})).is_error
         await until(lambda: _state_of(driver, "flaky") == "open", limit=2)
         assert await run(lambda: driver.execute_script("return window.notReloaded === true"))
-        cell = await run(lambda: driver.find_element(By.CSS_SELECTOR, 'tr[data-state="open"] td.state'))
-        assert "(176, 0, 32" in await run(lambda: cell.value_of_css_property("background-color"))  # red
+        colour = "return getComputedStyle(document.querySelector('tr[data-state=open] td.state')).backgroundColor"
+        assert "(176, 0, 32" in await run(lambda: driver.execute_script(colour))  # red
         _artifact(driver, "status-page.png")
 
         # Recovery: the downstream heals, the open period ends, a probe closes the circuit; the page follows.
@@ -152,15 +159,13 @@ async def test_the_page_follows_a_breaker_open_and_closed_live_and_its_reset_but
         await session.call_tool("docs__chaos_control", {**control, "behaviour": "error"})
         assert (await session.call_tool("docs__flaky", {})).is_error
         await until(lambda: _state_of(driver, "flaky") == "open")
-        await run(lambda: driver.find_element(By.CSS_SELECTOR, 'tr[data-state="open"] button.reset').click())
+        await run(lambda: driver.execute_script("document.querySelector('tr[data-state=open] button.reset').click()"))
         await until(lambda: _state_of(driver, "flaky") == "closed")
 
         # Filters: by server, in place.
         await run(lambda: driver.find_element(By.CSS_SELECTOR, '#filter-server option[value="index"]').click())
-        visible = await run(
-            lambda: [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#breakers tbody tr") if r.is_displayed()]
-        )
-        assert len(visible) == 1 and visible[0].startswith("index lookup")
+        visible = await run(lambda: driver.execute_script(_VISIBLE_ROWS))
+        assert len(visible) == 1 and visible[0].split()[:3] == ["index", "lookup", "closed"], visible
 
         urls = await run(lambda: _requested_urls(driver))
         assert f"{base}/status/events" in urls
