@@ -5,9 +5,12 @@
 - `sign_in`: a URL-mode elicitation, then `notifications/elicitation/complete` for it (the out-of-band flow done).
 - `complete_unknown`: `notifications/elicitation/complete` for an elicitation no client was asked.
 - `ask_then_withdraw`: a form elicitation the server cancels (`notifications/cancelled`) once `withdraw` is called.
+- `echo_meta` (tool), `meta_prompt` (prompt), `meta://echo/{key}` (resource template): the request's `_meta` as JSON.
 """
 
 from __future__ import annotations
+
+import json
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -53,6 +56,25 @@ async def ask_then_withdraw(ctx: Context) -> str:
 async def withdraw() -> str:
     withdrawn.set()
     return "ok"
+
+
+def _meta_of(ctx: Context) -> str:
+    return json.dumps(ctx.request_context.meta or {}, sort_keys=True)
+
+
+@mcp.tool()
+async def echo_meta(ctx: Context) -> str:
+    return _meta_of(ctx)
+
+
+@mcp.prompt()
+async def meta_prompt(ctx: Context) -> str:
+    return _meta_of(ctx)
+
+
+@mcp.resource("meta://echo/{key}")
+async def meta_resource(key: str, ctx: Context) -> str:
+    return _meta_of(ctx)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""What a downstream sends its client outside a plain request/answer reaches that client through circuitbox:
-`notifications/elicitation/complete` after a URL elicitation, and `notifications/cancelled` for a question it takes
-back. A real server process (tests/proxy/elicit_server.py), the SDK's real client.
+"""What passes between a client and a downstream besides names and results reaches the other side through
+circuitbox: `notifications/elicitation/complete` after a URL elicitation, `notifications/cancelled` for a question
+the server takes back, and the `_meta` keys of the client's requests. A real server process
+(tests/proxy/elicit_server.py), the SDK's real client.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -99,3 +101,31 @@ async def test_a_question_the_server_takes_back_is_cancelled_at_the_client(tmp_p
             with anyio.fail_after(30):
                 await cancelled.wait()
         assert results[0].content[0].text == "withdrawn"  # type: ignore[union-attr]
+
+
+async def test_the_meta_keys_of_a_request_reach_the_downstream_as_they_came_but_the_progress_token(
+    tmp_path: Path,
+) -> None:
+    meta = {"vendor.example/trace": "t-1", "io.example/depth": {"n": 2}}
+    async with proxy_session(tmp_path, {"mcpServers": {"m": elicit_server()}}) as s:
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            pass
+
+        result = await s.call_tool("m__echo_meta", {}, meta=meta, progress_callback=on_progress)  # type: ignore[arg-type]
+        seen = json.loads(result.content[0].text)  # type: ignore[union-attr]
+        # circuitbox's own token for its hop, never the client's (progress comes back mapped to the client's).
+        assert {k: v for k, v in seen.items() if k != "progress_token"} == meta
+        plain = json.loads((await s.call_tool("m__echo_meta", {})).content[0].text)  # type: ignore[union-attr]
+        assert set(plain) <= {"progress_token"}  # nothing invented
+
+        prompt = await s.send_request(
+            types.GetPromptRequest(params=types.GetPromptRequestParams(name="m__meta_prompt", _meta=meta)),
+            types.GetPromptResult,
+        )
+        assert json.loads(prompt.messages[0].content.text) == meta  # type: ignore[union-attr]
+        read = await s.send_request(
+            types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri="meta://echo/1", _meta=meta)),
+            types.ReadResourceResult,
+        )
+        assert json.loads(read.contents[0].text) == meta  # type: ignore[union-attr]

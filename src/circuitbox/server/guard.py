@@ -23,6 +23,7 @@ from circuitbox.breakers import BreakerRegistry, CircuitBreaker, Permit, Rejecti
 from circuitbox.config.load import ConfigError, ProxyConfig
 from circuitbox.config.policy import LastKnownGood, RetryPolicy, TextFallback, ToolFallback, ToolPolicy, retune
 from circuitbox.observability import traces
+from circuitbox.server import request_meta
 from circuitbox.server.classify import CALLER_MISTAKES, Outcome, Verdict, classify_error, classify_result
 from circuitbox.server.downstream import Downstream, DownstreamUnavailableError, ProgressCallback
 from circuitbox.server.limits import BUSY, RATE_LIMITED, Clock, Slots, TokenBucket, ToolLimits
@@ -564,7 +565,8 @@ class Guard:
         until: float | None,
     ) -> types.CallToolResult | Failed:
         """Send one admitted call under its deadline, classify how it ended and report it on `permit`."""
-        request = types.CallToolRequest(params=types.CallToolRequestParams(name=tool, arguments=arguments))
+        params = types.CallToolRequestParams(name=tool, arguments=arguments, _meta=request_meta.current())
+        request = types.CallToolRequest(params=params)
         deadline = Deadline(policy.call_timeout, policy.call_limit, progress, until)
         try:
             with deadline.scope:

@@ -36,6 +36,7 @@ from circuitbox import __version__
 from circuitbox.breakers import BreakerRegistry, CircuitBreaker
 from circuitbox.config.load import ProxyConfig, ServerConfig, last_known_good_misuse
 from circuitbox.observability import traces
+from circuitbox.server import request_meta
 from circuitbox.server._sdk_private import client_connection
 from circuitbox.server.bridge import Bridge, ParkedCall
 from circuitbox.server.callers import Callers
@@ -442,6 +443,12 @@ class Proxy:
     async def _call_tool(
         self, ctx: Any, params: types.CallToolRequestParams
     ) -> types.CallToolResult | types.InputRequiredResult:
+        with request_meta.serving(params.meta):
+            return await self._serve_call(ctx, params)
+
+    async def _serve_call(
+        self, ctx: Any, params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
         own = self.own.get(params.name)
         if own is not None:
             arguments = dict(params.arguments or {})
@@ -561,7 +568,8 @@ class Proxy:
             if unprefixed is not None and self._tool_name(unprefixed, name) == name:
                 # In no listing, so no breaker (one per arbitrary name would grow without bound): the server's own
                 # answer, as it would give it directly (an isError result or its own JSON-RPC error).
-                request = types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments=arguments))
+                params = types.CallToolRequestParams(name=name, arguments=arguments, _meta=request_meta.current())
+                request = types.CallToolRequest(params=params)
                 return await self._forward(unprefixed, request, types.CallToolResult)
             raise MCPError(
                 code=types.INVALID_PARAMS,
@@ -607,7 +615,9 @@ class Proxy:
         else:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {params.name!r}")
         request = types.GetPromptRequest(
-            params=types.GetPromptRequestParams(name=route.name, arguments=params.arguments)
+            params=types.GetPromptRequestParams(
+                name=route.name, arguments=params.arguments, _meta=request_meta.forwarded(params.meta)
+            )
         )
         return await self._forward(route.server, request, types.GetPromptResult, ctx)
 
@@ -631,7 +641,8 @@ class Proxy:
         server = server or self._only_resource_server()
         if server is None:
             raise MCPError(code=-32002, message=f"Resource not found: {params.uri} (no single server offers it)")
-        request = types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri=params.uri))
+        forwarded = types.ReadResourceRequestParams(uri=params.uri, _meta=request_meta.forwarded(params.meta))
+        request = types.ReadResourceRequest(params=forwarded)
         return await self._forward(server, request, types.ReadResourceResult, ctx)
 
     async def _set_level(self, ctx: Any, params: types.SetLevelRequestParams) -> types.EmptyResult:
