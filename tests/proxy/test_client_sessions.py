@@ -253,10 +253,23 @@ async def test_past_max_sessions_a_prompt_request_gets_a_clear_protocol_error(tm
 
 
 async def test_a_question_for_a_client_that_did_not_declare_it_gets_the_downstream_an_error(tmp_path: Path) -> None:
-    # The shared connection is offered sampling before any client arrives; this client declared none.
-    async with proxy_session(tmp_path, {"mcpServers": {"ev": everything_server()}}) as client:
+    # A shared connection is offered sampling before any client arrives; this client declared none.
+    config = {"mcpServers": {"ev": {**everything_server(), "session": "shared"}}}
+    async with serving(tmp_path, config) as (url, _), Client(url, mode="legacy") as client:
         result = await client.call_tool("ev__trigger-sampling-request", {"prompt": "hi", "maxTokens": 5})
         assert "did not declare sampling" in text(result)
+
+
+async def test_behind_the_stdio_upstream_a_downstream_is_offered_exactly_what_the_client_declared(
+    tmp_path: Path,
+) -> None:
+    # server-everything lists its sampling, elicitation and roots tools only to a client that declared them.
+    asking = {"ev__trigger-sampling-request", "ev__trigger-elicitation-request", "ev__get-roots-list"}
+    async with proxy_session(tmp_path, {"mcpServers": {"ev": everything_server()}}) as bare:
+        assert not asking & {tool.name for tool in (await bare.list_tools()).tools}
+    roots_only = {"list_roots_callback": callbacks_of("alice")["list_roots_callback"]}
+    async with proxy_session(tmp_path, {"mcpServers": {"ev": everything_server()}}, **roots_only) as rooted:
+        assert asking & {tool.name for tool in (await rooted.list_tools()).tools} == {"ev__get-roots-list"}
 
 
 async def test_a_reload_that_changes_a_servers_connection_closes_its_per_client_connections(tmp_path: Path) -> None:

@@ -149,6 +149,8 @@ async def serve(
 ) -> None:
     proxy, collector = build_proxy(config, metrics=metrics)
     stop = anyio.Event()  # set once the calls in flight are answered: the front end stops, then everything else
+    # Before any downstream connects: behind the stdio upstream each is offered what its one client declares.
+    proxy.stdio_upstream = transport != "http"
     async with anyio.create_task_group() as tg:
         await proxy.start(tg)
         store = proxy.registry.store
@@ -165,7 +167,7 @@ async def serve(
             if port_ is not None:
                 tg.start_soon(_serve_metrics, proxy, collector, config.metrics_host, port_, token)
             server = proxy.build_server()
-            proxy.stdio_upstream = True  # one client: a downstream's question with no call in flight is its
+            proxy.serve_one_client(server)  # one client: a downstream's question with no call in flight is its
             async with stdio_pipes(stop, config.max_message_bytes) as (read, write):
                 await server.run(AnswerMalformed(read, write), write, proxy.initialization_options(server))
         # Cancelling the owners ends every downstream: each stdio child's whole process group.

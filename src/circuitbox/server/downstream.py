@@ -99,10 +99,12 @@ class Downstream:
         on_server_request: Callable[[Downstream, types.ServerRequest], Awaitable[Any]] | None = None,
         on_connected: Callable[[Downstream], None] | None = None,
         offer: types.ClientCapabilities | None = None,
+        offer_source: Callable[[], Awaitable[types.ClientCapabilities | None]] | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.config = config
         self._offer = offer
+        self._offer_source = offer_source  # asked at each connection, when the offer is learned late
         self.max_message_bytes = max_message_bytes
         self.instructions: str | None = None
         self.capabilities: types.ServerCapabilities | None = None
@@ -191,6 +193,8 @@ class Downstream:
         startup = anyio.CancelScope(deadline=anyio.current_time() + self.config.startup_timeout)
         with startup:
             async with self._transport() as (read, write):
+                if self._offer_source is not None:
+                    self._offer = await self._offer_source()
                 watched = WatchedStream(read, closed)
                 async with ClientSession(
                     watched, write, message_handler=self._on_message, **self._callbacks()
@@ -219,7 +223,8 @@ class Downstream:
 
     def _callbacks(self) -> dict[str, Any]:
         """Sampling, elicitation and roots are offered when there is someone to relay them to: with `offer` (one
-        client's own connection), exactly what that client declared; else (shared) all three."""
+        client's own connection, or the stdio upstream's one client), exactly what that client declared; else (a
+        shared connection opened before its clients arrive) all three."""
         relay = self._on_server_request
         if relay is None:
             return {}

@@ -62,6 +62,10 @@ INSTRUCTIONS = (
 )
 
 
+ONE_CLIENT_WAIT = 5.0
+"""Seconds a downstream connection behind the stdio upstream waits for the client's initialize, to offer exactly
+what it declared; agents initialize at once, so this only bounds a client that never does."""
+
 LIST_CHANGED = NotificationOptions(tools_changed=True, prompts_changed=True, resources_changed=True)
 
 
@@ -120,6 +124,8 @@ class Proxy:
         self.callers = Callers()
         self.sessions = ClientSessions(backoff, config.max_message_bytes)  # per-client downstream connections
         self.stdio_upstream = False  # set by the stdio front end: it has exactly one client
+        self._one_client: types.ClientCapabilities | None = None
+        self._one_client_declared = anyio.Event()
         self._server: Server[Any] | None = None
         self._catalog_listeners: list[Callable[[Catalog, Catalog], None]] = []
         self.drain = Drain()
@@ -138,7 +144,32 @@ class Proxy:
             on_server_request=self._server_request,
             on_connected=self._connected,
             max_message_bytes=self.config.max_message_bytes,
+            offer_source=self._shared_offer,
         )
+
+    def serve_one_client(self, server: Server[Any]) -> None:
+        """The stdio upstream: one client, whose declared capabilities are what every downstream is offered (each
+        connection waits up to ONE_CLIENT_WAIT seconds for its initialize, then offers all it relays)."""
+        self.stdio_upstream = True
+
+        async def observe(ctx: Any, call_next: Any) -> Any:
+            if ctx.method == "initialize" and not self._one_client_declared.is_set():
+                raw = (ctx.params or {}).get("capabilities")
+                try:
+                    self._one_client = types.ClientCapabilities.model_validate(raw or {})
+                except ValueError:  # the SDK answers that initialize itself
+                    self._one_client = None
+                self._one_client_declared.set()
+            return await call_next(ctx)
+
+        server.middleware.append(observe)
+
+    async def _shared_offer(self) -> types.ClientCapabilities | None:
+        if not self.stdio_upstream:
+            return None  # opened before any of its clients arrive: offered all it relays, checked per question
+        with anyio.move_on_after(ONE_CLIENT_WAIT):
+            await self._one_client_declared.wait()
+        return self._one_client
 
     def _connected(self, downstream: Downstream) -> None:
         name = downstream.name
