@@ -43,8 +43,11 @@ async def test_a_2026_era_client_answers_a_handshake_era_servers_questions_throu
         Client(url, sampling_callback=sampling, elicitation_callback=elicitation) as client,
     ):
         with anyio.fail_after(120):
-            names = {tool.name for tool in (await client.list_tools()).tools}
+            listed = (await client.list_tools()).tools
+            names = {tool.name for tool in listed}
             assert {"ev__trigger-sampling-request", "ev__trigger-elicitation-request"} <= names
+            # Tasks are not relayed: no tool says it takes them, and the one that requires them is not published.
+            assert "ev__simulate-research-query" not in names and all(t.execution is None for t in listed)
             sampled = await client.call_tool("ev__trigger-sampling-request", {"prompt": "hello", "maxTokens": 5})
             assert not sampled.is_error and "sampled by the 2026 client" in str(sampled.content)
             elicited = await client.call_tool("ev__trigger-elicitation-request", {})

@@ -89,8 +89,9 @@ def build_catalog(
             if own is None:
                 continue
             name = published_name(namespace, own)
-            if _claim(name, server, tools, reserved, "tool"):
-                tools[name] = (Route(server, tool.name), tool.model_copy(update={"name": name}))
+            published = _without_tasks(tool, server)
+            if published is not None and _claim(name, server, tools, reserved, "tool"):
+                tools[name] = (Route(server, tool.name), published.model_copy(update={"name": name}))
         for prompt in listing.prompts:
             name = published_name(namespace, prompt.name)
             if _claim(name, server, prompts, (), "prompt"):
@@ -101,6 +102,20 @@ def build_catalog(
         for template in listing.templates:
             templates.append((_parse_template(template.uri_template, server), server, template))
     return Catalog(tools, prompts, resources, tuple(templates))
+
+
+def _without_tasks(tool: types.Tool, server: str) -> types.Tool | None:
+    """The tool as circuitbox can publish it: task-augmented calls (2025-11-25 tasks) are not relayed, so a tool's
+    `execution.taskSupport` is never advertised; a tool that *requires* a task cannot be called through circuitbox
+    and is not published."""
+    support = tool.execution.task_support if tool.execution is not None else None
+    if support in (None, "forbidden"):
+        return tool
+    if support == "required":
+        logger.warning("tool %r of server %r is hidden: it requires task-augmented calls, which circuitbox does "
+                       "not relay", tool.name, server)  # fmt: skip
+        return None
+    return tool.model_copy(update={"execution": None})
 
 
 def _claim(name: str, server: str, taken: Mapping[str, object], reserved: Collection[str], kind: str) -> bool:
