@@ -99,7 +99,7 @@ class Guard:
         # calls in flight release into the same slots they took; `server_max_concurrent` slots per server.
         self._limits: dict[tuple[str, str], ToolLimits] = {}
         self._server_slots: dict[str, Slots] = {}
-        self._clock: Clock = clock if clock is not None else anyio.current_time
+        self._clock: Clock = clock if clock is not None else time.monotonic  # a plain read: ~0.1 us, anyio's ~1 us
 
     def breaker(self, server: str, tool: str) -> tuple[CircuitBreaker, ToolPolicy]:
         key = (server, tool)
@@ -489,44 +489,57 @@ class Guard:
                 return await self._run(downstream, tool, arguments, progress, published, definition)
             finally:
                 limits.inflight -= 1
-        deadline = self._clock() + limits.queue_timeout
+        queue_timeout = limits.queue_timeout
+        started = self._clock() if queue_timeout > 0 else 0.0  # read only when a wait may come
         bucket = limits.bucket
-        if bucket is not None:
-            ok, wait = bucket.take(limits.queue_timeout)
+        if bucket is not None and not bucket.try_take():
+            ok, wait = bucket.take(queue_timeout)
             if not ok:
                 return self._refuse(limits, RATE_LIMITED, wait, downstream.name, tool, published)
-            if wait > 0:
-                try:
-                    await anyio.sleep(wait)
-                except BaseException:
-                    bucket.refund()
-                    raise
-        taken: list[Slots] = []
-        try:
-            for slots in (limits.slots, limits.server_slots):
-                if slots is not None:
-                    if not (slots.try_take() or await slots.take(deadline - self._clock())):
-                        if bucket is not None:
-                            bucket.refund()  # it never reached the downstream
-                        whose = "tool" if slots is limits.slots else "server"
-                        return self._refuse(limits, BUSY, limits.busy_retry_after(), downstream.name, tool,
-                                            published, whose)  # fmt: skip
-                    taken.append(slots)
-            limits.inflight += 1
-            began = time.monotonic()
             try:
-                outcome = await self._run(downstream, tool, arguments, progress, published, definition)
+                await anyio.sleep(wait)
+            except BaseException:
+                bucket.refund()
+                raise
+        # Unrolled (tool slot, then server slot): this is the hot path of every limited call.
+        tool_slots, server_slots = limits.slots, limits.server_slots
+        if tool_slots is not None and not (
+            tool_slots.try_take() or await tool_slots.take(self._left(started, queue_timeout))
+        ):
+            return self._busy(limits, "tool", downstream.name, tool, published)
+        try:
+            if server_slots is not None and not (
+                server_slots.try_take() or await server_slots.take(self._left(started, queue_timeout))
+            ):
+                return self._busy(limits, "server", downstream.name, tool, published)
+            try:
+                limits.inflight += 1
+                began = time.monotonic()
+                try:
+                    outcome = await self._run(downstream, tool, arguments, progress, published, definition)
+                finally:
+                    limits.inflight -= 1
             finally:
-                limits.inflight -= 1
+                if server_slots is not None:
+                    server_slots.release()
         finally:
-            for slots in taken:
-                slots.release()
+            if tool_slots is not None:
+                tool_slots.release()
         if isinstance(outcome, Rejection):
             if bucket is not None:
                 bucket.refund()
         else:
             limits.finished(time.monotonic() - began)
         return outcome
+
+    def _left(self, started: float, queue_timeout: float) -> float:
+        """What is left of a call's `queue_timeout` (0 without one: no waiting)."""
+        return started + queue_timeout - self._clock() if queue_timeout > 0 else 0.0
+
+    def _busy(self, limits: ToolLimits, whose: str, server: str, tool: str, published: str) -> types.CallToolResult:
+        if limits.bucket is not None:
+            limits.bucket.refund()  # its token: the call never reached the downstream
+        return self._refuse(limits, BUSY, limits.busy_retry_after(), server, tool, published, whose)
 
     def _refuse(
         self, limits: ToolLimits, reason: str, retry_after: float, server: str, tool: str, published: str,

@@ -78,7 +78,7 @@ class Slots:
         self.inflight -= 1
 
     def release(self) -> None:
-        if self.inflight > self.limit:  # the cap was lowered: this slot is not handed on
+        if not self._waiters or self.inflight > self.limit:  # nobody waits, or the cap was lowered meanwhile
             self.inflight -= 1
         else:
             self._hand_over()
@@ -104,6 +104,19 @@ class TokenBucket:
         now = self._clock()
         self.tokens = min(self.capacity, self.tokens + (now - self._stamp) * self._rate)
         self._stamp = now
+
+    def try_take(self) -> bool:
+        """A token now, if there is one (the hot path: no tuple, no wait computed)."""
+        now = self._clock()
+        tokens = self.tokens + (now - self._stamp) * self._rate
+        if tokens > self.capacity:
+            tokens = self.capacity
+        self._stamp = now
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return True
+        self.tokens = tokens
+        return False
 
     def take(self, max_wait: float) -> tuple[bool, float]:
         """(True, wait): a token is yours once `wait` seconds have passed (0: now); (False, retry_after): none
