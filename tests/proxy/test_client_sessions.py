@@ -204,7 +204,8 @@ async def test_past_max_sessions_a_new_client_gets_a_clear_error_until_another_l
             refused = await second.call_tool("c__echo", {"text": "hi"})
             assert refused.is_error and "max_sessions" in text(refused)
             async with Client(url) as modern:  # a 2026-era client has no session: it uses the shared connection
-                assert not (await modern.call_tool("c__echo", {"text": "hi"})).is_error
+                echoed = await modern.call_tool("c__echo", {"text": "hi"})
+                assert not echoed.is_error, text(echoed)
             status = await first.call_tool("circuit_status", {"server": "c"})
             assert all(b["state"] == "closed" for b in status.structured_content["breakers"])  # no breaker moved
         # The first client left: its connection closed, the second gets one.

@@ -13,7 +13,25 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-_PER_HOP = frozenset({"progress_token", "progressToken"})
+from mcp_types import (
+    CLIENT_CAPABILITIES_META_KEY,
+    CLIENT_INFO_META_KEY,
+    LOG_LEVEL_META_KEY,
+    PROTOCOL_VERSION_META_KEY,
+)
+
+# The progress token and the 2026-era envelope (protocol version, client info and capabilities, log level) belong to
+# the upstream hop: a handshake-era downstream refuses a request carrying that envelope (-32600).
+_PER_HOP = frozenset(
+    {
+        "progress_token",
+        "progressToken",
+        PROTOCOL_VERSION_META_KEY,
+        CLIENT_INFO_META_KEY,
+        CLIENT_CAPABILITIES_META_KEY,
+        LOG_LEVEL_META_KEY,
+    }
+)
 _current: ContextVar[dict[str, Any] | None] = ContextVar("circuitbox_request_meta", default=None)
 
 
