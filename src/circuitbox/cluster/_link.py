@@ -123,8 +123,11 @@ class Link:
         store.adopt(name, record, now)
 
     async def ticker(self) -> None:
+        # On a fixed schedule (not interval + the tick's own time): a missed event is repaired within one interval.
+        deadline = anyio.current_time()
         while True:
-            await anyio.sleep(self.store.interval)  # the resync period itself
+            deadline = max(deadline + self.store.interval, anyio.current_time())
+            await anyio.sleep_until(deadline)  # the resync period itself
             await self.tick()
 
     async def tick(self) -> None:

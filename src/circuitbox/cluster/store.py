@@ -69,8 +69,7 @@ def replica_id() -> str:
 class ClusterStore:
     """Shares the state of every breaker it is attached to with the other replicas of `group` through Redis.
 
-    `clock` is the breakers' monotonic clock (lease ages are measured on it). `on_change(connected)` is called
-    when the link to Redis comes up or goes down.
+    `clock` measures the age of probe slots (monotonic seconds); `interval` is the resync and heartbeat period.
     """
 
     def __init__(
@@ -100,7 +99,6 @@ class ClusterStore:
         self.replicas = 1  # the last known count of live replicas
         self.last_error: str | None = None
         self.changed_at: float | None = None
-        self.on_change: list[Callable[[bool], None]] = []
         self.configures: deque[dict[str, Any]] = deque(maxlen=MAX_OPS)  # operator changes to send to the fleet
         self.on_configure: Callable[[str, str, dict[str, Any]], None] | None = None
         self._wake: anyio.Event | None = None
@@ -252,8 +250,6 @@ class ClusterStore:
                 self.replicas,
             )
             self.tokens.clear()  # a slot granted by Redis is not this replica's to use alone
-        for listener in self.on_change:
-            listener(connected)
 
     # -- what circuit_status shows ---------------------------------------------------------------------------
 
