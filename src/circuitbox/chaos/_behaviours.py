@@ -24,6 +24,7 @@ Kind = Literal[
     "fail",
     "fail_first",
     "progress",
+    "flood",
 ]
 Fault = Literal["error", "protocol_error", "hang", "crash"]
 Then = Literal["answer", "hang", "exit"]
@@ -44,7 +45,8 @@ garbage[:THEN[:LINES]]     write LINES (3) non-JSON lines to stdout (stdio), THE
 flapping:DOWN:UP[:FAULT]   FAULT (error) for DOWN s, healthy for UP s, repeating; clock starts when set
 fail:P[:FAULT]             FAULT (error) with probability P, else healthy (seeded)
 fail_first:N[:FAULT]       FAULT (error) for the first N calls after it is set, then healthy
-progress[:N[:INTERVAL]]    N (3) progress notifications INTERVAL (0) s apart, then answer"""
+progress[:N[:INTERVAL]]    N (3) progress notifications INTERVAL (0) s apart, then answer
+flood[:N[:BYTES]]          N (1000) notifications/message of BYTES (100) at once, then answer"""
 
 
 class BehaviourError(ValueError):
@@ -68,7 +70,9 @@ class Behaviour:
     message: str = ""
     then: Then = "answer"
     count: int = 3
-    """garbage: lines written; progress: notifications sent; fail_first: calls that fail."""
+    """garbage: lines written; progress, flood: notifications sent; fail_first: calls that fail."""
+    size: int = 100
+    """flood: bytes of each log message's data."""
 
 
 def _float(text: str, what: str, spec: str) -> float:
@@ -154,6 +158,11 @@ def parse_behaviour(spec: str) -> Behaviour:
         failing = _int(args[0], "N", spec)
         fault = cast(Fault, _choice(args[1], FAULTS, "FAULT", spec)) if len(args) > 1 else "error"
         b = replace(b, count=max(failing, 0), fault=fault)
+    elif kind == "flood":
+        _arity(args, 0, 2, spec)
+        count = _int(args[0], "N", spec) if args else 1000
+        size = _int(args[1], "BYTES", spec) if len(args) > 1 else 100
+        b = replace(b, count=max(count, 0), size=max(size, 0))
     else:  # progress
         _arity(args, 0, 2, spec)
         steps = _int(args[0], "N", spec) if args else 3

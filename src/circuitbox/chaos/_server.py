@@ -140,6 +140,10 @@ async def perform(
             os._exit(1)
         if b.then == "hang":
             await anyio.sleep_forever()
+    elif b.kind == "flood":  # as fast as the transport takes them: a server spamming its client's log
+        pad = "f" * b.size
+        for n in range(b.count):
+            await ctx.session.send_log_message(level="info", data=f"{n} {pad}", logger=entry.name)
     elif b.kind == "progress":
         for step in range(1, b.count + 1):
             await ctx.session.report_progress(step, b.count, f"step {step}/{b.count}")

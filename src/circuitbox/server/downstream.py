@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from circuitbox.config.model import MAX_MESSAGE_BYTES
 from circuitbox.server._streams import WatchedStream
+from circuitbox.server.stdio_child import BurstLog
 from circuitbox.server.transports import open_transport
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ T = TypeVar("T", bound=BaseModel)
 ProgressCallback = ProgressFnT
 
 
+NOTE_BUFFER = 1000  # notifications of one downstream waiting for their relay; past it they are dropped, counted
 DOWN_AFTER = 5  # consecutive failed connection attempts before a server is reported "down" rather than "restarting"
 STDERR_TAIL = 20  # stderr lines of a stdio server kept for circuit_status (its last words when it crash-loops)
 
@@ -122,6 +124,11 @@ class Downstream:
         self._retry_at: float | None = None  # when the next connection attempt starts (during a backoff)
         self._backoff = backoff or Backoff()
         self._refresh = anyio.Event()
+        # Notifications wait here for their relay, never in the session's receive loop: a downstream flooding its
+        # log while a client reads slowly must not hold up the answers to calls behind them.
+        self._notes: deque[types.ServerNotification] = deque()
+        self._noted = anyio.Event()
+        self._notes_dropped = BurstLog()
         self._closed = anyio.Event()
         self.in_flight = 0
         self._idle = anyio.Event()
@@ -213,6 +220,8 @@ class Downstream:
                     self.first_attempt_done.set()
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self._refresh_loop, session)
+                        if self._on_notification is not None:
+                            tg.start_soon(self._relay_loop, self._on_notification)
                         await closed.wait()
                         # Refused from now on, not after the transport has wound down: no call may reach a dead
                         # session, and circuit_status must not say connected meanwhile.
@@ -272,7 +281,27 @@ class Downstream:
             )
             and self._on_notification is not None
         ):
-            await self._on_notification(self, message)
+            self._queue_note(message)
+
+    def _queue_note(self, message: types.ServerNotification) -> None:
+        if len(self._notes) >= NOTE_BUFFER:
+            dropped = self._notes_dropped.admit()
+            if dropped is not None:
+                logger.warning("server %r sends notifications faster than its clients take them: %d dropped%s",
+                               self.name, dropped + 1, " (since the last warning)" if dropped else "")  # fmt: skip
+            return
+        self._notes.append(message)
+        self._noted.set()
+
+    async def _relay_loop(self, relay: Callable[[Downstream, types.ServerNotification], Awaitable[None]]) -> None:
+        while True:
+            while not self._notes:
+                self._noted = anyio.Event()
+                await self._noted.wait()
+            try:
+                await relay(self, self._notes.popleft())
+            except Exception as exc:  # a client that went away costs its notification, never the relay
+                logger.debug("server %r: relaying a notification failed: %s", self.name, exc)
 
     async def _refresh_loop(self, session: ClientSession) -> None:
         while True:
