@@ -196,3 +196,29 @@ async def test_without_the_token_the_page_and_its_events_are_refused_until_signe
         cookies = await run(driver.get_cookies)
         assert [(c["name"], c["httpOnly"], c["sameSite"]) for c in cookies] == [("circuitbox_session", True, "Strict")]
         assert "s3cret" not in cookies[0]["value"]
+
+
+async def test_the_page_reconnects_by_itself_after_circuitbox_restarts(tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    config = write_config(tmp_path, {"mcpServers": {"docs": chaos("search=healthy")}})
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    def live() -> str:
+        return str(driver.find_element(By.ID, "live").text)
+
+    async with browser() as driver:
+        async with running_process(_serve(config, port), port=port):
+            await run(lambda: driver.get(f"{base}/status"))
+            await run(lambda: driver.execute_script("window.notReloaded = true"))
+            await until(lambda: live() == "live")
+        await until(lambda: live() == "reconnecting")
+        async with running_process(_serve(config, port), port=port):
+            async with streamable_http_client(f"{base}/mcp") as (read, write), ClientSession(read, write) as session:
+                await session.initialize()
+                assert not (await session.call_tool("docs__search", {})).is_error
+            # The new process's document arrives on the reconnected stream: its breaker, no reload.
+            await until(lambda: _state_of(driver, "search") == "closed")
+            assert await run(lambda: live()) == "live"
+            assert await run(lambda: driver.execute_script("return window.notReloaded === true"))

@@ -190,7 +190,7 @@ _JS = r"""
   fs.addEventListener('change',filter); fst.addEventListener('change',filter);
   var src=new EventSource('/status/events');
   src.addEventListener('status',function(e){
-    var doc=JSON.parse(e.data); received=Date.now();
+    var doc=JSON.parse(e.data); received=Date.now(); if(doc.csrf)settings.csrf=doc.csrf;
     document.querySelector('#servers tbody').innerHTML=doc.servers.map(function(s){
       return '<tr><td>'+esc(s.server)+'</td><td class="state '+esc(s.connection)+'">'+esc(s.connection)+
         '</td><td class="num">'+esc(s.tools)+'</td><td>'+esc(s.last_error)+'</td></tr>';}).join('');
@@ -258,11 +258,15 @@ class StatusApp:
                 if self._changed is None:
                     self._changed = anyio.Event()
                 changed = self._changed
-                doc = json.dumps(await page_document(self.proxy), default=str)
+                page = await page_document(self.proxy)
+                if self.proxy.config.admin_enabled:  # a page from before a restart gets this process's form token
+                    page["csrf"] = self.csrf
+                doc = json.dumps(page, default=str)
                 await send(
                     {
                         "type": "http.response.body",
-                        "body": f"event: status\ndata: {doc}\n\n".encode(),
+                        # retry: reconnect 1 s after a restart (browsers wait about 3 s by default)
+                        "body": f"retry: 1000\nevent: status\ndata: {doc}\n\n".encode(),
                         "more_body": True,
                     }
                 )

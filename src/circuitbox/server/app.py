@@ -165,7 +165,7 @@ async def serve(
         else:
             port_ = metrics_port if metrics_port is not None else config.metrics_port
             if port_ is not None:
-                tg.start_soon(_serve_metrics, proxy, collector, config.metrics_host, port_, token)
+                tg.start_soon(_serve_metrics, proxy, collector, config.metrics_host, port_, token, allowed_hosts)
             server = proxy.build_server()
             proxy.serve_one_client(server)  # one client: a downstream's question with no call in flight is its
             async with stdio_pipes(stop, config.max_message_bytes) as (read, write):
@@ -198,7 +198,12 @@ async def _drain(proxy: Proxy, stop: anyio.Event, name: str) -> None:
 
 
 async def _serve_metrics(
-    proxy: Proxy, collector: MetricsCollector | None, host: str, port: int, token: str | None
+    proxy: Proxy,
+    collector: MetricsCollector | None,
+    host: str,
+    port: int,
+    token: str | None,
+    extra_hosts: Sequence[str] = (),
 ) -> None:
     """stdio mode's metrics port: /metrics, the status page, /healthz and /readyz, behind the same guard as the HTTP
     listener. A busy port (two agents sharing one config, say) costs these endpoints, never the proxy."""
@@ -215,7 +220,7 @@ async def _serve_metrics(
         logger.error("metrics endpoint disabled: cannot listen on %s:%d: %s", host, port, exc)
         return
     bound = listener.extra(anyio.abc.SocketAttribute.local_port)
-    app = AccessGuard(Starlette(routes=observability_routes(proxy, collector)), host, bound, token)
+    app = AccessGuard(Starlette(routes=observability_routes(proxy, collector)), host, bound, token, extra_hosts)
     shown = f"[{host}]" if ":" in host else host
     # stderr, not the log: the one line a person running an agent looks for, whatever the log level.
     print(f"circuitbox status page: http://{shown}:{bound}/status (metrics at /metrics)", file=sys.stderr, flush=True)
