@@ -107,12 +107,14 @@ async def test_the_meta_keys_of_a_request_reach_the_downstream_as_they_came_but_
     tmp_path: Path,
 ) -> None:
     meta = {"vendor.example/trace": "t-1", "io.example/depth": {"n": 2}}
+    # A 2026-era client's envelope describes its own hop: a handshake-era downstream refuses requests carrying it.
+    sent = {**meta, "io.modelcontextprotocol/clientInfo": {"name": "x", "version": "1"}}
     async with proxy_session(tmp_path, {"mcpServers": {"m": elicit_server()}}) as s:
 
         async def on_progress(progress: float, total: float | None, message: str | None) -> None:
             pass
 
-        result = await s.call_tool("m__echo_meta", {}, meta=meta, progress_callback=on_progress)  # type: ignore[arg-type]
+        result = await s.call_tool("m__echo_meta", {}, meta=sent, progress_callback=on_progress)  # type: ignore[arg-type]
         seen = json.loads(result.content[0].text)  # type: ignore[union-attr]
         # circuitbox's own token for its hop, never the client's (progress comes back mapped to the client's).
         assert {k: v for k, v in seen.items() if k != "progress_token"} == meta
@@ -120,12 +122,12 @@ async def test_the_meta_keys_of_a_request_reach_the_downstream_as_they_came_but_
         assert set(plain) <= {"progress_token"}  # nothing invented
 
         prompt = await s.send_request(
-            types.GetPromptRequest(params=types.GetPromptRequestParams(name="m__meta_prompt", _meta=meta)),
+            types.GetPromptRequest(params=types.GetPromptRequestParams(name="m__meta_prompt", _meta=sent)),
             types.GetPromptResult,
         )
         assert json.loads(prompt.messages[0].content.text) == meta  # type: ignore[union-attr]
         read = await s.send_request(
-            types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri="meta://echo/1", _meta=meta)),
+            types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri="meta://echo/1", _meta=sent)),
             types.ReadResourceResult,
         )
         assert json.loads(read.contents[0].text) == meta  # type: ignore[union-attr]
