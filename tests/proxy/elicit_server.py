@@ -5,6 +5,8 @@
 - `sign_in`: a URL-mode elicitation, then `notifications/elicitation/complete` for it (the out-of-band flow done).
 - `complete_unknown`: `notifications/elicitation/complete` for an elicitation no client was asked.
 - `ask_then_withdraw`: a form elicitation the server cancels (`notifications/cancelled`) once `withdraw` is called.
+- `vendor.example/echo` (a request no spec has): its params back; `vendor.example/note` (a notification no spec
+  has): kept, and the `noted` tool lists those it got.
 - `echo_meta` (tool), `meta_prompt` (prompt), `meta://echo/{key}` (resource template): the request's `_meta` as JSON.
 """
 
@@ -13,8 +15,10 @@ from __future__ import annotations
 import json
 
 import anyio
+from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
-from pydantic import BaseModel
+from mcp_types import NotificationParams, RequestParams, Result
+from pydantic import BaseModel, ConfigDict
 
 mcp = MCPServer(name="elicit-server")
 withdrawn = anyio.Event()
@@ -75,6 +79,39 @@ async def meta_prompt(ctx: Context) -> str:
 @mcp.resource("meta://echo/{key}")
 async def meta_resource(key: str, ctx: Context) -> str:
     return _meta_of(ctx)
+
+
+class Anything(RequestParams):
+    model_config = ConfigDict(extra="allow")
+
+
+class AnyNote(NotificationParams):
+    model_config = ConfigDict(extra="allow")
+
+
+class Echoed(Result):
+    model_config = ConfigDict(extra="allow")
+
+
+notes: list[dict[str, object]] = []
+
+
+async def vendor_echo(ctx: ServerRequestContext, params: Anything) -> Echoed:
+    return Echoed.model_validate({"echoed": params.model_dump(exclude_none=True), "by": "elicit-server"})
+
+
+async def vendor_note(ctx: ServerRequestContext, params: AnyNote) -> None:
+    notes.append(params.model_dump(exclude_none=True))
+
+
+@mcp.tool()
+async def noted() -> str:
+    return json.dumps(notes)
+
+
+# As the SDK's own conformance server registers handlers MCPServer has no decorator for.
+mcp._lowlevel_server.add_request_handler("vendor.example/echo", Anything, vendor_echo)
+mcp._lowlevel_server.add_notification_handler("vendor.example/note", AnyNote, vendor_note)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from circuitbox.server.relay import Clients
 from circuitbox.server.retry import is_read_only
 from circuitbox.server.sessions import ClientLink, ClientSessions, SessionLimitError, own_connection_of
 from circuitbox.server.shutdown import SHUTTING_DOWN, Drain
+from circuitbox.server.unknown_methods import ForwardUnknownMethods
 
 logger = logging.getLogger("circuitbox.proxy")
 ResultT = TypeVar("ResultT", bound=BaseModel)
@@ -436,7 +437,19 @@ class Proxy:
             # Logging is deprecated from 2026-07-28 on, but handshake-era clients use it: it is relayed for them.
             warnings.simplefilter("ignore", MCPDeprecationWarning)
             self._server = self._new_server()
+        self._server.middleware.append(
+            ForwardUnknownMethods(
+                self._server, self._only_server, self._forward, self._session_of, self.wait_first_attempts
+            )
+        )
         return self._server
+
+    def _only_server(self) -> str | None:
+        """The one server circuitbox fronts, where a method it does not know can go; None when there are several."""
+        return next(iter(self.downstreams)) if len(self.downstreams) == 1 else None
+
+    def _session_of(self, server: str) -> Any:
+        return self.downstreams[server].session
 
     def _new_server(self) -> Server[Any]:
         return _ProxyServer(

@@ -1,0 +1,65 @@
+"""Methods no spec has (a newer one, an extension's), from the client: forwarded as they came to the one server
+circuitbox fronts, whose own answer comes back; with several servers, the JSON-RPC error for an unknown method or,
+for a notification, a logged drop. A real server process with such methods (tests/proxy/elicit_server.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, cast
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp import MCPError
+from pydantic import BaseModel, ConfigDict
+
+from tests.proxy.harness import chaos, proxy_session
+from tests.proxy.test_server_side_relay import elicit_server
+
+pytestmark = pytest.mark.anyio
+
+
+class Anything(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+def vendor_request(params: dict[str, Any]) -> Any:
+    return types.Request[Any, str](method="vendor.example/echo", params=params)
+
+
+def vendor_note(params: dict[str, Any]) -> Any:
+    return cast(Any, types.Notification[Any, str](method="vendor.example/note", params=params))
+
+
+async def test_an_unknown_request_and_notification_reach_the_only_server_as_they_came(tmp_path: Path) -> None:
+    async with proxy_session(tmp_path, {"mcpServers": {"v": elicit_server()}}) as s:
+        answer = await s.send_request(vendor_request({"x": 1, "nested": {"y": [2, 3]}}), Anything)
+        assert answer.model_dump() == {"echoed": {"x": 1, "nested": {"y": [2, 3]}}, "by": "elicit-server"}
+
+        await s.send_notification(vendor_note({"seq": 1}))
+        with anyio.fail_after(30):
+            while True:  # the notification has no answer to wait on: ask the server what it got
+                noted = json.loads((await s.call_tool("v__noted", {})).content[0].text)  # type: ignore[union-attr]
+                if noted:
+                    break
+                await anyio.sleep(0.05)
+        assert noted == [{"seq": 1}]
+
+
+async def test_with_several_servers_an_unknown_method_gets_the_json_rpc_error_and_a_notification_a_logged_drop(
+    tmp_path: Path,
+) -> None:
+    config = {"mcpServers": {"v": elicit_server(), "c": chaos("echo=healthy")}}
+    log = tmp_path / "stderr.log"
+    with log.open("w") as errlog:
+        async with proxy_session(tmp_path, config, errlog=errlog) as s:
+            with pytest.raises(MCPError) as unknown:
+                await s.send_request(vendor_request({"x": 1}), Anything)
+            assert unknown.value.error.code == types.METHOD_NOT_FOUND
+            await s.send_notification(vendor_note({"seq": 1}))
+            with anyio.fail_after(30):
+                while "dropped the client's vendor.example/note" not in log.read_text():
+                    await anyio.sleep(0.05)  # polling the proxy's stderr file: nothing to wait on instead
+            assert json.loads((await s.call_tool("v__noted", {})).content[0].text) == []  # type: ignore[union-attr]
