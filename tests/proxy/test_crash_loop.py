@@ -16,6 +16,8 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from circuitbox.commands.status import render
+from circuitbox.config.load import parse_config
+from circuitbox.server.downstream import Backoff, Connection, Downstream
 from circuitbox.server.transports import http_client
 from tests.net import free_port, import_path_env
 from tests.proxy.harness import running_process, write_config
@@ -96,3 +98,38 @@ def test_the_status_line_of_a_crash_loop_without_an_error_or_stderr_still_says_s
     server = {"server": "s", "connection": "crash_loop", "tools": 0, "last_error": None, "restarts": 1}
     line = render({"servers": [server], "breakers": []}).splitlines()[1]
     assert line.endswith("  crash loop: restarted 1 time; it wrote nothing to stderr")
+
+
+async def _deaths(downstream: Downstream, restarts: int) -> None:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(downstream.run)
+        with anyio.fail_after(60):
+            while downstream.restarts < restarts:
+                await anyio.sleep(0.01)  # a real process dying again and again: nothing else to wait on
+        tg.cancel_scope.cancel()
+
+
+async def test_only_deaths_within_the_window_count_and_only_stdio_servers_crash_loop() -> None:
+    fast = Backoff(initial=0.01, maximum=0.02)
+    dies = {"command": sys.executable, "args": ["-c", "raise SystemExit(3)"], "crash_loop_restarts": 2}
+    config = parse_config(
+        {
+            "environment": "testing",
+            "mcpServers": {
+                "spaced": {**dies, "crash_loop_window": 0.001},  # each death is alone in its window
+                "looping": {**dies, "crash_loop_window": 600},
+                "remote": {"url": f"http://127.0.0.1:{free_port()}/mcp", "crash_loop_restarts": 1},
+            },
+        },
+        env={},
+    )
+    states = {}
+    for name in ("spaced", "looping", "remote"):
+        downstream = Downstream(config.servers[name], backoff=fast)
+        await _deaths(downstream, 3)
+        states[name] = downstream.state
+    assert states == {
+        "spaced": Connection.RESTARTING,
+        "looping": Connection.CRASH_LOOP,
+        "remote": Connection.RESTARTING,
+    }

@@ -240,3 +240,23 @@ async def test_reloads_and_circuit_configure_retune_limits_in_place() -> None:
             assert limits.slots is None and limits.server_slots is not None  # the run-time "no cap" still holds
             proxy.guard.forget("c", "echo")
             assert proxy.guard.limit_stats() == []
+
+
+async def test_limited_tools_rejected_by_their_circuit_or_with_an_invalid_policy_are_answered() -> None:
+    clock = FakeClock()
+    # Each glob alone is valid; together, for the tool "ab", the open period would outgrow its cap.
+    tools = {"echo": {"max_concurrent": 1}, "a*": {"timeout": 500}, "*b": {"max_timeout": 400}}
+    config = {"mcpServers": {"c": {**chaos("echo=healthy", "ab=healthy"), "tools": tools}}}
+    async with in_process(config, clock) as (proxy, _):
+        with anyio.fail_after(60):
+            proxy.breaker("c", "echo").force(CircuitState.FORCED_OPEN)
+            rejected = await proxy.call("c__echo", {})
+            invalid = await proxy.call("c__ab", {})
+            (limits,) = [lim for _, tool, lim in proxy.guard.limit_stats() if tool == "echo"]
+            assert limits.slots is not None and limits.slots.inflight == 0  # the rejected call gave its slot back
+            other = {"mcpServers": {"d": chaos("echo=healthy", seed=3)}}
+            await proxy.reload(parse_config({"environment": "testing", **other}))
+    assert rejected.meta is not None and rejected.meta["circuitbox/breaker"]["state"] == "forced_open"
+    text = invalid.content[0]
+    assert invalid.is_error and isinstance(text, types.TextContent) and "invalid circuit policy" in text.text
+    assert [tool for server, tool, _ in proxy.guard.limit_stats() if server == "c"] == []

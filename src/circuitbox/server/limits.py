@@ -69,13 +69,9 @@ class Slots:
             self._hand_over()
 
     def _hand_over(self) -> None:
-        """Give one taken slot to the first waiter, or free it when none waits."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.is_set():
-                waiter.set()  # the slot passes to it: `inflight` stays
-                return
-        self.inflight -= 1
+        """Give one taken slot to the first waiter (`inflight` stays); a waiter leaves the queue when it is handed a
+        slot or gives up, so every one in it is still waiting."""
+        self._waiters.popleft().set()
 
     def release(self) -> None:
         if not self._waiters or self.inflight > self.limit:  # nobody waits, or the cap was lowered meanwhile
