@@ -128,7 +128,8 @@ async def test_every_route_of_the_http_listener_checks_host_and_origin_exactly(t
 
 async def test_the_page_shows_latency_filters_without_javascript_and_allows_no_other_source(tmp_path: Path) -> None:
     server = {**chaos("ok=healthy", "bad=error"), "breaker": {"failure_threshold": 1, "timeout": 600}}
-    config = write_config(tmp_path, {"mcpServers": {"c": server}})
+    broken = {"command": sys.executable, "args": ["-c", "raise SystemExit(3)"]}
+    config = write_config(tmp_path, {"mcpServers": {"c": server, "broken": broken}})
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     async with running_process(_serve(config, port), port=port):
@@ -146,6 +147,8 @@ async def test_the_page_shows_latency_filters_without_javascript_and_allows_no_o
             assert '<tr data-server="c" data-state="closed" hidden>' in only_open.text
             assert '<tr data-server="c" data-state="open">' in only_open.text
             assert '<option value="open" selected>' in only_open.text
+            assert "<title>circuitbox: 1 open</title>" in page.text
+            assert '<p id="summary">2 breakers: 1 open, 0 half-open; 2 servers: 1 connected, 1 not</p>' in page.text
             refused = await http.post(f"{url}/status/admin", data={"action": "reset"})
             assert refused.status_code == 403 and "admin is not enabled" in refused.text
             assert (await http.get(f"{url}/status/admin")).status_code == 405

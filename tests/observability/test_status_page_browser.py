@@ -143,6 +143,9 @@ async def test_the_page_follows_a_breaker_open_and_closed_live_and_its_reset_but
         assert (await session.call_tool("docs__flaky", {})).is_error
         await until(lambda: _state_of(driver, "flaky") == "open", limit=2)
         assert await run(lambda: driver.execute_script("return window.notReloaded === true"))
+        assert await run(lambda: driver.title) == "circuitbox: 1 open"
+        summary = await run(lambda: driver.find_element(By.ID, "summary").text)
+        assert summary == "4 breakers: 1 open, 0 half-open; 2 servers: 2 connected"
         colour = "return getComputedStyle(document.querySelector('tr[data-state=open] td.state')).backgroundColor"
         assert "(176, 0, 32" in await run(lambda: driver.execute_script(colour))  # red
         _artifact(driver, "status-page.png")

@@ -129,7 +129,12 @@ class AccessGuard:
             await self.app(scope, receive, send)
             return
         if _header(scope, b"host") not in self.hosts:
-            await reply(send, 421, b"421 Misdirected Request: this Host is not a name of this listener\n")
+            await reply(
+                send,
+                421,
+                b"421 Misdirected Request: this Host is not a name of this listener (start circuitbox with "
+                b"--allowed-host NAME for each name its clients use)\n",
+            )
             return
         origin = _header(scope, b"origin")
         if origin is not None and origin not in self.origins:

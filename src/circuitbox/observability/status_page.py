@@ -135,9 +135,10 @@ def render_html(
     admin_head = "<th>admin</th>" if csrf else ""
     settings = {"csrf": csrf or ""}
     return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>circuitbox status</title>'
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_title(doc)}</title>'
         f'<meta name="viewport" content="width=device-width"><style nonce="{nonce}">{_CSS}</style></head><body>'
-        '<h1>circuitbox status</h1><h2>Servers</h2><table id="servers"><thead><tr><th>server</th><th>connection</th>'
+        f'<h1>circuitbox status</h1><p id="summary">{_summary(doc)}</p>'
+        '<h2>Servers</h2><table id="servers"><thead><tr><th>server</th><th>connection</th>'
         f"<th>tools</th><th>last error</th></tr></thead><tbody>{servers}</tbody></table>"
         '<h2>Breakers</h2><form method="get" action="/status" id="filters">'
         + _select("server", names, server, "server")
@@ -151,6 +152,30 @@ def render_html(
         f'<script nonce="{nonce}" id="settings" type="application/json">{_json_html(settings)}</script>'
         f'<script nonce="{nonce}">{_JS}</script></body></html>'
     )
+
+
+_OPEN_STATES = ("open", "forced_open")
+
+
+def _summary(doc: dict[str, Any]) -> str:
+    """One line an operator reads first: how many circuits are open or probing, how many servers are not up."""
+    breakers, servers = doc.get("breakers", []), doc.get("servers", [])
+    opened = sum(1 for b in breakers if b["state"] in _OPEN_STATES)
+    probing = sum(1 for b in breakers if b["state"] == "half_open")
+    down = sum(1 for s in servers if s["connection"] != "connected")
+    return (
+        f"{_count(len(breakers), 'breaker')}: {opened} open, {probing} half-open; "
+        f"{_count(len(servers), 'server')}: {len(servers) - down} connected" + (f", {down} not" if down else "")
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _title(doc: dict[str, Any]) -> str:
+    opened = sum(1 for b in doc.get("breakers", []) if b["state"] in _OPEN_STATES)
+    return f"circuitbox: {opened} open" if opened else "circuitbox: all closed"
 
 
 def _json_html(value: Any) -> str:
@@ -204,6 +229,14 @@ _JS = r"""
     var known=Array.prototype.map.call(fs.options,function(o){return o.value;});
     doc.servers.forEach(function(s){if(known.indexOf(s.server)<0){
       var o=document.createElement('option');o.value=o.textContent=s.server;fs.appendChild(o);}});
+    var open=doc.breakers.filter(function(b){return b.state==='open'||b.state==='forced_open';}).length,
+        probing=doc.breakers.filter(function(b){return b.state==='half_open';}).length,
+        down=doc.servers.filter(function(s){return s.connection!=='connected';}).length;
+    var count=function(n,noun){return n+' '+noun+(n===1?'':'s');};
+    document.getElementById('summary').textContent=count(doc.breakers.length,'breaker')+': '+open+' open, '+
+      probing+' half-open; '+count(doc.servers.length,'server')+': '+(doc.servers.length-down)+' connected'+
+      (down?', '+down+' not':'');
+    document.title=open?'circuitbox: '+open+' open':'circuitbox: all closed';
     filter(); tick(); live.textContent='live';
   });
   src.onerror=function(){live.textContent='reconnecting';};

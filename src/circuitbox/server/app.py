@@ -255,7 +255,7 @@ async def _serve_http(app: ASGIApp, host: str, port: int, stop: anyio.Event | No
 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
     server = Server(config)
-    logger.info("circuitbox listening on http://%s:%d/mcp", host, port)
+    logger.info("circuitbox listening on http://%s:%d/mcp (status page at /status)", host, port)
     async with anyio.create_task_group() as tg:
         if stop is not None:
 
