@@ -13,6 +13,7 @@ import pytest
 from mcp import MCPError
 
 from circuitbox.config.load import parse_config
+from circuitbox.server.proxy import Proxy
 from tests.config.support import check, write
 from tests.proxy.harness import chaos, proxy_session
 
@@ -123,3 +124,28 @@ def test_renaming_two_tools_to_one_name_or_to_a_name_no_client_accepts_is_a_conf
         "mcpServers.c.rename.b: 'same' is also the new name of 'a'; mcpServers.c.rename.c: 'no spaces' is not a "
         "tool name (1 to 128 letters, digits, '_', '-' or '.')"
     )
+
+
+async def test_a_reload_that_changes_include_exclude_or_rename_republishes_without_reconnecting() -> None:
+    first = parse_config({"environment": "testing", "mcpServers": {"c": chaos(*TOOLS)}}, env={})
+    proxy = Proxy(first)
+    async with anyio.create_task_group() as tg:
+        await proxy.start(tg)
+        with anyio.fail_after(60):
+            await proxy.wait_first_attempts()
+            before = set(proxy.catalog.tools)
+            downstream = proxy.downstreams["c"]
+            assert not (await proxy.call("c__add", {"a": 1, "b": 2})).is_error
+            entry = {**chaos(*TOOLS), "exclude": ["add", "git_*"], "rename": {"echo": "say"}}
+            second = parse_config({"environment": "testing", "mcpServers": {"c": entry}}, env={})
+            report = await proxy.reload(second)
+            after = set(proxy.catalog.tools)
+            with pytest.raises(MCPError, match="Unknown tool"):
+                await proxy.call("c__add", {"a": 1, "b": 2})
+            said = await proxy.call("c__say", {"text": "hi"})
+        tg.cancel_scope.cancel()
+    assert report["restarted"] == [] and proxy.downstreams["c"] is downstream  # same connection
+    assert before >= {"c__add", "c__echo", "c__git_log", "c__git_reset"}
+    assert after == {"c__say", "c__chaos_control"}
+    assert not said.is_error
+    assert proxy.find_breaker("c", "add") is None  # its breaker went with it
