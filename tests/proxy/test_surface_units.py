@@ -265,3 +265,37 @@ def test_a_rejected_or_unavailable_call_gets_the_stale_answer_else_the_text_that
     assert SERVER_META_KEY in (unavailable.meta or {}) and "its server is not connected" in text(unavailable)
     assert counted == [("c__get", "stale_answers")] * 2
     assert guard.breaker("c", "get")[0].snapshot().calls == 1
+
+
+def test_a_tool_whose_merged_policy_is_invalid_is_answered_with_the_problem() -> None:
+    config = parse_config(
+        {"mcpServers": {"c": {"command": "unused", "tools": {"a*": {"timeout": 500}, "ab*": {"max_timeout": 400}}}}},
+        env={},
+    )
+    guard = Guard(config, BreakerRegistry())
+    down = Scripted(config.servers["c"], [])
+
+    async def main() -> types.CallToolResult:
+        return await guard.call(down, "abc", {}, published="c__abc")
+
+    answer = run(main)
+    assert answer.is_error and "has an invalid circuit policy" in text(answer) and down.sent == []
+
+
+def test_a_retuned_budget_takes_effect_and_a_forgotten_tool_keeps_nothing() -> None:
+    guard, down, counted = setup({**RETRY, "retry": {"attempts": 2, "backoff": 0, "budget": 0}}, [])
+    down.script = [OSError("x"), ok()] * 5
+
+    async def call() -> types.CallToolResult:
+        return await guard.call(down, "get", {}, published="c__get", definition=READ_ONLY)
+
+    async def main() -> None:
+        for _ in range(BUDGET_FLOOR + 1):
+            await call()  # the floor's 3 retries, then none: the 4th call fails at its first attempt
+        assert counted == [("c__get", "retries")] * BUDGET_FLOOR
+        guard.configure("c", "get", {"retry": {"attempts": 2, "backoff": 0, "budget": 10}})
+        assert not (await call()).is_error  # a new budget, with room
+
+    run(main)
+    guard.forget("c", "get")
+    assert guard.known() == [] and guard._budgets == {} and guard._kept == {}

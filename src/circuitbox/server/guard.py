@@ -11,7 +11,7 @@ import fnmatch
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,6 +238,11 @@ class Guard:
         """Every breaker created so far, as (server, tool, breaker)."""
         return [(server, tool, breaker) for (server, tool), (breaker, _) in self._breakers.items()]
 
+    def listing_entry(self, server: str, tool: str) -> tuple[CircuitBreaker, str] | None:
+        """The tool's breaker and its `tool_list` (how the tool list shows an open circuit), once it has a breaker."""
+        found = self._breakers.get((server, tool))
+        return None if found is None else (found[0], found[1].tool_list)
+
     def find(self, server: str, tool: str) -> CircuitBreaker | None:
         found = self._breakers.get((server, tool))
         return found[0] if found else None
@@ -304,6 +309,9 @@ class Guard:
             )
             return answer or refusal
         outcome = await self._limited(downstream, tool, arguments, progress, published, definition)
+        kind = outcome.__class__  # no call on the hot path: an answer is by far the most common outcome
+        if kind is types.CallToolResult:
+            return outcome  # type: ignore[return-value]
         if isinstance(outcome, Failed):
             return outcome.result
         if not isinstance(outcome, Rejection):
@@ -312,7 +320,7 @@ class Guard:
         answer = await self._fall_back(downstream, tool, arguments, progress, rejected, resolve, published, definition)
         return answer or rejected
 
-    async def _run(
+    def _run(
         self,
         downstream: Downstream,
         tool: str,
@@ -320,17 +328,20 @@ class Guard:
         progress: ProgressCallback | None,
         published: str,
         definition: types.Tool | None,
-    ) -> Answer:
+    ) -> Awaitable[Answer]:
         """The call through its breaker: one attempt, or, when its policy sets `retry` or a fallback, retried and
-        answered from a kept result as the policy and the tool's annotations allow."""
+        answered from a kept result as the policy and the tool's annotations allow. Not a coroutine itself: the
+        plain path awaits `_attempt` directly, one frame less per call."""
         try:
             breaker, policy = self.breaker(downstream.name, tool)
         except (ConfigError, ValueError) as exc:  # a policy only this tool's name makes invalid: still an answer
             logger.error("no valid policy for %s/%s: %s", downstream.name, tool, exc)
-            return error_result(f"Tool '{tool}' of server '{downstream.name}' has an invalid circuit policy: {exc}")
+            return _ready(
+                error_result(f"Tool '{tool}' of server '{downstream.name}' has an invalid circuit policy: {exc}")
+            )
         if policy.retry is None and policy.fallback is None:  # the plain path: one attempt, nothing kept
-            return await self._attempt(downstream, tool, arguments, progress, breaker, policy)
-        return await self._surface_call(downstream, tool, arguments, progress, breaker, policy, published, definition)
+            return self._attempt(downstream, tool, arguments, progress, breaker, policy)
+        return self._surface_call(downstream, tool, arguments, progress, breaker, policy, published, definition)
 
     async def _surface_call(
         self,
@@ -670,6 +681,10 @@ class Deadline:
         if self.scope.deadline >= self._limit:
             return f"no answer within max_call_timeout ({self._limit - self._start:g}s), progress notwithstanding"
         return f"no answer nor progress for call_timeout ({self._timeout:g}s)"
+
+
+async def _ready(answer: Answer) -> Answer:
+    return answer
 
 
 def _record(permit: Any, outcome: Outcome) -> None:

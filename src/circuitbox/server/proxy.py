@@ -33,7 +33,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 from circuitbox import __version__
-from circuitbox.breakers import BreakerRegistry, CircuitBreaker
+from circuitbox.breakers import BreakerRegistry, CircuitBreaker, StateTransition
 from circuitbox.config.load import ProxyConfig, ServerConfig, last_known_good_misuse
 from circuitbox.observability import traces
 from circuitbox.server import request_meta
@@ -49,6 +49,7 @@ from circuitbox.server.relay import Clients
 from circuitbox.server.retry import is_read_only
 from circuitbox.server.sessions import ClientLink, ClientSessions, SessionLimitError, own_connection_of
 from circuitbox.server.shutdown import SHUTTING_DOWN, Drain
+from circuitbox.server.tool_surface import Coalescer, ToolSurface, apply_view
 from circuitbox.server.unknown_methods import ForwardUnknownMethods
 
 logger = logging.getLogger("circuitbox.proxy")
@@ -131,6 +132,10 @@ class Proxy:
         self._catalog_listeners: list[Callable[[Catalog, Catalog], None]] = []
         self.drain = Drain()
         self._pages = PageCache()
+        # The tool list follows breaker state (tool_list); changes are announced at most once per interval.
+        self._tools_changed = Coalescer(config.list_changed_interval, self._announce_tools)
+        self.surface = ToolSurface(self.guard.listing_entry, self._tools_changed.poke)
+        self.registry.add_listener(self._breaker_event)
         self._misuse_reported: set[tuple[str, str]] = set()
         self.bridge = Bridge()
 
@@ -185,10 +190,16 @@ class Proxy:
             if probed:
                 logger.warning("server %r is back: probing at once %s", downstream.name, ", ".join(sorted(probed)))
 
+    def _breaker_event(self, event: Any) -> None:
+        if type(event) is StateTransition:
+            self.surface.breaker_changed()
+
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         """Start every downstream's owner task; returns at once (nothing waits for a downstream here)."""
         self._tg = tg
         self._started_at = anyio.current_time()
+        tg.start_soon(self._tools_changed.run, name="tools/list_changed")
+        tg.start_soon(self.surface.run, lambda: self.catalog, name="tool surface")
         self.sessions.start(tg)
         for downstream in self.downstreams.values():
             self._launch(downstream)
@@ -252,6 +263,7 @@ class Proxy:
             self.sessions.close_server(name)  # each client reconnects with the new settings on its next request
             report["restarted"].append(name)
         self.config = config
+        self._tools_changed.interval = config.list_changed_interval
         self.own = own_tools(config.admin_enabled)
         report["retuned"] = [f"{server}/{tool}" for server, tool in self.guard.apply_reload(config, plan)]
         for name, server in wanted.items():
@@ -336,22 +348,32 @@ class Proxy:
                 self._misuse_reported.add(key)
                 logger.error("config error: %s", problem)
 
+    async def _announce_tools(self) -> None:
+        await self._publish(ToolsListChanged(), types.ToolListChangedNotification())
+
     async def _relay_changes(self, old: Catalog, new: Catalog, own_tools_changed: bool = False) -> None:
+        self.surface.refresh(new)
         events: list[tuple[Any, types.ServerNotification]] = []
         if own_tools_changed or old.tool_list() != new.tool_list():
-            events.append((ToolsListChanged(), types.ToolListChangedNotification()))
+            if self._tools_changed.running:
+                self._tools_changed.poke()  # with the breaker-driven changes: at most one per interval
+            else:
+                events.append((ToolsListChanged(), types.ToolListChangedNotification()))
         if old.prompt_list() != new.prompt_list():
             events.append((PromptsListChanged(), types.PromptListChangedNotification()))
         if old.resource_list() != new.resource_list() or old.template_list() != new.template_list():
             events.append((ResourcesListChanged(), types.ResourceListChangedNotification()))
         for event, notification in events:
-            await self._bus.publish(event)  # 2026-era clients listening on subscriptions/listen
-            data = notification.model_dump(by_alias=True, mode="json", exclude_none=True)
-            # Handshake-era clients, all at once and each bounded: one that stopped reading must delay neither the
-            # others nor the downstream owner relaying this.
-            async with anyio.create_task_group() as tg:
-                for connection in list(self._connections):
-                    tg.start_soon(_notify, connection, data["method"], data.get("params"))
+            await self._publish(event, notification)
+
+    async def _publish(self, event: Any, notification: types.ServerNotification) -> None:
+        await self._bus.publish(event)  # 2026-era clients listening on subscriptions/listen
+        data = notification.model_dump(by_alias=True, mode="json", exclude_none=True)
+        # Handshake-era clients, all at once and each bounded: one that stopped reading must delay neither the
+        # others nor the downstream owner relaying this.
+        async with anyio.create_task_group() as tg:
+            for connection in list(self._connections):
+                tg.start_soon(_notify, connection, data["method"], data.get("params"))
 
     def _remember(self, ctx: ServerRequestContext[Any, Any]) -> None:
         # Handshake-era clients learn of list changes through their connection's standalone channel. The lowlevel
@@ -477,9 +499,11 @@ class Proxy:
     async def _list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
         self._remember(ctx)
         await self.wait_first_attempts()
-        catalog, own = self.catalog, self.own
+        catalog, own, view = self.catalog, self.own, self.surface.view
         pages = self._pages.pages(
-            "tools", (catalog, own), lambda: [tool for tool, _ in own.values()] + catalog.tool_list()
+            "tools",
+            (catalog, own, view),
+            lambda: [tool for tool, _ in own.values()] + apply_view(catalog.tool_list(), view),
         )
         tools, cursor = pages.page(params)
         return types.ListToolsResult(tools=tools, next_cursor=cursor)
