@@ -201,3 +201,33 @@ async def test_a_parked_call_nobody_resumes_is_cancelled_after_its_ttl(monkeypat
             await cancelled.wait()
             with pytest.raises(MCPError):
                 await bridge.call(tg, _call("t", first.request_state, {}), CAPS, downstream)
+
+
+async def test_an_answer_resumed_before_its_expiry_runs_is_not_cancelled_and_unknown_keys_are_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("circuitbox.server.bridge.PARK_TTL", 0.0)
+    bridge = Bridge()
+
+    async def downstream(parked: ParkedCall) -> types.CallToolResult:
+        answer = await parked.session.send_request(ELICIT, types.ElicitResult)
+        return types.CallToolResult(content=[types.TextContent(text=answer.action)])
+
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(10):
+            first = await bridge.call(tg, _call(), CAPS, downstream)
+            assert isinstance(first, types.InputRequiredResult) and first.input_requests
+            (key,) = first.input_requests
+            # Resumed at once: the expiry that was due finds the call no longer parked.
+            done = await bridge.call(
+                tg, _call("t", first.request_state, {"nobody#9": {"action": "cancel"}, key: {"action": "accept"}}),
+                CAPS, downstream,
+            )  # fmt: skip
+        tg.cancel_scope.cancel()
+    assert isinstance(done, types.CallToolResult) and "accept" in str(done.content)
+    parked = ParkedCall("t", CAPS)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(parked.ask, ELICIT, types.ElicitResult)
+        with anyio.fail_after(10):
+            (question,) = await parked.next()  # type: ignore[misc]
+        parked.answer({question.key: {"action": "decline"}})  # a plain dict answers too

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import anyio
 import httpx2
+import mcp_types as types
 import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from circuitbox.chaos._behaviours import parse_behaviour
+from circuitbox.config.load import parse_config
+from circuitbox.server.downstream import NOTE_BUFFER, Downstream
 from circuitbox.server.transports import http_client
 from tests.net import free_port
 from tests.proxy.harness import chaos, running_process, write_config
@@ -75,3 +78,31 @@ async def test_a_log_flood_with_a_client_that_stopped_reading_starves_no_call(tm
                 assert text_of(spammed) == "spammed"
                 assert text_of(await session.call_tool("noisy__echo", {"message": "still"})) == "still"
                 assert text_of(await session.call_tool("calm__echo", {"message": "calm"})) == "calm"
+
+
+async def test_notifications_past_the_buffer_are_dropped_with_a_count_and_a_failing_relay_loses_only_its_own(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    relayed: list[str] = []
+    done = anyio.Event()
+
+    async def relay(_: Downstream, message: types.ServerNotification) -> None:
+        data = message.params.data  # type: ignore[union-attr]
+        if data == "0":
+            raise RuntimeError("that client went away")
+        relayed.append(data)
+        if len(relayed) == NOTE_BUFFER - 1:
+            done.set()
+
+    config = parse_config({"environment": "testing", "mcpServers": {"s": {"command": "x"}}}, env={})
+    downstream = Downstream(config.servers["s"], on_notification=relay)
+    for n in range(NOTE_BUFFER + 5):
+        params = types.LoggingMessageNotificationParams(level="info", data=str(n))
+        await downstream._on_message(types.LoggingMessageNotification(params=params))
+    assert "faster than its clients take them: 1 dropped" in caplog.text
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(downstream._relay_loop, relay)
+        with anyio.fail_after(10):
+            await done.wait()
+        tg.cancel_scope.cancel()
+    assert relayed == [str(n) for n in range(1, NOTE_BUFFER)]  # in order; the first failed alone, the last 5 dropped
