@@ -217,6 +217,26 @@ def _panels() -> list[dict[str, Any]]:
             defaults=bars,
             description="Rejected calls answered by the configured fallback instead of an error.",
         ),
+        _panel(
+            "timeseries",
+            "Calls in flight per tool",
+            (0, 53, 12, 8),
+            [_target(f"sum by (server, tool) (circuit_breaker_inflight{{{SEL}}})")],
+            description="Calls past their limits (max_concurrent, rate_limit) and not yet answered.",
+        ),
+        _panel(
+            "timeseries",
+            "Calls refused by limits (busy, rate limited)",
+            (12, 53, 12, 8),
+            [
+                _target(
+                    f"sum by (server, tool, reason) (increase(circuit_breaker_limited_total{{{SEL}}}[{RI}]))",
+                    "{{server}}/{{tool}} {{reason}}",
+                )
+            ],
+            defaults=bars,
+            description="Answered at once without reaching the server; these never move a breaker.",
+        ),
     ]
 
 
