@@ -160,7 +160,8 @@ FORCE = _tool(
 CONFIGURE = _tool(
     "circuit_configure",
     "Change circuit breaker thresholds at run time (admin): for one tool, a glob of tools, or a whole server. "
-    "settings holds breaker fields such as failure_threshold, timeout, failure_rate_threshold, call_timeout. "
+    "settings holds policy fields such as failure_threshold, timeout, failure_rate_threshold, call_timeout, "
+    "max_concurrent, rate_limit ({calls, per, burst}) or queue_timeout. "
     "Window history is kept; breakers created later get the change too.",
     {
         "server": _FILTERS["server"],
