@@ -223,6 +223,8 @@ async def test_redis_killed_mid_load_leaves_every_call_answered_and_status_says_
             assert "circuitbox_cluster_connected 0.0" in await replicas[0].metrics()
             status = (await replicas[1].status())["cluster"]
             assert status["connected"] is False and status["last_error"]
+            alone = await replicas[1].admin("circuit_reset", {"server": "down", "tool": "work"})
+            assert "on this replica only for now: Redis is unreachable" in str(alone.content[0])
             # Alone, replica 0 trips: replica 1 does not hear of it...
             await down.set("work", "error")
             for _ in range(2):
@@ -272,6 +274,11 @@ async def test_admin_actions_apply_to_the_whole_fleet_and_say_so(tmp_path: Path,
             forced = await first.admin("circuit_force", {"server": "down", "tool": "work", "state": "open"})
             assert "fleet-wide" in str(forced.content[0])
             await eventually(lambda: _state_is(second, "forced_open"))
+            auto = await second.admin("circuit_force", {"server": "down", "tool": "work", "state": "auto"})
+            assert "fleet-wide" in str(auto.content[0])
+            await eventually(lambda: _state_is(first, "closed"))
+            await first.admin("circuit_force", {"server": "down", "tool": "work", "state": "disabled"})
+            await eventually(lambda: _state_is(second, "disabled"))
             reset = await second.admin("circuit_reset", {"server": "down", "tool": "work"})
             assert "fleet-wide" in str(reset.content[0])
             await eventually(lambda: _state_is(first, "closed"))

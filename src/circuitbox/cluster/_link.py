@@ -76,16 +76,14 @@ class Link:
         self.tick_script = client.register_script(_scripts.TICK)
         self.acquire_script = client.register_script(_scripts.ACQUIRE_LEASES)
         self.touch_script = client.register_script(_scripts.TOUCH_LEASE)
-        self.pubsub: Any = None
+        self.pubsub: Any = client.pubsub()  # its own connection, opened by subscribe()
         self.was_connected = False
 
     async def close(self) -> None:
-        if self.pubsub is not None:
-            await self.pubsub.aclose()
+        await self.pubsub.aclose()
         await self.client.aclose()
 
     async def session(self) -> None:
-        self.pubsub = self.client.pubsub()
         await self.pubsub.subscribe(self.keys["events"])  # before the first resync: nothing falls in between
         await self.tick()
         self.was_connected = True
@@ -117,9 +115,8 @@ class Link:
         mine = store.records.get(name)
         if mine is not None and record.gen <= mine.gen:
             return  # our own publication coming back, or older than what we know
-        if record.by == store.replica:
-            store.records[name] = record
-            return
+        if name in store.dirty:
+            return  # a local change of ours is on its way: its publication settles which one stands
         store.adopt(name, record, now)
 
     async def ticker(self) -> None:
