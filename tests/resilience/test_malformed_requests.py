@@ -21,6 +21,7 @@ from circuitbox.server.malformed import (
     judge,
     judge_bytes,
     judge_error,
+    judge_oversized,
     parse_line,
 )
 from tests.net import free_port
@@ -204,3 +205,26 @@ async def test_every_malformed_body_over_http_gets_its_answer_and_the_session_ke
             ended = {"mcp-session-id": session, "mcp-protocol-version": HANDSHAKE_VERSION}
             closed = await http.delete(url, headers=ended)
             assert closed.status_code in (200, 204)
+
+
+def test_an_oversized_request_is_answered_by_the_id_at_either_end_of_its_line() -> None:
+    python = judge_oversized(b'{"jsonrpc": "2.0", "id": "py", "method": "tools/call", "params": {', b"}}", 10)
+    typescript = judge_oversized(b'{"method": "tools/call", "params": {', b'"jsonrpc": "2.0", "id": 12}', 10)
+    nested = judge_oversized(b'{"method": "x", "params": {"id": 5,', b'{"id": 3}}}', 10)
+    assert python.answer is not None and python.answer.id == "py" and python.answer.error.code == -32600
+    assert typescript.answer is not None and typescript.answer.id == 12
+    assert nested.answer is None and "max_message_bytes" in nested.reason
+
+
+async def test_a_50_mb_line_on_stdio_gets_an_error_for_its_request_and_the_proxy_keeps_serving(tmp_path: Path) -> None:
+    pad = "y" * (50 << 20)
+    async with raw_proxy(tmp_path, CONFIG) as client:
+        head_first = {"jsonrpc": "2.0", "id": "huge", "method": "tools/call", "params": {"name": "c__echo", "x": pad}}
+        answer = await client.exchange("huge", json.dumps(head_first).encode() + b"\n", limit=120)
+        assert answer["error"]["code"] == -32600 and "max_message_bytes" in answer["error"]["message"]
+        id_last = json.dumps({"method": "ping", "params": {"x": pad[: 17 << 20]}, "jsonrpc": "2.0", "id": 99})
+        answer = await client.exchange(99, id_last.encode() + b"\n", limit=120)
+        assert answer["error"]["code"] == -32600
+        echoed = await client.call_tool("c__echo", {"message": "after 50 MB"}, limit=60)
+        assert echoed["result"]["content"][0]["text"] == "after 50 MB"
+        assert alive(client.pid)

@@ -24,13 +24,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
 
-from circuitbox.server.malformed import parse_line
+from circuitbox.server.malformed import judge_oversized, parse_line
 
 logger = logging.getLogger("circuitbox")
 
 # One JSON-RPC message per line: a tool argument may be megabytes, but a line over the limit (the contract's
 # max_message_bytes) is dropped with a logged error instead of being buffered without end.
 _LINE_LIMIT = 16 << 20
+_KEEP = 512
 
 
 def _is_pipe(fd: int) -> bool:
@@ -136,14 +137,17 @@ async def _read_lines(
     reader: asyncio.StreamReader, sink: MemoryObjectSendStream[SessionMessage | Exception], limit: int = _LINE_LIMIT
 ) -> None:
     skipping = False  # inside a line over the limit: drop everything up to its newline
+    head = tail = b""  # of the line over the limit: its ends may name the id of the request to refuse
     async with sink:
         while True:
             try:
                 line = await reader.readuntil(b"\n")
             except asyncio.LimitOverrunError as over:
-                await reader.readexactly(over.consumed)  # what is buffered of it goes, the reader stays usable
+                dropped = await reader.readexactly(over.consumed)  # what is buffered goes, the reader stays usable
                 if not skipping:
                     logger.error("stdio: dropped a message over %d bytes (max_message_bytes)", limit)
+                    head, tail = dropped[:_KEEP], b""
+                tail = (tail + dropped)[-_KEEP:]
                 skipping = True
                 continue
             except asyncio.IncompleteReadError as eof:
@@ -152,10 +156,11 @@ async def _read_lines(
                     return
             if skipping:  # the end of the line that was too long
                 skipping = False
+                item: SessionMessage | Exception = judge_oversized(head, (tail + line.rstrip(b"\r\n"))[-_KEEP:], limit)
+            elif not line.strip():
                 continue
-            if not line.strip():
-                continue
-            item = parse_line(line)  # a malformed line is handed on as its refusal: AnswerMalformed answers it
+            else:
+                item = parse_line(line)  # a malformed line is handed on as its refusal: AnswerMalformed answers it
             try:
                 await sink.send(item)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,6 +86,22 @@ def parse_line(line: bytes) -> SessionMessage | Exception:
         if "id" in data:  # a request whose id the envelope model could not read
             return judge(data)
     return SessionMessage(message)
+
+
+_ID = rb'(?P<id>"(?:[^"\\]|\\.){0,200}"|-?\d{1,19})'
+# A request's own id sits first (`{"jsonrpc":"2.0","id":1,"method":...`, as Python clients write it) or last
+# (`...,"jsonrpc":"2.0","id":1}`, as TypeScript clients do); an "id" nested in the params is at neither end.
+_HEAD_ID = re.compile(rb'\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*' + _ID + rb'\s*,\s*"method"')
+_TAIL_ID = re.compile(rb'"id"\s*:\s*' + _ID + rb"\s*\}\s*$")
+
+
+def judge_oversized(head: bytes, tail: bytes, limit: int) -> MalformedMessage:
+    """A line over `limit` was dropped unparsed: its request is answered (-32600) if its ends name its id."""
+    found = _HEAD_ID.match(head) or _TAIL_ID.search(tail)
+    reason = f"a message over max_message_bytes ({limit} bytes) was dropped unread"
+    if found is None:
+        return MalformedMessage(reason, None)
+    return _refuse(types.INVALID_REQUEST, f"Invalid request: {reason}", json.loads(found.group("id")))
 
 
 def judge_bytes(body: bytes, error: ValidationError | None = None) -> MalformedMessage:
