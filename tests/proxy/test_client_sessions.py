@@ -285,3 +285,19 @@ async def test_a_reload_that_changes_a_servers_connection_closes_its_per_client_
                 await anyio.sleep(0.05)
         assert not (await client.call_tool("c__echo", {"text": "hi"})).is_error  # on a new connection of its own
         await wait_children(path, 2)
+
+
+async def test_breakers_stay_shared_an_outage_one_client_runs_into_protects_the_other(tmp_path: Path) -> None:
+    entry = {**chaos("boom=error"), "session": "per_client", "breaker": {"failure_threshold": 2}}
+    async with (
+        serving(tmp_path, {"mcpServers": {"c": entry}}) as (url, path),
+        Client(url, mode="legacy") as alice,
+        Client(url, mode="legacy") as bob,
+    ):
+        for _ in range(2):  # on alice's own connection: its "service unavailable" answers open the circuit
+            failed = await alice.call_tool("c__boom", {})
+            assert failed.is_error and "unavailable" in text(failed)
+        rejected = await bob.call_tool("c__boom", {})
+        assert rejected.is_error and rejected.meta is not None
+        assert rejected.meta["circuitbox/breaker"]["state"] == "open"
+        assert len(await wait_children(path, 2)) == 2  # bob was answered without a connection of his own

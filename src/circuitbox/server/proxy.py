@@ -33,7 +33,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 from circuitbox import __version__
-from circuitbox.breakers import BreakerRegistry, CircuitBreaker, StateTransition
+from circuitbox.breakers import BreakerRegistry, CircuitBreaker, CircuitState, StateTransition
 from circuitbox.config.load import ProxyConfig, ServerConfig, last_known_good_misuse
 from circuitbox.observability import traces
 from circuitbox.server import request_meta
@@ -567,9 +567,10 @@ class Proxy:
     ) -> types.CallToolResult:
         """On the client's own connection to `server` when it gets one (sessions.py), else on the shared one.
 
-        `caller`: who answers the downstream's questions, when not the request of `ctx` (a bridged call)."""
+        `caller`: who answers the downstream's questions, when not the request of `ctx` (a bridged call). A call
+        its circuit rejects now opens no connection: it is answered at once."""
         try:
-            link = await self._link(server, ctx)
+            link = None if self._rejects_now(params.name) else await self._link(server, ctx)
         except SessionLimitError as exc:  # not the downstream's failure: no breaker moves
             return error_result(f"Tool '{params.name}' was not called: {exc}.")
         if link is None:
@@ -577,6 +578,14 @@ class Proxy:
                 return await self.call(params.name, params.arguments, progress or _progress_relay(ctx))
         with link.calling(ctx):
             return await self.call(params.name, params.arguments, _progress_relay(ctx), via=link.downstream)
+
+    def _rejects_now(self, name: str) -> bool:
+        found = self.catalog.tools.get(name)
+        breaker = None if found is None else self.guard.find(found[0].server, found[0].name)
+        if breaker is None:
+            return False
+        state = breaker.state
+        return state is CircuitState.FORCED_OPEN or (state is CircuitState.OPEN and bool(breaker.open_remaining()))
 
     def _has_own_link(self, server: str, ctx: Any) -> bool:
         """Whether the client of `ctx` reaches `server` on a connection of its own (see sessions.py)."""
