@@ -31,13 +31,23 @@ class Outbound:
         return self.answer
 
 
+# What a client that answers everything declares (a downstream's question reaches only a client that declared it).
+EVERYTHING = types.ClientCapabilities(
+    sampling=types.SamplingCapability(), elicitation=types.ElicitationCapability(), roots=types.RootsCapability()
+)
+
+
 class Connection:
+    client_capabilities = EVERYTHING
+
     def __init__(self, fail: bool = False, answer: Any = None) -> None:
         self.outbound = Outbound(fail, answer)
 
 
 class Session:
     """The upstream side of one request: answers a relayed request, or fails as a client can."""
+
+    client_capabilities = EVERYTHING
 
     def __init__(self, connection: Connection, answer: Any) -> None:
         self._connection = connection
@@ -121,3 +131,25 @@ async def test_with_no_call_in_flight_the_only_client_is_asked() -> None:
     assert (await callers.relay("s", roots, Connection(answer=refused))).code == types.METHOD_NOT_FOUND
     broken = await callers.relay("s", roots, Connection(answer=RuntimeError("gone")))
     assert isinstance(broken, types.ErrorData) and "gone" in broken.message
+
+
+async def test_only_the_latest_url_elicitations_are_remembered_and_each_completion_reaches_its_own_client() -> None:
+    from circuitbox.server.callers import MAX_PENDING_URL_ELICITATIONS
+
+    callers = Callers()
+    first, last = Connection(), Connection()
+
+    def url_elicitation(key: str) -> types.ElicitRequest:
+        params = types.ElicitRequestURLParams(message="in", url="https://example.invalid", elicitation_id=key)
+        return types.ElicitRequest(params=params)
+
+    callers._remember_url_elicitation("s", url_elicitation("e-0"), first)
+    for n in range(1, MAX_PENDING_URL_ELICITATIONS + 1):
+        callers._remember_url_elicitation("s", url_elicitation(f"e-{n}"), last)
+    await callers.elicitation_complete("s", {"elicitationId": "e-0"})  # forgotten: the oldest went first
+    await callers.elicitation_complete("s", {"elicitationId": f"e-{MAX_PENDING_URL_ELICITATIONS}"})
+    await callers.elicitation_complete("other", {"elicitationId": "e-1"})  # ids are per server
+    assert first.outbound.sent == []
+    assert last.outbound.sent == [
+        ("notifications/elicitation/complete", {"elicitationId": f"e-{MAX_PENDING_URL_ELICITATIONS}"})
+    ]
