@@ -299,3 +299,21 @@ def test_a_retuned_budget_takes_effect_and_a_forgotten_tool_keeps_nothing() -> N
     run(main)
     guard.forget("c", "get")
     assert guard.known() == [] and guard._budgets == {} and guard._kept == {}
+
+
+def test_without_a_counter_retries_and_stale_answers_still_work_and_the_latest_good_result_is_kept() -> None:
+    config = parse_config(
+        {"mcpServers": {"c": {"command": "unused", "breaker": {**RETRY, **LKG, "retry": {"attempts": 2}}}}}, env={}
+    )
+    guard = Guard(config, BreakerRegistry(), clock=FakeClock())  # no on_count: nothing to tell
+    down = Scripted(config.servers["c"], [ok("v1"), ok("v2"), OSError("x"), ok("v3"), OSError("x"), OSError("x")])
+
+    async def call() -> types.CallToolResult:
+        return await guard.call(down, "get", {}, published="c__get", definition=READ_ONLY)
+
+    async def main() -> list[str]:
+        return [text(await call()) for _ in range(4)]
+
+    answers = run(main)
+    assert answers[:3] == ["v1", "v2", "v3"]  # the third call was retried
+    assert answers[3].startswith("[stale answer]") and answers[3].endswith("v3")  # the latest kept, not the first

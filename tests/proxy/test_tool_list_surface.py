@@ -93,9 +93,9 @@ async def test_an_open_tool_is_annotated_or_hidden_and_listed_as_before_once_its
 
 
 async def test_a_static_tool_list_never_changes_with_breaker_state(tmp_path: Path) -> None:
-    server = {**chaos("flaky=error:service unavailable"), "breaker": {**TRIP, "tool_list": "static"}}
+    server = {**chaos("flaky=error:service unavailable"), "breaker": {**TRIP, "timeout": 600, "tool_list": "static"}}
     notices = Notices()
-    config = {"mcpServers": {"c": server}, "list_changed_interval": 0}
+    config = {"mcpServers": {"c": server}, "list_changed_interval": 0, "admin": {"enabled": True}}
     async with proxy_session(tmp_path, config, message_handler=notices) as session:
         before = await listed(session)
         await trip(session, "c__flaky")
@@ -106,6 +106,10 @@ async def test_a_static_tool_list_never_changes_with_breaker_state(tmp_path: Pat
         assert tools["c__flaky"] == before["c__flaky"]
         row = (await session.call_tool("circuit_status", {"tool": "flaky"})).structured_content
         assert row is not None and row["breakers"][0]["state"] == "open"
+        # An operator changes it at run time: the list follows at once, circuit still open.
+        settings = {"server": "c", "tool": "flaky", "settings": {"tool_list": "hide"}}
+        assert not (await session.call_tool("circuit_configure", settings)).is_error
+        await until_listed(session, notices, lambda t: "c__flaky" not in t)
 
 
 async def test_a_2026_era_client_hears_of_it_through_its_subscription(tmp_path: Path) -> None:

@@ -424,7 +424,9 @@ class Proxy:
     def configure(
         self, server: str, pattern: str, settings: Mapping[str, Any], tools: Iterable[str]
     ) -> list[tuple[str, dict[str, tuple[Any, Any, str]]]]:
-        return self.guard.configure(server, pattern, settings, tools)
+        changed = self.guard.configure(server, pattern, settings, tools)
+        self.surface.refresh(self.catalog)  # tool_list may be among the settings
+        return changed
 
     def tools_of(self, server: str) -> list[str]:
         return self.catalog.tools_of(server)
