@@ -32,6 +32,7 @@ DIES_AT_START = (
     "import os, sys\n"
     "for i in range(25):\n"
     "    print(f'loading module {i}', file=sys.stderr)\n"
+    "print('trace ' + 'x' * 2000, file=sys.stderr)\n"
     "print('connecting with token ' + os.environ['SERVICE_TOKEN'], file=sys.stderr)\n"
     "print('fatal: the backend refused the token', file=sys.stderr)\n"
     "sys.exit(3)\n"
@@ -79,7 +80,8 @@ async def test_a_downstream_that_exits_at_start_is_a_crash_loop_with_its_stderr_
     tail = server["stderr_tail"]
     assert len(tail) == 20 and tail[-1] == "fatal: the backend refused the token"
     assert tail[-2] == "connecting with token ***"
-    assert tail[0] == "loading module 7"
+    assert tail[-3] == "trace " + "x" * 494 + "... (2006 characters)"  # a long line is cut for the status
+    assert tail[0] == "loading module 8"
     assert SECRET not in json.dumps(status)
     assert isinstance(text, types.TextContent) and "crash loop: restarted" in text.text
     assert "its stderr ended with: fatal: the backend refused the token" in text.text

@@ -43,6 +43,7 @@ FLUSH_GRACE = 0.5  # for the writer to send what it has already accepted
 MAX_LINE = 16 * 1024 * 1024  # max_message_bytes: a longer stdout line is dropped, never buffered without end
 STDERR_BURST = 100  # stderr lines logged per STDERR_WINDOW; the rest are counted and reported
 STDERR_WINDOW = 10.0
+TAIL_LINE = 500  # characters of a stderr line kept for circuit_status (a line may be megabytes long)
 
 
 def child_environment(extra: Mapping[str, str], parent: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -304,8 +305,8 @@ async def _read_stderr(
         if isinstance(line, Oversized):  # already logged as dropped
             continue
         text = redact(line.decode("utf-8", "replace").rstrip())
-        if tail is not None:
-            tail.append(text)  # every line, logged or not: the tail is bounded by its deque
+        if tail is not None:  # every line, logged or not; masked before it is cut, so no secret is left half shown
+            tail.append(text if len(text) <= TAIL_LINE else f"{text[:TAIL_LINE]}... ({len(text)} characters)")
         if budget.take():
             report()
             stderr_logger.info("[%s] %s", name, text)
