@@ -285,6 +285,12 @@ async def test_a_reload_that_changes_a_servers_connection_closes_its_per_client_
                 await anyio.sleep(0.05)
         assert not (await client.call_tool("c__echo", {"text": "hi"})).is_error  # on a new connection of its own
         await wait_children(path, 2)
+        # Switched to shared: the client's own connection closes and its calls go to the shared one.
+        write_config(tmp_path, {"mcpServers": {"c": {**chaos("echo=healthy", seed=2), "session": "shared"}}})
+        os.kill(pid_of(path), signal.SIGHUP)
+        await wait_children(path, 1)
+        assert not (await client.call_tool("c__echo", {"text": "hi"})).is_error
+        assert len(await wait_children(path, 1)) == 1
 
 
 async def test_breakers_stay_shared_an_outage_one_client_runs_into_protects_the_other(tmp_path: Path) -> None:

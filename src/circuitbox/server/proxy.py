@@ -243,6 +243,8 @@ class Proxy:
                 continue
             target = pending or downstream
             if _connection(wanted[name]) == _connection(target.config):
+                if wanted[name].session != target.config.session:
+                    self.sessions.close_server(name)  # the clients' next requests go where the new mode says
                 target.config = wanted[name]  # namespace, startup_timeout: no reconnect needed
                 if pending is not None:
                     self._pending[name] = pending
