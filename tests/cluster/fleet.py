@@ -68,7 +68,7 @@ async def session_at(url: str) -> AsyncIterator[ClientSession]:
         streamable_http_client(url, http_client=client) as (read, write),
         ClientSession(read, write, read_timeout_seconds=60) as session,
     ):
-        with anyio.fail_after(30):
+        with anyio.fail_after(60):  # a replica on two busy shared cores can take a while
             await session.initialize()
         yield session
 
@@ -140,7 +140,7 @@ async def replica(
     """One `circuitbox serve --transport http` process on a free port, with a client session; stopped by PID."""
     process, port, path = spawned or await spawn(tmp_path, name, config)
     try:
-        await wait_for_port(port)
+        await wait_for_port(port, limit=60)
         async with session_at(f"http://127.0.0.1:{port}/mcp") as session:
             yield Replica(name, port, path, process, session)
     finally:
@@ -171,7 +171,7 @@ async def fleet(tmp_path: Path, count: int, config: dict[str, Any]) -> AsyncIter
                 await process.wait()
 
 
-async def eventually(check: Callable[[], Any], limit: float = 20) -> Any:
+async def eventually(check: Callable[[], Any], limit: float = 60) -> Any:
     """Until `await check()` is truthy (another process's state: polled), its value."""
     with anyio.fail_after(limit):
         while True:

@@ -4,6 +4,7 @@ bundled chaos server), sharing their breakers through a real redis-server."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,8 @@ async def test_an_outage_tripped_through_one_replica_makes_every_other_fail_fast
             assert status["cluster"]["replicas"] == 3
             assert status["cluster"]["group"] == GROUP
             assert "circuitbox_cluster_connected 1.0" in await replicas[1].metrics()
+            shown = await anyio.run_process([sys.executable, "-m", "circuitbox", "status", "--url", replicas[1].url])
+            assert f"CLUSTER group {GROUP!r}: connected to {redis_server.url}, 3 replicas" in shown.stdout.decode()
             record = await fleet_record(redis_server.url)
             assert record is not None and record["state"] == "open" and record["gen"] == 1
 
@@ -223,6 +226,8 @@ async def test_redis_killed_mid_load_leaves_every_call_answered_and_status_says_
             assert "circuitbox_cluster_connected 0.0" in await replicas[0].metrics()
             status = (await replicas[1].status())["cluster"]
             assert status["connected"] is False and status["last_error"]
+            shown = await anyio.run_process([sys.executable, "-m", "circuitbox", "status", "--url", replicas[1].url])
+            assert f"Redis {redis_server.url} unreachable (" in shown.stdout.decode()
             alone = await replicas[1].admin("circuit_reset", {"server": "down", "tool": "work"})
             assert "on this replica only for now: Redis is unreachable" in str(alone.content[0])
             # Alone, replica 0 trips: replica 1 does not hear of it...

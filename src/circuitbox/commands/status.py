@@ -68,6 +68,14 @@ def render(status: dict[str, Any]) -> str:
         )
     if not status["breakers"]:
         lines.append("(no tool called yet)")
+    cluster = status.get("cluster")
+    if cluster is not None:  # a replica of a fleet: is it sharing its breakers right now?
+        link = (
+            f"connected to {cluster['redis_url']}, {cluster['replicas']} replicas"
+            if cluster["connected"]
+            else f"Redis {cluster['redis_url']} unreachable ({cluster.get('last_error')}): going on alone"
+        )
+        lines += ["", f"CLUSTER group {cluster['group']!r}: {link}"]
     return "\n".join(lines)
 
 
