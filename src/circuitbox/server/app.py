@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any
@@ -222,8 +221,8 @@ async def _serve_metrics(
     bound = listener.extra(anyio.abc.SocketAttribute.local_port)
     app = AccessGuard(Starlette(routes=observability_routes(proxy, collector)), host, bound, token, extra_hosts)
     shown = f"[{host}]" if ":" in host else host
-    # stderr, not the log: the one line a person running an agent looks for, whatever the log level.
-    print(f"circuitbox status page: http://{shown}:{bound}/status (metrics at /metrics)", file=sys.stderr, flush=True)
+    # A log line like the HTTP listener's (INFO, shown by default): --log-format json keeps one object per line.
+    logger.info("circuitbox status page: http://%s:%d/status (metrics at /metrics)", shown, bound)
     await serve_asgi(listener, app, (host, bound))
 
 
