@@ -18,6 +18,7 @@ from circuitbox.breakers.testing import FakeClock
 from circuitbox.config.load import parse_config
 from circuitbox.observability.collector import MetricsCollector
 from circuitbox.server.app import build_proxy
+from circuitbox.server.own_tools import circuit_metrics
 from circuitbox.server.proxy import Proxy
 from tests.proxy.harness import chaos, proxy_session
 
@@ -139,6 +140,7 @@ async def test_server_max_concurrent_caps_all_tools_of_a_server_and_the_metrics_
                 assert _inflight(proxy, "a") == 1
                 busy = await proxy.call("c__b", {})
                 scraped = generate_latest(collector.registry).decode()
+                metrics = await circuit_metrics(proxy, {"all": True})
                 tg.cancel_scope.cancel()
             after = await proxy.call("c__echo", {})
     assert _limit(busy) == {
@@ -151,6 +153,9 @@ async def test_server_max_concurrent_caps_all_tools_of_a_server_and_the_metrics_
     text = busy.content[0]
     assert isinstance(text, types.TextContent) and "server_max_concurrent" in text.text
     assert not after.is_error  # the slot came back when the hanging call was cancelled
+    assert metrics.structured_content is not None
+    rows = {row["tool"]: row for row in metrics.structured_content["tools"]}
+    assert rows["b"]["limited"] == {"busy": 1, "rate_limited": 0} and rows["a"]["inflight"] == 1
     assert 'circuit_breaker_inflight{server="c",tool="a"} 1.0' in scraped
     assert 'circuit_breaker_limited_total{reason="busy",server="c",tool="b"} 1.0' in scraped
     assert 'circuit_breaker_limited_total{reason="rate_limited",server="c",tool="b"} 0.0' in scraped

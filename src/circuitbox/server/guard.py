@@ -175,6 +175,14 @@ class Guard:
         limits.gated = limits.slots is not None or limits.bucket is not None or limits.server_slots is not None
         return limits
 
+    def limits_of(self, server: str, tool: str) -> ToolLimits:
+        """The limits of a (server, tool) that has a breaker (they are made and forgotten together).
+
+        Raises:
+            KeyError: it has no breaker.
+        """
+        return self._limits[(server, tool)]
+
     def limit_stats(self) -> list[tuple[str, str, ToolLimits]]:
         """Every (server, tool) the guard knows with its in-flight count and limited counters (for the metrics)."""
         return [(server, tool, limits) for (server, tool), limits in self._limits.items()]

@@ -437,7 +437,8 @@ class Proxy:
         breaker = self.guard.find(server, tool)
         if breaker is None or self._tool_stats is None:
             return {}
-        return self._tool_stats(breaker)
+        limits = self.guard.limits_of(server, tool)  # why calls were answered without reaching the server, too
+        return self._tool_stats(breaker) | {"inflight": limits.inflight, "limited": dict(limits.limited)}
 
     def server_status(self, name: str) -> dict[str, Any]:
         downstream = self.downstreams[name]
