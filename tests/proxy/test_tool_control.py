@@ -12,7 +12,7 @@ import mcp_types as types
 import pytest
 from mcp import MCPError
 
-from circuitbox.config.load import parse_config
+from circuitbox.config.load import ConfigError, parse_config
 from circuitbox.server.proxy import Proxy
 from tests.config.support import check, write
 from tests.proxy.harness import chaos, proxy_session
@@ -149,3 +149,23 @@ async def test_a_reload_that_changes_include_exclude_or_rename_republishes_witho
     assert after == {"c__say", "c__chaos_control"}
     assert not said.is_error
     assert proxy.find_breaker("c", "add") is None  # its breaker went with it
+
+
+def test_clines_disabled_tools_are_read_as_exclude() -> None:
+    config = parse_config(
+        {
+            "mcpServers": {
+                "a": {"command": "x", "disabledTools": ["git_reset"], "exclude": ["write_*"]},
+                "b": {"command": "y", "disabledTools": "not a list"},
+            }
+        },
+        env={},
+    )
+    assert config.servers["a"].exclude == ("write_*", "git_reset") and not config.servers["a"].publishes("git_reset")
+    assert config.servers["b"].exclude == ()
+    assert config.warnings == (
+        "mcpServers.a.disabledTools: read as exclude (neither listed nor callable)",
+        "mcpServers.b.disabledTools: ignored (an agent client's key circuitbox does not use)",
+    )
+    with pytest.raises(ConfigError, match=r"mcpServers.c.exclude: expected a list"):
+        parse_config({"mcpServers": {"c": {"command": "x", "disabledTools": ["a"], "exclude": "b"}}}, env={})

@@ -308,6 +308,13 @@ def strip_client_keys(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str
                 entry = dict(entry)
                 if "serverUrl" in entry and "url" not in entry:  # Windsurf's name for url
                     entry["url"] = entry.pop("serverUrl")
+                disabled = entry.get("disabledTools")
+                if isinstance(disabled, list) and all(isinstance(t, str) for t in disabled):
+                    # Cline's list of tools the agent may not use means what `exclude` does here.
+                    del entry["disabledTools"]
+                    kept = entry.get("exclude", [])
+                    entry["exclude"] = [*kept, *disabled] if isinstance(kept, list) else kept
+                    warnings.append(f"{table}.{name}.disabledTools: read as exclude (neither listed nor callable)")
                 for key in sorted(CLIENT_SERVER_KEYS & entry.keys()):
                     del entry[key]
                     warnings.append(f"{table}.{name}.{key}: ignored (an agent client's key circuitbox does not use)")
