@@ -476,8 +476,10 @@ class Guard:
             breaker.record_fallback()
             other, other_tool = target
             assert isinstance(fallback, ToolFallback)
-            # Without a resolver: the fallback's own fallback may be text, never another hop (no cycles).
-            return await self.call(other, other_tool, arguments, progress, published=fallback.tool)
+            # Without a resolver: the fallback's own fallback may be text, never another hop (no cycles). Its own
+            # listing says whether it may be retried or answered from a kept result (a rare path: a scan is fine).
+            listed = next((t for t in other.listing.tools if t.name == other_tool), None)
+            return await self.call(other, other_tool, arguments, progress, published=fallback.tool, definition=listed)
         return None
 
     async def _limited(
