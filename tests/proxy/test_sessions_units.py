@@ -12,7 +12,14 @@ import pytest
 from mcp import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from circuitbox.server.sessions import ClientLink, _ask, _tell, declares_client_features, own_connection_of
+from circuitbox.server.sessions import (
+    ClientLink,
+    _ask,
+    _tell,
+    declares_client_features,
+    own_connection_of,
+    undeclared,
+)
 from tests.config.support import one
 
 pytestmark = pytest.mark.anyio
@@ -61,8 +68,9 @@ class Outbound:
         self.sent.append((method, params))
 
 
-def link_with(outbound: Outbound) -> ClientLink:
-    return ClientLink("srv", SimpleNamespace(outbound=outbound), downstream=None, scope=anyio.CancelScope())  # type: ignore[arg-type]
+def link_with(outbound: Outbound, capabilities: types.ClientCapabilities = ROOTS) -> ClientLink:
+    connection = SimpleNamespace(outbound=outbound, client_capabilities=capabilities)
+    return ClientLink("srv", connection, downstream=None, scope=anyio.CancelScope())  # type: ignore[arg-type]
 
 
 async def test_a_question_with_no_call_in_flight_goes_to_the_clients_standalone_channel() -> None:
@@ -88,3 +96,29 @@ async def test_a_log_message_reaches_the_client_under_the_namespace_and_a_closed
     await _tell(link_with(outbound), "", named)
     assert [params["logger"] for _, params in outbound.sent] == ["ev", "ev__db", "db"]
     await _tell(link_with(Outbound(RuntimeError("gone"))), "ev", log)  # logged, not raised
+
+
+def test_a_url_elicitation_needs_the_url_mode_declared_a_form_one_the_capability() -> None:
+    url = types.ElicitRequest(
+        params=types.ElicitRequestURLParams(message="sign in", url="https://example.invalid", elicitation_id="e1")
+    )
+    form = types.ElicitRequest(
+        params=types.ElicitRequestFormParams(message="name?", requested_schema={"type": "object"})
+    )
+    form_only = types.ClientCapabilities(elicitation=types.ElicitationCapability())
+    both = types.ClientCapabilities(
+        elicitation=types.ElicitationCapability(
+            form=types.FormElicitationCapability(), url=types.UrlElicitationCapability()
+        )
+    )
+    assert undeclared(form_only, "srv", form) is None
+    refused = undeclared(form_only, "srv", url)
+    assert refused is not None and "URL elicitation" in refused.message
+    assert undeclared(both, "srv", url) is None
+    assert undeclared(None, "srv", form) is not None
+
+
+async def test_a_per_client_connection_never_asks_its_client_what_it_did_not_declare() -> None:
+    outbound = Outbound()
+    refused = await _ask(link_with(outbound, types.ClientCapabilities()), types.ListRootsRequest())
+    assert refused.code == types.METHOD_NOT_FOUND and not outbound.sent

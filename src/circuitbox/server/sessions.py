@@ -68,7 +68,12 @@ def undeclared(capabilities: types.ClientCapabilities | None, server: str, reque
         types.ElicitRequest: "elicitation",
         types.ListRootsRequest: "roots",
     }[type(request)]
-    if capabilities is not None and getattr(capabilities, wanted) is not None:
+    declared = capabilities is not None and getattr(capabilities, wanted) is not None
+    if declared and isinstance(request.params, types.ElicitRequestURLParams):
+        assert capabilities is not None and capabilities.elicitation is not None
+        wanted = "URL elicitation"  # an elicitation capability without `url` means form mode only
+        declared = capabilities.elicitation.url is not None
+    if declared:
         return None
     logger.warning(
         "server %r sent %s, but the client it would reach did not declare %s", server, request.method, wanted
@@ -207,6 +212,9 @@ class ClientSessions:
 async def _ask(link: ClientLink, request: Any) -> Any:
     """The downstream's question, to its own client: on the channel of the client's latest request in flight
     there (over HTTP, that POST's stream), else on the client's standalone channel."""
+    refused = undeclared(link.connection.client_capabilities, link.server, request)
+    if refused is not None:  # the SDK offers URL elicitation with form: a form-only client is not asked for it
+        return refused
     ctx = link.calls[-1] if link.calls else None
     try:
         if ctx is not None:
