@@ -45,7 +45,7 @@ async def state_of(r: Replica) -> str:
 async def test_an_outage_tripped_through_one_replica_makes_every_other_fail_fast_within_a_second(
     tmp_path: Path, redis_server: RedisProcess
 ) -> None:
-    async with chaos_http("work=healthy") as down:
+    async with chaos_http("work=healthy", "late=error") as down:
         config = replica_config(redis_server.url, down.url, failure_threshold=2, timeout=60)
         async with fleet(tmp_path, 3, config) as replicas:
             for r in replicas:  # every replica has served the tool: its breaker exists, closed
@@ -70,13 +70,25 @@ async def test_an_outage_tripped_through_one_replica_makes_every_other_fail_fast
             assert (await down.stats("work"))["calls"] == before  # they failed fast: nothing reached the server
             status = await replicas[2].status()
             assert status["cluster"]["connected"] is True
-            assert status["cluster"]["replicas"] == 3
             assert status["cluster"]["group"] == GROUP
+            await eventually(lambda: _sees_replicas(replicas[2], 3))  # counted at each heartbeat (every second)
             assert "circuitbox_cluster_connected 1.0" in await replicas[1].metrics()
             shown = await anyio.run_process([sys.executable, "-m", "circuitbox", "status", "--url", replicas[1].url])
             assert f"CLUSTER group {GROUP!r}: connected to {redis_server.url}, 3 replicas" in shown.stdout.decode()
             record = await fleet_record(redis_server.url)
             assert record is not None and record["state"] == "open" and record["gen"] == 1
+            # A tool a replica has never called: its breaker, created by its first call, starts in the fleet's state.
+            for _ in range(2):
+                assert (await replicas[0].call("late")).is_error
+            await eventually(lambda: fleet_record(redis_server.url, "down__late"))
+            first_call = await replicas[1].call("late")
+            meta = breaker_meta(first_call)
+            assert meta is not None and meta["state"] == "open", first_call
+            assert (await down.stats("late"))["calls"] == 2
+
+
+async def _sees_replicas(r: Replica, count: int) -> bool:
+    return bool((await r.status())["cluster"]["replicas"] == count)
 
 
 async def _is_open(r: Replica) -> bool:
