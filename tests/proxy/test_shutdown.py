@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -154,3 +155,32 @@ async def test_sigterm_over_http_answers_every_call_and_leaves_no_process_behind
                 process.kill()
                 await process.wait()
     check(answers, tree)
+
+
+async def test_a_signal_while_the_downstreams_are_ended_ends_their_groups_at_once_instead_of_orphaning_them(
+    tmp_path: Path,
+) -> None:
+    # A downstream that ignores its stdin closing: the graceful end gives it 2 s before SIGTERM. A stdio client that
+    # leaves sends SIGTERM 2 s after closing our stdin; that signal used to find its default action (the proxy's
+    # signal watcher was already gone) and killed the proxy, orphaning the downstream.
+    deaf = {"command": sys.executable, "args": ["-c", "import time; time.sleep(600)"]}
+    path = write_config(tmp_path, {"mcpServers": {"deaf": deaf}})
+    args = [sys.executable, "-m", "circuitbox", "serve", "--config", str(path)]
+    async with logged(tmp_path) as (log, errlog):
+        process = await anyio.open_process(
+            args, env={**os.environ, **import_path_env()}, stdin=subprocess.PIPE, stdout=errlog, stderr=errlog
+        )
+        try:
+            (downstream,) = await wait_tree(process.pid, 1)
+            assert process.stdin is not None
+            await process.stdin.aclose()  # the client leaves
+            await wait_log(log, "front end stopped: ending the downstreams")
+            process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert "downstream process groups ended" in read(log)
+    assert not alive(downstream)

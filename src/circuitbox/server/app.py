@@ -31,6 +31,7 @@ from circuitbox.server._streams import AnswerMalformed
 from circuitbox.server.http_sessions import mcp_http_app
 from circuitbox.server.malformed import AnswerMalformedHTTP
 from circuitbox.server.proxy import Proxy
+from circuitbox.server.stdio_child import signal_every_group
 
 logger = logging.getLogger("circuitbox")
 
@@ -150,40 +151,53 @@ async def serve(
     stop = anyio.Event()  # set once the calls in flight are answered: the front end stops, then everything else
     # Before any downstream connects: behind the stdio upstream each is offered what its one client declares.
     proxy.stdio_upstream = transport != "http"
-    async with anyio.create_task_group() as tg:
-        await proxy.start(tg)
-        store = proxy.registry.store
-        if isinstance(store, ClusterStore):
-            tg.start_soon(store.run, name="cluster link")
-        tg.start_soon(_shutdown_on_signals, proxy, stop, tg.cancel_scope)
-        if reload_config is not None:
-            tg.start_soon(_reload_on_sighup, proxy, reload_config)
-        if transport == "http":
-            app = http_app(proxy, collector, host, token, allowed_hosts, port)
-            await _serve_http(app, host, port, stop)
-        else:
-            port_ = metrics_port if metrics_port is not None else config.metrics_port
-            if port_ is not None:
-                tg.start_soon(_serve_metrics, proxy, collector, config.metrics_host, port_, token, allowed_hosts)
-            server = proxy.build_server()
-            proxy.serve_one_client(server)  # one client: a downstream's question with no call in flight is its
-            async with stdio_pipes(stop, config.max_message_bytes) as (read, write):
-                await server.run(AnswerMalformed(read, write), write, proxy.initialization_options(server))
-        # Cancelling the owners ends every downstream: each stdio child's whole process group.
-        tg.cancel_scope.cancel()
+    stopping = anyio.Event()  # the front end has ended (or was stopped at once): downstreams are being ended
+    # The signal watcher runs outside the task group it stops, so that a signal still finds it while the downstreams
+    # are being ended (without it, the default action would kill the proxy and orphan their process trees).
+    async with anyio.create_task_group() as outer:
+        async with anyio.create_task_group() as tg:
+            await proxy.start(tg)
+            store = proxy.registry.store
+            if isinstance(store, ClusterStore):
+                tg.start_soon(store.run, name="cluster link")
+            outer.start_soon(_shutdown_on_signals, proxy, stop, tg.cancel_scope, stopping)
+            if reload_config is not None:
+                tg.start_soon(_reload_on_sighup, proxy, reload_config)
+            if transport == "http":
+                app = http_app(proxy, collector, host, token, allowed_hosts, port)
+                await _serve_http(app, host, port, stop)
+            else:
+                port_ = metrics_port if metrics_port is not None else config.metrics_port
+                if port_ is not None:
+                    tg.start_soon(_serve_metrics, proxy, collector, config.metrics_host, port_, token, allowed_hosts)
+                server = proxy.build_server()
+                proxy.serve_one_client(server)  # one client: a downstream's question with no call in flight is its
+                async with stdio_pipes(stop, config.max_message_bytes) as (read, write):
+                    await server.run(AnswerMalformed(read, write), write, proxy.initialization_options(server))
+            # Cancelling the owners ends every downstream: each stdio child's whole process group.
+            stopping.set()
+            logger.info("front end stopped: ending the downstreams")
+            tg.cancel_scope.cancel()
+        outer.cancel_scope.cancel()
 
 
-async def _shutdown_on_signals(proxy: Proxy, stop: anyio.Event, everything: anyio.CancelScope) -> None:
+async def _shutdown_on_signals(
+    proxy: Proxy, stop: anyio.Event, everything: anyio.CancelScope, stopping: anyio.Event
+) -> None:
     """SIGTERM / SIGINT: refuse new calls, give those in flight `shutdown_timeout`, answer the rest with an error,
-    then `stop` the front end. A second signal stops everything at once."""
+    then `stop` the front end. A second signal stops everything at once; a signal while the downstreams are being
+    ended (the front end is done) ends their process groups at once instead of after their grace period."""
     async with anyio.create_task_group() as tg:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                if proxy.drain.closing:
-                    logger.warning("%s again: stopping now", signal.Signals(signum).name)
+                name = signal.Signals(signum).name
+                if stopping.is_set() or proxy.drain.closing:
+                    ended = signal_every_group(signal.SIGTERM)
+                    logger.warning("%s again: stopping now (%d downstream process groups ended)", name, ended)
+                    stopping.set()
                     everything.cancel()
-                    return
-                tg.start_soon(_drain, proxy, stop, signal.Signals(signum).name)
+                    continue  # keep receiving: a later signal must not find the default action (death) in place
+                tg.start_soon(_drain, proxy, stop, name)
 
 
 async def _drain(proxy: Proxy, stop: anyio.Event, name: str) -> None:

@@ -129,6 +129,7 @@ async def open_stdio_child(
         cwd=cwd,
         start_new_session=True,  # its own process group, ended as a whole
     )
+    _GROUPS.add(process.pid)
     read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
     writer_done = anyio.Event()
@@ -186,6 +187,7 @@ async def open_stdio_child(
                 with anyio.move_on_after(FLUSH_GRACE):
                     await writer_done.wait()
                 await end_process_group(process)
+                _GROUPS.discard(process.pid)
                 with anyio.move_on_after(FLUSH_GRACE):  # its last words, often the reason it died
                     await stderr_done.wait()
                 await _release(process)
@@ -311,6 +313,20 @@ async def _read_stderr(
             report()
             stderr_logger.info("[%s] %s", name, text)
     report()
+
+
+# The process groups of the stdio downstreams alive right now (their leaders' pids), for `signal_every_group`.
+_GROUPS: set[int] = set()
+
+
+def signal_every_group(sig: int) -> int:
+    """Send `sig` to every live downstream's whole process group at once; returns how many groups were signalled.
+
+    For when the proxy has no time left for the graceful sequence of `end_process_group`: a client that closed our
+    stdin sends SIGTERM two seconds later and SIGKILL two after that, and a proxy killed before its downstreams are
+    ended leaves their trees orphaned.
+    """
+    return sum(_signal_group(pgid, sig) for pgid in list(_GROUPS))
 
 
 async def end_process_group(process: anyio.abc.Process) -> None:
