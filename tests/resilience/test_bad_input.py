@@ -19,11 +19,13 @@ CONFIG = {"mcpServers": {"c": {**chaos("echo=healthy", "add=add"), "breaker": BR
 
 async def test_an_unknown_tool_gets_a_clear_error_at_once(tmp_path: Path) -> None:
     async with proxy_session(tmp_path, CONFIG) as session:
+        # Once its server has listed (before, a name may be a tool of a server still starting: that call waits for
+        # the first listing, up to startup_timeout), an unknown name is answered at once: a hang would meet the
+        # harness's read timeout. No wall-clock bound: on a loaded machine a round trip alone can take seconds.
+        assert (await timed_call(session, "c__echo", {"message": "up"})).text == "up"
         for name in ("c__nope", "nope", "c__", "__echo", "x" * 10_000):
             answer = await timed_call(session, name, {})
             assert answer.kind in ("rpc_error", "error") and "unknown tool" in answer.text.lower(), answer
-            # It must not wait for downstreams to list (the first-list wait is 10 s); no finer wall-clock bound.
-            assert answer.seconds < 5.0
         assert (await timed_call(session, "c__echo", {"message": "fine"})).text == "fine"
 
 
@@ -44,8 +46,7 @@ async def test_a_one_megabyte_argument_is_carried_through_and_answered_in_time(t
     big = "0123456789abcdef" * 65_536  # 1 MiB
     async with proxy_session(tmp_path, CONFIG) as session:
         answer = await timed_call(session, "c__echo", {"message": big})
-        assert answer.kind == "ok" and answer.text == big
-        assert answer.seconds < BREAKER["call_timeout"] + 1
+        assert answer.kind == "ok" and answer.text == big  # "ok": not cut by call_timeout (that answers an error)
         nested = await timed_call(session, "c__echo", {"message": "small", "blob": {"k": [big[:4096]] * 256}})
         assert nested.kind == "ok" and nested.text == "small"
         assert (await timed_call(session, "c__echo", {"message": "after"})).text == "after"
