@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,19 +60,48 @@ class Recorder(SpanProcessor):
         return found[0]
 
 
+class Listening(trace.TracerProvider):
+    """The global provider of this test process: real SDK spans while a test listens, the API's no-op spans
+    otherwise. The API allows one global provider per process, and the MCP SDK binds its tracer to it once: a plain
+    SDK provider left in place would make every later in-process proxy of the suite record spans and inject a
+    `traceparent` into what it sends downstream."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.sdk = TracerProvider()
+        self.sdk.add_span_processor(recorder)
+
+    def get_tracer(self, instrumenting_module_name: str, *args: Any, **kwargs: Any) -> trace.Tracer:
+        return _Either(self, self.sdk.get_tracer(instrumenting_module_name))
+
+
+class _Either(trace.Tracer):
+    def __init__(self, provider: Listening, sdk: trace.Tracer) -> None:
+        self.provider, self.sdk, self.off = provider, sdk, trace.NoOpTracer()
+
+    def _now(self) -> trace.Tracer:
+        return self.sdk if self.provider.recorder.listening else self.off
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        return self._now().start_span(*args, **kwargs)
+
+    @contextmanager
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Iterator[trace.Span]:  # type: ignore[override]
+        with self._now().start_as_current_span(*args, **kwargs) as span:
+            yield span
+
+
 _RECORDER = Recorder()
+_PROVIDER = Listening(_RECORDER)
 
 
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):  # the API allows one global provider per process: set it once
-        provider = TracerProvider()
-        provider.add_span_processor(_RECORDER)
-        trace.set_tracer_provider(provider)
+    if trace.get_tracer_provider() is not _PROVIDER:
+        trace.set_tracer_provider(_PROVIDER)  # once per process (see Listening)
     _RECORDER.spans.clear()
     _RECORDER.listening = True
-    traces.enable(provider)
+    traces.enable(_PROVIDER.sdk)
     try:
         yield _RECORDER
     finally:
