@@ -29,6 +29,7 @@ from circuitbox.observability.status_page import StatusApp
 from circuitbox.server._pipes import stdio_pipes
 from circuitbox.server._streams import AnswerMalformed
 from circuitbox.server.http_sessions import mcp_http_app
+from circuitbox.server.lane import fast_lane
 from circuitbox.server.malformed import AnswerMalformedHTTP
 from circuitbox.server.proxy import Proxy
 from circuitbox.server.stdio_child import signal_every_group
@@ -172,8 +173,11 @@ async def serve(
                     tg.start_soon(_serve_metrics, proxy, collector, config.metrics_host, port_, token, allowed_hosts)
                 server = proxy.build_server()
                 proxy.serve_one_client(server)  # one client: a downstream's question with no call in flight is its
-                async with stdio_pipes(stop, config.max_message_bytes) as (read, write):
-                    await server.run(AnswerMalformed(read, write), write, proxy.initialization_options(server))
+                async with (
+                    stdio_pipes(stop, config.max_message_bytes) as (read, write),
+                    fast_lane(proxy, AnswerMalformed(read, write), write) as upstream,
+                ):
+                    await server.run(upstream, write, proxy.initialization_options(server))
             # Cancelling the owners ends every downstream: each stdio child's whole process group.
             stopping.set()
             logger.info("front end stopped: ending the downstreams")

@@ -23,10 +23,13 @@ import mcp_types as types
 from mcp import ClientSession, MCPError
 from mcp.client.session import IncomingMessage
 from mcp.shared.dispatcher import ProgressFnT
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 from circuitbox.config.model import MAX_MESSAGE_BYTES
+from circuitbox.observability import traces
 from circuitbox.server._streams import WatchedStream
+from circuitbox.server.direct_calls import DirectCalls
 from circuitbox.server.stdio_child import BurstLog
 from circuitbox.server.transports import open_transport
 
@@ -115,6 +118,7 @@ class Downstream:
         self.last_error: str | None = None
         self.listing = Listing()
         self.session: ClientSession | None = None
+        self._direct: DirectCalls | None = None  # tools/call past the SDK's typed session, when it can be used
         self.connects = 0
         self.first_attempt_done = anyio.Event()
         self._on_listing = on_listing
@@ -151,7 +155,7 @@ class Downstream:
                 self.last_error = self.last_error or "connection closed"
             except Exception as exc:  # every failure of a downstream stays inside its owner
                 self.last_error = self.redact(describe_error(exc))
-            self.session = None
+            self.session = self._direct = None
             self.first_attempt_done.set()
             if anyio.current_time() - began - self._backoff.initial >= self._backoff.stable_after:
                 failures = 0
@@ -202,16 +206,21 @@ class Downstream:
             async with self._transport() as (read, write):
                 if self._offer_source is not None:
                     self._offer = await self._offer_source()
-                watched = WatchedStream(read, closed)
+                direct = DirectCalls(WatchedStream(read, closed), write)
                 async with ClientSession(
-                    watched, write, message_handler=self._on_message, **self._callbacks()
+                    direct, write, message_handler=self._on_message, **self._callbacks()
                 ) as session:
                     initialized = await session.initialize()
+                    version = session.protocol_version
+                    if self.config.transport != "stdio":
+                        direct.protocol_version = version  # the HTTP transports send it as a header
                     self.instructions = initialized.instructions
                     self.capabilities = initialized.capabilities
                     self.listing = await self._fetch_listing(session)
                     startup.deadline = math.inf
                     self.session, self.state, self.last_error = session, Connection.CONNECTED, None
+                    # A 2026-era request needs the SDK's per-request envelope: those go through the session.
+                    self._direct = direct if version not in MODERN_PROTOCOL_VERSIONS else None
                     self.connects += 1
                     logger.info("server %r connected with %d tools", self.name, len(self.listing.tools))
                     if self._on_connected is not None:
@@ -225,7 +234,7 @@ class Downstream:
                         await closed.wait()
                         # Refused from now on, not after the transport has wound down: no call may reach a dead
                         # session, and circuit_status must not say connected meanwhile.
-                        self.session, self.state = None, Connection.RESTARTING
+                        self.session, self._direct, self.state = None, None, Connection.RESTARTING
                         tg.cancel_scope.cancel()
         if startup.cancelled_caught:
             raise TimeoutError(f"did not start within {self.config.startup_timeout:g}s")
@@ -359,9 +368,13 @@ class Downstream:
             mcp.MCPError: the downstream answered with an error or the connection closed.
         """
         session = self.connected_session()
+        direct = self._direct
         self.in_flight += 1
         self._idle = anyio.Event() if self.in_flight == 1 else self._idle
         try:
+            if direct is not None and isinstance(request, types.CallToolRequest) and not traces.active():
+                params = request.params.model_dump(by_alias=True, mode="json", exclude_none=True)
+                return result_type.model_validate(await direct.call(params, progress), by_name=False)
             return await session.send_request(request, result_type, progress_callback=progress)
         finally:
             self.in_flight -= 1

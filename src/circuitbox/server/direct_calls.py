@@ -1,0 +1,157 @@
+"""tools/call to a downstream as a JSON-RPC exchange on its transport's streams, past the SDK's typed session.
+
+The SDK's `ClientSession.send_request` dumps a typed request, runs it through its dispatcher (a memory stream per
+request, a span, a timeout clock) and validates the answer against the negotiated version's schema before the
+typed result is built. On the hot path circuitbox needs none of that: `DirectCalls` writes the request to the
+transport's write stream itself, with an id of its own (`cb-N`, never one of the SDK's integers), and takes the
+answer, and the progress notifications for its token, off the read stream before the session sees them; every other
+message reaches the session as before. The caller owns the deadline: a cancelled call sends the downstream a
+`notifications/cancelled`, as the SDK does.
+
+Only for handshake-era sessions (a 2026-era request needs the SDK's per-request envelope) and only while traces
+are off (the SDK's CLIENT span and its `traceparent` come from its dispatcher).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp import MCPError
+from mcp.shared.message import ClientMessageMetadata, SessionMessage
+
+from circuitbox.server._streams import _ReadStreamWrapper
+
+logger = logging.getLogger("circuitbox.downstream")
+
+ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+CANCEL_WRITE_LIMIT = 1.0  # the courtesy cancel of an abandoned call may not hold its caller longer than this
+
+_CLOSED = types.ErrorData(code=types.CONNECTION_CLOSED, message="Connection closed")
+
+
+class _Pending:
+    __slots__ = ("done", "on_progress", "outcome")
+
+    def __init__(self, on_progress: ProgressFn | None) -> None:
+        self.done = anyio.Event()
+        self.on_progress = on_progress
+        self.outcome: dict[str, Any] | types.ErrorData = _CLOSED
+
+
+class DirectCalls(_ReadStreamWrapper):
+    """Wraps a downstream transport's read stream (the one the SDK session reads) and sends calls on `write`."""
+
+    def __init__(self, inner: Any, write: Any, protocol_version: str | None = None) -> None:
+        super().__init__(inner)
+        self._write = write
+        self._pending: dict[str, _Pending] = {}
+        self._next = 0
+        self._closed = False
+        self.protocol_version = protocol_version  # once known: the HTTP transports send it as a header
+
+    async def receive(self) -> Any:
+        while True:
+            try:
+                item = await self._inner.receive()
+            except BaseException:
+                self._close()
+                raise
+            if not self._pending or not isinstance(item, SessionMessage) or not self._take(item.message):
+                return item
+            await self._deliver_progress(item.message)
+
+    def _take(self, message: Any) -> bool:
+        """Whether `message` is for one of our calls; an answer completes that call at once."""
+        if isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
+            pending = self._pending.get(message.id) if isinstance(message.id, str) else None
+            if pending is None:
+                return False
+            if isinstance(message, types.JSONRPCResponse):
+                pending.outcome = message.result
+            else:
+                pending.outcome = message.error
+            pending.done.set()
+            return True
+        if isinstance(message, types.JSONRPCNotification) and message.method == "notifications/progress":
+            token = (message.params or {}).get("progressToken")
+            return isinstance(token, str) and token in self._pending
+        return False
+
+    async def _deliver_progress(self, message: Any) -> None:
+        params = message.params if isinstance(message, types.JSONRPCNotification) else None
+        if not params:
+            return
+        pending = self._pending.get(params["progressToken"])
+        if pending is None or pending.on_progress is None:
+            return
+        progress = params.get("progress")
+        if not isinstance(progress, int | float):
+            return
+        total = params.get("total")
+        note = params.get("message")
+        try:
+            await pending.on_progress(
+                progress, total if isinstance(total, int | float) else None, note if isinstance(note, str) else None
+            )
+        except Exception as exc:  # the caller's relay failing must not end the downstream's reader
+            logger.debug("progress relay failed: %s", exc)
+
+    def _close(self) -> None:
+        """The transport ended: every call still waiting fails as the SDK fails its own (connection closed)."""
+        self._closed = True
+        for pending in self._pending.values():
+            pending.done.set()
+
+    async def call(self, params: dict[str, Any], on_progress: ProgressFn | None = None) -> dict[str, Any]:
+        """One tools/call with `params` as the wire has them; the raw result.
+
+        Raises:
+            MCPError: the downstream answered with an error, or the connection closed.
+        """
+        if self._closed:
+            raise MCPError(code=types.CONNECTION_CLOSED, message="Connection closed")
+        self._next += 1
+        request_id = f"cb-{self._next}"
+        pending = self._pending[request_id] = _Pending(on_progress)
+        meta = dict(params.get("_meta") or {})
+        meta["progressToken"] = request_id  # always asked: progress extends the call's deadline
+        message = types.JSONRPCRequest(
+            jsonrpc="2.0", id=request_id, method="tools/call", params={**params, "_meta": meta}
+        )
+        headers = {"mcp-protocol-version": self.protocol_version} if self.protocol_version else None
+        written = False
+        try:
+            try:
+                written = True
+                await self._write.send(SessionMessage(message, ClientMessageMetadata(headers=headers)))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                raise MCPError(code=types.CONNECTION_CLOSED, message="Connection closed") from None
+            await pending.done.wait()
+        except anyio.get_cancelled_exc_class():
+            if written and not pending.done.is_set():
+                await self._cancel(request_id)
+            raise
+        finally:
+            del self._pending[request_id]
+        outcome = pending.outcome
+        if isinstance(outcome, types.ErrorData):
+            raise MCPError(code=outcome.code, message=outcome.message, data=outcome.data)
+        return outcome
+
+    async def _cancel(self, request_id: str) -> None:
+        notice = types.JSONRPCNotification(
+            jsonrpc="2.0",
+            method="notifications/cancelled",
+            params={"requestId": request_id, "reason": "the call was abandoned"},
+        )
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(CANCEL_WRITE_LIMIT),
+            suppress(anyio.BrokenResourceError, anyio.ClosedResourceError),
+        ):
+            await self._write.send(SessionMessage(notice))

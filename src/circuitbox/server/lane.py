@@ -1,0 +1,196 @@
+"""The fast lane: tools/call from the stdio upstream answered next to the SDK's server, not through it.
+
+Each request that reaches the SDK's low-level `Server` is validated against the negotiated version's schema (twice),
+handed to a task through its dispatcher with a fresh context and session object, and its typed result is dumped and
+validated again on the way out. For a call of a published downstream tool circuitbox needs none of that: the lane
+wraps the read stream the server reads, takes such calls off it, runs them through `Proxy.call` (catalog, guard,
+downstream: breaker, limits, deadlines, fallback and metrics all stay) and writes the answer on the write stream
+itself, with the id the client gave. The answer is shaped exactly as the SDK would send it (its result dumped the
+same way, sieved by the same per-version schema); progress and the client's `notifications/cancelled` for these
+calls are handled here too. Everything else, and any call the lane is not sure of, goes to the SDK as before.
+
+Taken: `tools/call` of a tool in the catalog (not one of circuitbox's own) on a handshake-era connection after
+`notifications/initialized`, with params of only `name`, `arguments` and `_meta`, while traces are off (the SDK's
+span of the upstream request is the trace) and once the one upstream client is known (it answers what the
+downstreams ask during a call, as on the SDK's path).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import mcp_types as types
+from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
+from mcp.shared.message import SessionMessage
+from mcp_types.methods import serialize_server_result
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+
+from circuitbox.observability import traces
+from circuitbox.server import request_meta
+from circuitbox.server._streams import _ReadStreamWrapper
+
+if TYPE_CHECKING:
+    from circuitbox.server.proxy import Proxy
+
+logger = logging.getLogger("circuitbox.lane")
+
+PARAMS = frozenset(("name", "arguments", "_meta"))
+MODERN_META = "io.modelcontextprotocol/protocolVersion"  # a 2026-era request's envelope: the SDK's to serve
+CLOSING_WRITE_LIMIT = 2.0  # for the answers of calls cut short when the client's input ends
+
+
+class _Call:
+    __slots__ = ("by_client", "scope")
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.by_client = False  # cancelled by the client's notifications/cancelled: no answer then
+
+
+class Lane(_ReadStreamWrapper):
+    """The upstream read stream, less the calls the lane answers itself on `write`."""
+
+    def __init__(self, inner: Any, write: Any, proxy: Proxy, tg: anyio.abc.TaskGroup) -> None:
+        super().__init__(inner)
+        self._write = write
+        self._proxy = proxy
+        self._tg = tg
+        self._version: str | None = None  # negotiated, once the client has initialized
+        self._requested: str | None = None
+        self._calls: dict[str, _Call] = {}
+        self._idle = anyio.Event()
+        self._idle.set()
+        self.taken = 0  # calls answered here (for tests and benchmarks)
+
+    async def receive(self) -> Any:
+        while True:
+            try:
+                item = await self._inner.receive()
+            except anyio.EndOfStream:
+                await self._close()
+                raise
+            if isinstance(item, SessionMessage) and self._take(item.message):
+                continue
+            return item
+
+    def _take(self, message: Any) -> bool:
+        if isinstance(message, types.JSONRPCRequest):
+            if message.method == "tools/call":
+                return self._call(message)
+            if message.method == "initialize":
+                requested = (message.params or {}).get("protocolVersion")
+                self._requested = requested if isinstance(requested, str) else None
+        elif isinstance(message, types.JSONRPCNotification):
+            if message.method == "notifications/cancelled":
+                return self._cancel(message.params)
+            if message.method == "notifications/initialized":
+                # As the SDK negotiates: the client's version when it speaks it, else the latest handshake one.
+                requested = self._requested
+                self._version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+        return False
+
+    def _call(self, message: types.JSONRPCRequest) -> bool:
+        params = message.params
+        if self._version is None or not params or not PARAMS.issuperset(params) or traces.active():
+            return False
+        name, arguments, meta = params.get("name"), params.get("arguments"), params.get("_meta")
+        if not isinstance(name, str) or not (arguments is None or isinstance(arguments, dict)):
+            return False
+        if not (meta is None or (isinstance(meta, dict) and MODERN_META not in meta)):
+            return False
+        proxy = self._proxy
+        if name in proxy.own or name not in proxy.catalog.tools or len(proxy.clients.connections()) != 1:
+            return False
+        key = str(message.id)
+        if key in self._calls:  # a second request with an id still in flight: the SDK's to answer
+            return False
+        call = self._calls[key] = _Call()
+        self._idle = anyio.Event() if len(self._calls) == 1 else self._idle
+        token = meta.get("progressToken") if meta else None
+        self._tg.start_soon(self._serve, message.id, key, call, name, arguments, meta, token)
+        self.taken += 1
+        return True
+
+    def _cancel(self, params: dict[str, Any] | None) -> bool:
+        request_id = (params or {}).get("requestId")
+        call = self._calls.get(str(request_id)) if isinstance(request_id, str | int) else None
+        if call is None:
+            return False
+        call.by_client = True
+        call.scope.cancel()
+        return True
+
+    async def _serve(
+        self,
+        request_id: types.RequestId,
+        key: str,
+        call: _Call,
+        name: str,
+        arguments: Any,
+        meta: dict[str, Any] | None,
+        token: Any,
+    ) -> None:
+        relay = self._progress_relay(token) if isinstance(token, str | int) else None
+        answer: types.JSONRPCResponse | types.JSONRPCError | None = None
+        try:
+            with call.scope:
+                try:
+                    with request_meta.serving(meta):  # its `_meta` goes on to the downstream, as on the SDK's path
+                        result = await self._proxy.call(name, arguments, relay)
+                    data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+                    assert self._version is not None
+                    data = serialize_server_result("tools/call", self._version, data)
+                    answer = types.JSONRPCResponse(jsonrpc="2.0", id=request_id, result=data)
+                except Exception as exc:  # as the SDK's dispatcher answers a handler that raised
+                    error = handler_exception_to_error_data(exc)
+                    if error is None:
+                        logger.exception("tools/call %r failed", name)
+                        error = types.ErrorData(code=0, message=str(exc))
+                    answer = types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error)
+            if answer is None and not call.by_client:  # cut short because the client's input ended
+                closed = types.ErrorData(code=types.CONNECTION_CLOSED, message="Connection closed")
+                answer = types.JSONRPCError(jsonrpc="2.0", id=request_id, error=closed)
+            if answer is not None:
+                with (
+                    anyio.CancelScope(shield=True),
+                    anyio.move_on_after(CLOSING_WRITE_LIMIT),
+                    suppress(anyio.BrokenResourceError, anyio.ClosedResourceError),
+                ):
+                    await self._write.send(SessionMessage(answer))
+        finally:
+            del self._calls[key]
+            if not self._calls:
+                self._idle.set()
+
+    def _progress_relay(self, token: types.ProgressToken) -> Any:
+        async def relay(progress: float, total: float | None, message: str | None) -> None:
+            params: dict[str, Any] = {"progressToken": token, "progress": progress}
+            if total is not None:
+                params["total"] = total
+            if message is not None:
+                params["message"] = message
+            notice = types.JSONRPCNotification(jsonrpc="2.0", method="notifications/progress", params=params)
+            await self._write.send(SessionMessage(notice))
+
+        return relay
+
+    async def _close(self) -> None:
+        """The client's input ended: calls still running are cut short (as the SDK cuts its handlers) and their
+        error answers written before the server, seeing the end, closes the write stream."""
+        for call in self._calls.values():
+            call.scope.cancel()
+        with anyio.move_on_after(CLOSING_WRITE_LIMIT):
+            await self._idle.wait()
+
+
+@asynccontextmanager
+async def fast_lane(proxy: Proxy, read: Any, write: Any) -> AsyncIterator[Lane]:
+    """The read stream to give the SDK's server, with the lane in front of it."""
+    async with anyio.create_task_group() as tg:
+        yield Lane(read, write, proxy, tg)
+        tg.cancel_scope.cancel()

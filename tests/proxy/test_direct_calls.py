@@ -1,0 +1,192 @@
+"""DirectCalls: tools/call on a downstream transport's streams, past the SDK session (in-memory streams play the
+transport; the downstream's side is driven by hand so every message is visible)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp import MCPError
+from mcp.shared.message import SessionMessage
+
+from circuitbox.server.direct_calls import DirectCalls
+
+pytestmark = pytest.mark.anyio
+
+
+class Peer:
+    """The downstream's end: what DirectCalls wrote, and a way to answer on the read stream."""
+
+    def __init__(self, sent: MemoryObjectReceiveStream[Any], answers: MemoryObjectSendStream[Any]) -> None:
+        self.sent = sent
+        self.answers = answers
+
+    async def request(self) -> SessionMessage:
+        return await self.sent.receive()
+
+    async def say(self, message: dict[str, Any]) -> None:
+        await self.answers.send(SessionMessage(types.jsonrpc_message_adapter.validate_python(message)))
+
+
+@asynccontextmanager
+async def direct(version: str | None = None) -> AsyncIterator[tuple[DirectCalls, Peer, list[Any]]]:
+    """DirectCalls over memory streams, with a task reading it the way the SDK session does (what passes through
+    is collected)."""
+    answers, read = anyio.create_memory_object_stream[Any](16)
+    write, sent = anyio.create_memory_object_stream[Any](16)
+    calls = DirectCalls(read, write, version)
+    passed: list[Any] = []
+
+    async def session_reader() -> None:
+        async for item in calls:
+            passed.append(item.message)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session_reader)
+            yield calls, Peer(sent, answers), passed
+            tg.cancel_scope.cancel()
+    finally:
+        for stream in (answers, read, write, sent):
+            stream.close()
+
+
+async def test_a_call_goes_out_with_an_id_and_progress_token_of_its_own_and_returns_the_raw_result() -> None:
+    async with direct() as (calls, peer, passed), anyio.create_task_group() as tg:
+        results: list[dict[str, Any]] = []
+
+        async def call() -> None:
+            results.append(await calls.call({"name": "echo", "arguments": {"m": 1}, "_meta": {"k": "v"}}))
+
+        tg.start_soon(call)
+        with anyio.fail_after(10):
+            sent = await peer.request()
+        request = sent.message
+        assert isinstance(request, types.JSONRPCRequest)
+        assert request.method == "tools/call" and isinstance(request.id, str) and request.id.startswith("cb-")
+        assert request.params == {
+            "name": "echo",
+            "arguments": {"m": 1},
+            "_meta": {"k": "v", "progressToken": request.id},
+        }
+        assert sent.metadata is not None and sent.metadata.headers is None  # stdio: no version header
+        await peer.say({"jsonrpc": "2.0", "id": 7, "result": {}})  # the SDK's own request's answer: not ours
+        await peer.say({"jsonrpc": "2.0", "id": request.id, "result": {"content": [], "x": 1}})
+    assert results == [{"content": [], "x": 1}]
+    assert [m.id for m in passed] == [7]
+
+
+async def test_an_http_downstream_gets_the_negotiated_version_as_a_header() -> None:
+    async with direct("2025-11-25") as (calls, peer, _), anyio.create_task_group() as tg:
+        tg.start_soon(calls.call, {"name": "echo"})
+        with anyio.fail_after(10):
+            sent = await peer.request()
+        assert sent.metadata.headers == {"mcp-protocol-version": "2025-11-25"}
+        await peer.say({"jsonrpc": "2.0", "id": sent.message.id, "result": {"content": []}})
+
+
+async def test_an_error_answer_raises_the_downstream_s_error() -> None:
+    async with direct() as (calls, peer, _):
+        failure: list[MCPError] = []
+
+        async def call() -> None:
+            try:
+                await calls.call({"name": "echo"})
+            except MCPError as exc:
+                failure.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            with anyio.fail_after(10):
+                sent = await peer.request()
+            error = {"code": -32602, "message": "bad arguments", "data": {"field": "m"}}
+            await peer.say({"jsonrpc": "2.0", "id": sent.message.id, "error": error})
+    assert failure[0].error.code == -32602 and failure[0].error.message == "bad arguments"
+    assert failure[0].error.data == {"field": "m"}
+
+
+async def test_progress_for_a_call_reaches_its_callback_and_other_progress_passes_to_the_session() -> None:
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+        if progress == 3:
+            raise RuntimeError("the caller's relay broke")  # logged, the reader goes on
+
+    async with direct() as (calls, peer, passed), anyio.create_task_group() as tg:
+        tg.start_soon(calls.call, {"name": "slow"}, on_progress)
+        with anyio.fail_after(10):
+            token = (await peer.request()).message.id
+        for params in (
+            {"progressToken": token, "progress": 1, "total": 4, "message": "one"},
+            {"progressToken": token, "progress": 2},
+            {"progressToken": token, "progress": "not a number"},
+            {"progressToken": token, "progress": 3},
+            {"progressToken": "someone-else", "progress": 1},
+        ):
+            await peer.say({"jsonrpc": "2.0", "method": "notifications/progress", "params": params})
+        await peer.say({"jsonrpc": "2.0", "id": token, "result": {"content": []}})
+    assert seen == [(1, 4, "one"), (2, None, None), (3, None, None)]
+    assert [m.params["progressToken"] for m in passed] == ["someone-else"]
+
+
+async def test_progress_without_a_callback_is_taken_and_dropped() -> None:
+    async with direct() as (calls, peer, passed), anyio.create_task_group() as tg:
+        tg.start_soon(calls.call, {"name": "slow"})
+        with anyio.fail_after(10):
+            token = (await peer.request()).message.id
+        await peer.say({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": token}})
+        await peer.say(
+            {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": token, "progress": 1}}
+        )
+        await peer.say({"jsonrpc": "2.0", "id": token, "result": {"content": []}})
+    assert passed == []
+
+
+async def test_an_abandoned_call_tells_the_downstream_it_was_cancelled() -> None:
+    async with direct() as (calls, peer, _):
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(calls.call, {"name": "hang"})
+                with anyio.fail_after(10):
+                    request_id = (await peer.request()).message.id
+                scope.cancel()
+        with anyio.fail_after(10):
+            notice = (await peer.request()).message
+        assert isinstance(notice, types.JSONRPCNotification) and notice.method == "notifications/cancelled"
+        assert notice.params is not None and notice.params["requestId"] == request_id
+
+
+async def test_calls_waiting_when_the_transport_ends_fail_as_connection_closed_and_later_calls_too() -> None:
+    failures: list[int] = []
+
+    async def call(calls: DirectCalls) -> None:
+        try:
+            await calls.call({"name": "hang"})
+        except MCPError as exc:
+            failures.append(exc.error.code)
+
+    async with direct() as (calls, peer, _):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, calls)
+            with anyio.fail_after(10):
+                await peer.request()
+            await peer.answers.aclose()  # the downstream's output ended
+        await call(calls)
+    assert failures == [types.CONNECTION_CLOSED, types.CONNECTION_CLOSED]
+
+
+async def test_a_call_on_a_closed_write_stream_fails_as_connection_closed() -> None:
+    answers, read = anyio.create_memory_object_stream[Any](1)
+    write, sent = anyio.create_memory_object_stream[Any](1)
+    await sent.aclose()
+    with pytest.raises(MCPError) as caught:
+        await DirectCalls(read, write).call({"name": "echo"})
+    assert caught.value.error.code == types.CONNECTION_CLOSED
+    for stream in (answers, read, write):
+        stream.close()
