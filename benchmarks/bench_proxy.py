@@ -60,6 +60,7 @@ async def connect(command: list[str]) -> AsyncIterator[ClientSession]:
     params = StdioServerParameters(command=command[0], args=command[1:], env={**_child_env()} or None)
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
+        await session.list_tools()  # as agents do before calling: circuitbox then knows its one stdio client
         yield session
 
 
@@ -242,15 +243,18 @@ async def bench_initialize(folder: Path, rounds: int) -> dict[str, float]:
 async def bench_fast_fail(calls: int) -> dict[str, float]:
     """Inside the proxy: from a request read off its input stream to its answer written to its output stream.
 
-    The proxy's MCP server runs in this process on memory streams that this function feeds with raw JSON-RPC
-    messages, so the figure is the proxy's own work (envelope, routing, breaker, answer), no pipe and no client."""
+    The proxy runs in this process as `serve` runs it over stdio (its MCP server with the fast lane in front), on
+    memory streams that this function feeds with JSON-RPC messages, so the figure is the proxy's own work
+    (envelope, routing, breaker, answer): no pipe, no client."""
     from mcp.shared.message import SessionMessage
 
     from circuitbox.config.load import parse_config
     from circuitbox.server.app import build_proxy
+    from circuitbox.server.lane import fast_lane
 
     server_entry = {**stdio_entry(CHAOS), "namespace": "", "breaker": {"failure_threshold": 3}}
     proxy, _ = build_proxy(parse_config({"environment": "production", "mcpServers": {"d": server_entry}}))
+    proxy.stdio_upstream = True
     to_server, server_reads = anyio.create_memory_object_stream[Any](16)
     server_writes, from_server = anyio.create_memory_object_stream[Any](16)
     next_id = 0
@@ -272,11 +276,15 @@ async def bench_fast_fail(calls: int) -> dict[str, float]:
         assert data.get("id") == next_id, data
         return data, elapsed
 
+    async def serve() -> None:
+        server = proxy.build_server()
+        async with fast_lane(proxy, server_reads, server_writes) as upstream:
+            await server.run(upstream, server_writes, proxy.initialization_options(server))
+
     timings: dict[str, list[float]] = {"rejected": [], "forwarded": []}
     async with anyio.create_task_group() as tg:
         await proxy.start(tg)
-        server = proxy.build_server()
-        tg.start_soon(server.run, server_reads, server_writes, proxy.initialization_options(server))
+        tg.start_soon(serve)
         client_info = {"name": "bench", "version": "0"}
         await request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": client_info})
         await to_server.send(
@@ -287,7 +295,8 @@ async def bench_fast_fail(calls: int) -> dict[str, float]:
             await request("tools/call", {"name": "down", "arguments": {}})
         for i in range(calls):
             data, elapsed = await request("tools/call", {"name": "down", "arguments": {}})
-            assert data.get("result", {}).get("_meta", {}).get("circuitbox/breaker", {}).get("state") == "open", data
+            state = data.get("result", {}).get("_meta", {}).get("circuitbox/breaker", {}).get("state")
+            assert state == "open", data
             timings["rejected"].append(elapsed)
             data, elapsed = await request("tools/call", {"name": "echo", "arguments": {"message": f"m{i}"}})
             assert not data["result"].get("isError"), data
