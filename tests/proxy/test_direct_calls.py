@@ -74,7 +74,7 @@ async def test_a_call_goes_out_with_an_id_and_progress_token_of_its_own_and_retu
             "arguments": {"m": 1},
             "_meta": {"k": "v", "progressToken": request.id},
         }
-        assert sent.metadata is not None and sent.metadata.headers is None  # stdio: no version header
+        assert sent.metadata is not None and sent.metadata.headers is None  # no version known yet
         await peer.say({"jsonrpc": "2.0", "id": 7, "result": {}})  # the SDK's own request's answer: not ours
         await peer.say({"jsonrpc": "2.0", "id": request.id, "result": {"content": [], "x": 1}})
     assert results == [{"content": [], "x": 1}]

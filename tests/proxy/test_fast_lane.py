@@ -97,6 +97,7 @@ async def lane_proxy(*tools: str, server: dict[str, Any] | None = None) -> Async
         async with anyio.create_task_group() as tg:
             await proxy.start(tg)
             server = proxy.build_server()
+            proxy.serve_one_client(server)  # as serve does: the downstream is offered what the client declares
 
             async def run() -> None:
                 async with fast_lane(proxy, server_reads, server_writes) as upstream:
@@ -104,8 +105,8 @@ async def lane_proxy(*tools: str, server: dict[str, Any] | None = None) -> Async
                     await server.run(upstream, server_writes, proxy.initialization_options(server))
 
             tg.start_soon(run)
-            await proxy.wait_first_attempts()
             yield wire
+            await proxy.wait_first_attempts()  # not cancelled mid-spawn: the child is reaped
             tg.cancel_scope.cancel()
     finally:
         for stream in (to_server, server_reads, server_writes, from_server):
@@ -206,6 +207,8 @@ async def test_a_call_in_flight_when_the_client_s_input_ends_is_answered_connect
         {"name": 5},
         {"name": "echo", "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}},
         {"name": "echo", "_meta": "not an object"},
+        {"name": "echo", "_meta": {"progressToken": 1.5}},
+        {"name": "echo", "_meta": {"progressToken": True}},
     ],
 )
 async def test_calls_the_lane_is_not_sure_of_go_to_the_sdk_s_server(params: dict[str, Any]) -> None:

@@ -7,10 +7,12 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
-from mcp import Client
+from mcp import Client, ClientSession
 from mcp.server import Server
+from mcp.shared.message import SessionMessage
 
-from circuitbox.server._sdk_private import client_connection
+from circuitbox.server._sdk_private import client_connection, later_revision_fields
+from circuitbox.server.direct_calls import DirectCalls
 
 pytestmark = pytest.mark.anyio
 
@@ -35,3 +37,59 @@ async def test_a_handshake_era_session_exposes_one_connection_per_client_with_an
             await first.call_tool("t", {})
             await second.call_tool("t", {})
     assert seen[0] is seen[1] and seen[0] is not seen[2]  # one per client, stable across its requests
+
+
+async def test_direct_calls_frame_a_tools_call_and_read_its_result_as_the_sdk_s_session_does() -> None:
+    """DirectCalls (direct_calls.py) stands in for `ClientSession.send_request` on the hot path: the same headers,
+    the same params (but its own id and progress token), and the same fields of a later revision dropped from the
+    result (`later_revision_fields`). Both are driven here against one hand-played handshake-era server."""
+    version = "2025-06-18"
+    params = {"name": "über tool", "arguments": {"m": 1}, "_meta": {"k": "v"}}
+    result = {"content": [{"type": "text", "text": "ok"}], "resultType": "complete", "requestState": "s"}
+    to_client, client_reads = anyio.create_memory_object_stream[Any](8)
+    client_writes, from_client = anyio.create_memory_object_stream[Any](8)
+    unused_send, unused_read = anyio.create_memory_object_stream[Any](1)
+    streams = (to_client, client_reads, client_writes, from_client, unused_send, unused_read)
+
+    async def answer(request: types.JSONRPCRequest, body: dict[str, Any]) -> None:
+        await to_client.send(SessionMessage(types.JSONRPCResponse(jsonrpc="2.0", id=request.id, result=body)))
+
+    server_info = {"name": "s", "version": "0"}
+    initialized = {"protocolVersion": version, "capabilities": {"tools": {}}, "serverInfo": server_info}
+    by_sdk: list[Any] = []
+    by_direct: list[Any] = []
+    direct = DirectCalls(unused_read, client_writes, version)
+
+    async def sdk_call(session: ClientSession) -> None:
+        request = types.CallToolRequest(params=types.CallToolRequestParams.model_validate(params))
+        by_sdk.append(await session.send_request(request, types.CallToolResult, progress_callback=noop))
+
+    async def direct_call() -> None:
+        by_direct.append(types.CallToolResult.model_validate(await direct.call(params), by_name=False))
+
+    try:
+        with anyio.fail_after(10):
+            async with ClientSession(client_reads, client_writes) as session, anyio.create_task_group() as tg:
+                tg.start_soon(session.initialize)
+                await answer((await from_client.receive()).message, initialized)
+                assert (await from_client.receive()).message.method == "notifications/initialized"
+                tg.start_soon(sdk_call, session)
+                sdk_sent = await from_client.receive()
+                await answer(sdk_sent.message, result)
+                tg.start_soon(direct_call)
+                direct_sent = await from_client.receive()
+                direct._take(types.JSONRPCResponse(jsonrpc="2.0", id=direct_sent.message.id, result=result))
+    finally:
+        for stream in streams:
+            stream.close()
+    assert direct_sent.metadata.headers == sdk_sent.metadata.headers
+    sdk_params, direct_params = sdk_sent.message.params, direct_sent.message.params
+    assert sdk_params["_meta"].pop("progressToken") == sdk_sent.message.id
+    assert direct_params["_meta"].pop("progressToken") == direct_sent.message.id
+    assert direct_params == sdk_params
+    assert later_revision_fields("tools/call", version) >= {"resultType", "requestState"}
+    assert by_direct[0].model_dump() == by_sdk[0].model_dump()
+
+
+async def noop(progress: float, total: float | None, message: str | None) -> None:
+    pass

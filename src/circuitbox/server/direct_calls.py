@@ -22,8 +22,10 @@ from typing import Any
 import anyio
 import mcp_types as types
 from mcp import MCPError
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp.shared.message import ClientMessageMetadata, SessionMessage
 
+from circuitbox.server._sdk_private import later_revision_fields
 from circuitbox.server._streams import _ReadStreamWrapper
 
 logger = logging.getLogger("circuitbox.downstream")
@@ -46,13 +48,24 @@ class _Pending:
 class DirectCalls(_ReadStreamWrapper):
     """Wraps a downstream transport's read stream (the one the SDK session reads) and sends calls on `write`."""
 
-    def __init__(self, inner: Any, write: Any, protocol_version: str | None = None) -> None:
+    def __init__(self, inner: Any, write: Any, protocol_version: str = "") -> None:
         super().__init__(inner)
         self._write = write
         self._pending: dict[str, _Pending] = {}
         self._next = 0
         self._closed = False
-        self.protocol_version = protocol_version  # once known: the HTTP transports send it as a header
+        self._foreign: frozenset[str] = frozenset()
+        self.protocol_version = protocol_version
+
+    @property
+    def protocol_version(self) -> str:
+        """The session's negotiated version: sent as a header, as the SDK's session does (HTTP transports use it)."""
+        return self._version
+
+    @protocol_version.setter
+    def protocol_version(self, version: str) -> None:
+        self._version = version
+        self._foreign = later_revision_fields("tools/call", version) if version else frozenset()
 
     async def receive(self) -> Any:
         while True:
@@ -123,7 +136,8 @@ class DirectCalls(_ReadStreamWrapper):
         message = types.JSONRPCRequest(
             jsonrpc="2.0", id=request_id, method="tools/call", params={**params, "_meta": meta}
         )
-        headers = {"mcp-protocol-version": self.protocol_version} if self.protocol_version else None
+        # The header the SDK's session stamps on a handshake-era request (the HTTP transports send it).
+        headers = {MCP_PROTOCOL_VERSION_HEADER: self._version} if self._version else None
         written = False
         try:
             try:
@@ -141,6 +155,8 @@ class DirectCalls(_ReadStreamWrapper):
         outcome = pending.outcome
         if isinstance(outcome, types.ErrorData):
             raise MCPError(code=outcome.code, message=outcome.message, data=outcome.data)
+        if not self._foreign.isdisjoint(outcome):  # a later revision's fields: dropped, as the session drops them
+            outcome = {key: value for key, value in outcome.items() if key not in self._foreign}
         return outcome
 
     async def _cancel(self, request_id: str) -> None:

@@ -212,8 +212,7 @@ class Downstream:
                 ) as session:
                     initialized = await session.initialize()
                     version = session.protocol_version
-                    if self.config.transport != "stdio":
-                        direct.protocol_version = version  # the HTTP transports send it as a header
+                    direct.protocol_version = version or ""
                     self.instructions = initialized.instructions
                     self.capabilities = initialized.capabilities
                     self.listing = await self._fetch_listing(session)

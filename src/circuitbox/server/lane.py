@@ -106,12 +106,14 @@ class Lane(_ReadStreamWrapper):
         proxy = self._proxy
         if name in proxy.own or name not in proxy.catalog.tools or len(proxy.clients.connections()) != 1:
             return False
+        token = meta.get("progressToken") if meta else None
+        if token is not None and type(token) not in (str, int):  # the SDK's validation answers that
+            return False
         key = str(message.id)
         if key in self._calls:  # a second request with an id still in flight: the SDK's to answer
             return False
         call = self._calls[key] = _Call()
         self._idle = anyio.Event() if len(self._calls) == 1 else self._idle
-        token = meta.get("progressToken") if meta else None
         self._tg.start_soon(self._serve, message.id, key, call, name, arguments, meta, token)
         self.taken += 1
         return True
@@ -135,7 +137,7 @@ class Lane(_ReadStreamWrapper):
         meta: dict[str, Any] | None,
         token: Any,
     ) -> None:
-        relay = self._progress_relay(token) if isinstance(token, str | int) else None
+        relay = self._progress_relay(token) if token is not None else None
         answer: types.JSONRPCResponse | types.JSONRPCError | None = None
         try:
             with call.scope:
