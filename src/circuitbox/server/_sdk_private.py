@@ -23,3 +23,21 @@ def later_revision_fields(method: str, version: str) -> frozenset[str]:
 
     found: frozenset[str] = session._later_revision_fields(method, version)
     return found
+
+
+async def send_unvalidated(session: Any, data: dict[str, Any], progress: Any = None) -> dict[str, Any]:
+    """Send a request (`data`: its wire form, method and params) on a `ClientSession` and return the raw result.
+
+    `ClientSession.send_request` validates a `tools/call` answer as a `CallToolResult`, so it refuses the
+    `CreateTaskResult` a task-augmented call gets (2025-11-25 tasks; the SDK has no tasks runtime). This is
+    `send_request` without that check: the session's own per-version stamp, then its dispatcher.
+
+    Raises:
+        MCPError: the server answered with an error or the connection closed.
+    """
+    opts: dict[str, Any] = {}
+    session._stamp(data, opts)
+    if progress is not None:
+        opts["on_progress"] = progress
+    result: dict[str, Any] = await session._dispatcher.send_raw_request(data["method"], data.get("params"), opts)
+    return result

@@ -75,10 +75,15 @@ ToolNamer = Callable[[str, str], "str | None"]
 
 
 def build_catalog(
-    listings: Iterable[tuple[str, str, Listing]], reserved: Collection[str] = (), tool_name: ToolNamer | None = None
+    listings: Iterable[tuple[str, str, Listing]],
+    reserved: Collection[str] = (),
+    tool_name: ToolNamer | None = None,
+    task_servers: Collection[str] = (),
 ) -> Catalog:
     """Merge `(server, namespace, listing)` triples, in config order; `tool_name` applies each server's `include`,
-    `exclude` and `rename` (a tool it does not publish is neither listed nor routed, so it cannot be called)."""
+    `exclude` and `rename` (a tool it does not publish is neither listed nor routed, so it cannot be called).
+    The tools of `task_servers` (those whose task-augmented calls circuitbox relays, tasks.py) keep their
+    `execution.taskSupport`; the other servers' tools are published as circuitbox can call them."""
     tools: dict[str, tuple[Route, types.Tool]] = {}
     prompts: dict[str, tuple[Route, types.Prompt]] = {}
     resources: dict[str, tuple[str, types.Resource]] = {}
@@ -89,7 +94,7 @@ def build_catalog(
             if own is None:
                 continue
             name = published_name(namespace, own)
-            published = _without_tasks(tool, server)
+            published = tool if server in task_servers else _without_tasks(tool, server)
             if published is not None and _claim(name, server, tools, reserved, "tool"):
                 tools[name] = (Route(server, tool.name), published.model_copy(update={"name": name}))
         for prompt in listing.prompts:
@@ -105,15 +110,15 @@ def build_catalog(
 
 
 def _without_tasks(tool: types.Tool, server: str) -> types.Tool | None:
-    """The tool as circuitbox can publish it: task-augmented calls (2025-11-25 tasks) are not relayed, so a tool's
-    `execution.taskSupport` is never advertised; a tool that *requires* a task cannot be called through circuitbox
-    and is not published."""
+    """The tool of a server that does not declare tasks as circuitbox can publish it: task-augmented calls to it are
+    not relayed, so its `execution.taskSupport` is not advertised; a tool that *requires* a task cannot be called
+    through circuitbox and is not published."""
     support = tool.execution.task_support if tool.execution is not None else None
     if support in (None, "forbidden"):
         return tool
     if support == "required":
-        logger.warning("tool %r of server %r is hidden: it requires task-augmented calls, which circuitbox does "
-                       "not relay", tool.name, server)  # fmt: skip
+        logger.warning("tool %r of server %r is hidden: it requires task-augmented calls, and the server does not "
+                       "declare tasks for tools/call", tool.name, server)  # fmt: skip
         return None
     return tool.model_copy(update={"execution": None})
 

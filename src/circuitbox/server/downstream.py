@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import mcp_types as types
 from mcp import ClientSession, MCPError
+from mcp.client.extension import NotificationBinding
 from mcp.client.session import IncomingMessage
 from mcp.shared.dispatcher import ProgressFnT
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -28,6 +29,7 @@ from pydantic import BaseModel
 
 from circuitbox.config.model import MAX_MESSAGE_BYTES
 from circuitbox.observability import traces
+from circuitbox.server._sdk_private import send_unvalidated
 from circuitbox.server._streams import WatchedStream
 from circuitbox.server.direct_calls import DirectCalls
 from circuitbox.server.stdio_child import BurstLog
@@ -106,8 +108,10 @@ class Downstream:
         offer: types.ClientCapabilities | None = None,
         offer_source: Callable[[], Awaitable[types.ClientCapabilities | None]] | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        on_task_status: Callable[[Downstream, types.TaskStatusNotificationParams], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
+        self._on_task_status = on_task_status
         self._offer = offer
         self._offer_source = offer_source  # asked at each connection, when the offer is learned late
         self.max_message_bytes = max_message_bytes
@@ -208,7 +212,11 @@ class Downstream:
                     self._offer = await self._offer_source()
                 direct = DirectCalls(WatchedStream(read, closed), write)
                 async with ClientSession(
-                    direct, write, message_handler=self._on_message, **self._callbacks()
+                    direct,
+                    write,
+                    message_handler=self._on_message,
+                    notification_bindings=self._bindings(),
+                    **self._callbacks(),
                 ) as session:
                     initialized = await session.initialize()
                     version = session.protocol_version
@@ -266,6 +274,25 @@ class Downstream:
         if offer.roots is not None:
             callbacks["list_roots_callback"] = roots
         return callbacks
+
+    def _bindings(self) -> list[NotificationBinding[Any]]:
+        """`notifications/tasks/status` is in no core table of the SDK's (2025-11-25 tasks have no runtime there):
+        it arrives through a notification binding, for the task relay."""
+        relay = self._on_task_status
+        if relay is None:
+            return []
+
+        async def status(params: types.TaskStatusNotificationParams) -> None:
+            try:
+                await relay(self, params)
+            except Exception as exc:  # a client that went away costs its notification, never the session
+                logger.debug("server %r: relaying a task status failed: %s", self.name, exc)
+
+        return [
+            NotificationBinding(
+                method="notifications/tasks/status", params_type=types.TaskStatusNotificationParams, handler=status
+            )
+        ]
 
     def _transport(self) -> AbstractAsyncContextManager[tuple[Any, Any]]:
         return open_transport(
@@ -375,6 +402,25 @@ class Downstream:
                 params = request.params.model_dump(by_alias=True, mode="json", exclude_none=True)
                 return result_type.model_validate(await direct.call(params, progress), by_name=False)
             return await session.send_request(request, result_type, progress_callback=progress)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+
+    async def request_unvalidated(
+        self, data: dict[str, Any], progress: ProgressCallback | None = None
+    ) -> dict[str, Any]:
+        """`request` for a request in wire form whose answer the SDK would refuse (a task for `tools/call`).
+
+        Raises:
+            DownstreamUnavailableError: not connected right now.
+            mcp.MCPError: the downstream answered with an error or the connection closed.
+        """
+        session = self.connected_session()
+        self.in_flight += 1
+        self._idle = anyio.Event() if self.in_flight == 1 else self._idle
+        try:
+            return await send_unvalidated(session, data, progress)
         finally:
             self.in_flight -= 1
             if not self.in_flight:

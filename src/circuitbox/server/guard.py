@@ -23,7 +23,7 @@ from circuitbox.breakers import BreakerRegistry, CircuitBreaker, Permit, Rejecti
 from circuitbox.config.load import ConfigError, ProxyConfig
 from circuitbox.config.policy import LastKnownGood, RetryPolicy, TextFallback, ToolFallback, ToolPolicy, retune
 from circuitbox.observability import traces
-from circuitbox.server import request_meta
+from circuitbox.server import request_meta, tasks
 from circuitbox.server.classify import CALLER_MISTAKES, Outcome, Verdict, classify_error, classify_result
 from circuitbox.server.downstream import Downstream, DownstreamUnavailableError, ProgressCallback
 from circuitbox.server.limits import BUSY, RATE_LIMITED, Clock, Slots, TokenBucket, ToolLimits
@@ -602,9 +602,13 @@ class Guard:
         params = types.CallToolRequestParams(name=tool, arguments=arguments, _meta=request_meta.current())
         request = types.CallToolRequest(params=params)
         deadline = Deadline(policy.call_timeout, policy.call_limit, progress, until)
+        task = tasks.augmented()  # a task-augmented call (tasks.py): its answer is a task, a success
         try:
             with deadline.scope:
-                result = await downstream.request(request, types.CallToolResult, deadline.on_progress)
+                if task is None:
+                    result = await downstream.request(request, types.CallToolResult, deadline.on_progress)
+                else:
+                    result = await tasks.send_call(downstream, request, task, deadline.on_progress)  # type: ignore[assignment]
             if deadline.scope.cancelled_caught:
                 raise TimeoutError
         except TimeoutError:
@@ -646,7 +650,7 @@ class Guard:
         except BaseException:
             permit.release()  # cancelled by the agent or by shutdown: neither success nor failure
             raise
-        outcome = classify_result(result, policy)
+        outcome = classify_result(result, policy) if task is None else tasks.classify(result, policy)
         _record(permit, outcome)
         self._note(downstream.name, tool, outcome.kind)
         if outcome.verdict is Verdict.FAILURE:

@@ -11,7 +11,7 @@ import math
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 import anyio
@@ -49,6 +49,7 @@ from circuitbox.server.relay import Clients
 from circuitbox.server.retry import is_read_only
 from circuitbox.server.sessions import ClientLink, ClientSessions, SessionLimitError, own_connection_of
 from circuitbox.server.shutdown import SHUTTING_DOWN, Drain
+from circuitbox.server.tasks import Relayed, TaskHooks, TaskRelay, offers_tool_tasks, without_tasks
 from circuitbox.server.tool_surface import Coalescer, ToolSurface, apply_view
 from circuitbox.server.unknown_methods import ForwardUnknownMethods
 
@@ -109,6 +110,16 @@ class Proxy:
             clock=clock,
             on_count=on_count,
         )
+        self.tasks = TaskRelay(
+            TaskHooks(
+                task_server=self._task_server,
+                call=self._call_on_its_connection,
+                serving=self._serving_task,
+                timeout=lambda server: self.config.policy(server).call_timeout,
+                capabilities=lambda: [d.capabilities for d in self.downstreams.values()],
+                ready=self.wait_first_attempts,
+            )
+        )
         self._backoff = backoff
         self.downstreams = {name: self._downstream(server) for name, server in config.servers.items() if server.enabled}
         self._scopes: dict[Downstream, anyio.CancelScope] = {}
@@ -124,7 +135,8 @@ class Proxy:
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self.clients = Clients()
         self.callers = Callers()
-        self.sessions = ClientSessions(backoff, config.max_message_bytes)  # per-client downstream connections
+        # per-client downstream connections
+        self.sessions = ClientSessions(backoff, config.max_message_bytes, on_task_status=self.tasks.status)
         self.stdio_upstream = False  # set by the stdio front end: it has exactly one client
         self._one_client: types.ClientCapabilities | None = None
         self._one_client_declared = anyio.Event()
@@ -151,6 +163,7 @@ class Proxy:
             on_connected=self._connected,
             max_message_bytes=self.config.max_message_bytes,
             offer_source=self._shared_offer,
+            on_task_status=self.tasks.status,
         )
 
     def serve_one_client(self, server: Server[Any]) -> None:
@@ -328,6 +341,7 @@ class Proxy:
             ((d.name, d.config.namespace, d.listing) for d in self.downstreams.values()),
             reserved=self.own,
             tool_name=self._tool_name,
+            task_servers={d.name for d in self.downstreams.values() if offers_tool_tasks(d.capabilities)},
         )
         # Breakers (and their metric series) of tools a downstream no longer lists go away: bounded cardinality.
         gone = {route for route, _ in old.tools.values()} - {route for route, _ in self.catalog.tools.values()}
@@ -464,6 +478,7 @@ class Proxy:
             # Logging is deprecated from 2026-07-28 on, but handshake-era clients use it: it is relayed for them.
             warnings.simplefilter("ignore", MCPDeprecationWarning)
             self._server = self._new_server()
+        self._server.middleware.append(self.tasks)
         self._server.middleware.append(
             ForwardUnknownMethods(
                 self._server, self._only_server, self._forward, self._session_of, self.wait_first_attempts
@@ -505,11 +520,18 @@ class Proxy:
         self._remember(ctx)
         await self.wait_first_attempts()
         catalog, own, view = self.catalog, self.own, self.surface.view
-        pages = self._pages.pages(
-            "tools",
-            (catalog, own, view),
-            lambda: [tool for tool, _ in own.values()] + apply_view(catalog.tool_list(), view),
-        )
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:  # no tasks in that era (tasks.py)
+            pages = self._pages.pages(
+                "tools/2026",
+                (catalog, own, view),
+                lambda: [tool for tool, _ in own.values()] + without_tasks(apply_view(catalog.tool_list(), view)),
+            )
+        else:
+            pages = self._pages.pages(
+                "tools",
+                (catalog, own, view),
+                lambda: [tool for tool, _ in own.values()] + apply_view(catalog.tool_list(), view),
+            )
         tools, cursor = pages.page(params)
         return types.ListToolsResult(tools=tools, next_cursor=cursor)
 
@@ -591,6 +613,20 @@ class Proxy:
             return False
         state = breaker.state
         return state is CircuitState.FORCED_OPEN or (state is CircuitState.OPEN and bool(breaker.open_remaining()))
+
+    def _task_server(self, name: str) -> str | None:
+        """The server of a published tool when it relays task-augmented calls, else None."""
+        found = self.catalog.tools.get(name)
+        downstream = self.downstreams.get(found[0].server) if found is not None else None
+        return downstream.name if downstream is not None and offers_tool_tasks(downstream.capabilities) else None
+
+    def _serving_task(self, task: Relayed, ctx: Any) -> AbstractContextManager[None]:
+        """While a request about a task is in flight, its server's questions go to the task's client."""
+        connection = client_connection(ctx.session)
+        for link in self.sessions.links_of(connection) if connection is not None else ():
+            if link.downstream is task.downstream:
+                return link.calling(ctx)
+        return self.callers.calling(task.server, ctx)
 
     def _has_own_link(self, server: str, ctx: Any) -> bool:
         """Whether the client of `ctx` reaches `server` on a connection of its own (see sessions.py)."""

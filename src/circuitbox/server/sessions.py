@@ -15,7 +15,7 @@ upstream (one client) and 2026-era requests (no session) always use the shared c
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -118,8 +118,12 @@ class ClientSessions:
     """The per-client connections of every server, keyed by the upstream connection they serve."""
 
     def __init__(
-        self, backoff: Callable[[], Backoff] | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES
+        self,
+        backoff: Callable[[], Backoff] | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        on_task_status: Callable[[Downstream, types.TaskStatusNotificationParams], Awaitable[None]] | None = None,
     ) -> None:
+        self._on_task_status = on_task_status  # the task relay (tasks.py), for every connection's task statuses
         self._links: dict[str, dict[int, ClientLink]] = {}
         self._backoff = backoff
         self._max_message_bytes = max_message_bytes
@@ -179,6 +183,7 @@ class ClientSessions:
             on_server_request=ask,
             offer=connection.client_capabilities or types.ClientCapabilities(),
             max_message_bytes=self._max_message_bytes,
+            on_task_status=self._on_task_status,
         )
         link = ClientLink(server.name, connection, downstream, scope)
 

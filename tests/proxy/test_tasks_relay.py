@@ -1,0 +1,126 @@
+"""Tasks (2025-11-25) through circuitbox, with npm server-everything as the downstream: its task-required
+`simulate-research-query` created, polled, fetched, listed and cancelled through `circuitbox serve` over stdio and
+HTTP, under task ids of circuitbox's own that only their client can reach."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client, MCPError
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.proxy.harness import everything_server
+from tests.proxy.tasks_client import TasksClient, tasks_client_over_stdio
+from tests.proxy.test_client_sessions import serving
+
+pytestmark = pytest.mark.anyio
+
+RESEARCH = "ev__simulate-research-query"
+
+
+def research(topic: str) -> dict[str, Any]:
+    return {"name": RESEARCH, "arguments": {"topic": topic}, "task": {"ttl": 60000}}
+
+
+async def wait_status(client: TasksClient, task_id: str, status: str) -> None:
+    with anyio.fail_after(60):
+        while not any(s.task_id == task_id and s.status == status for s in client.statuses):
+            await client.status_seen.wait()
+
+
+@asynccontextmanager
+async def http_client(url: str) -> AsyncIterator[TasksClient]:
+    async with streamable_http_client(url) as (read, write), TasksClient(read, write, read_timeout_seconds=60) as c:
+        with anyio.fail_after(60):
+            await c.initialize()
+        yield c
+
+
+async def test_a_task_augmented_call_over_stdio_runs_to_its_result_under_circuitbox_task_ids(tmp_path: Path) -> None:
+    config = {"mcpServers": {"ev": everything_server()}, "admin": {"enabled": True}}
+    async with tasks_client_over_stdio(tmp_path, config) as client:
+        with anyio.fail_after(60):
+            tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        # A tasks-aware client waits for the downstreams at initialize: the capability is what they offer.
+        tasks = client._initialize_result.capabilities.tasks  # type: ignore[union-attr]
+        assert tasks is not None and tasks.requests is not None and tasks.requests.tools is not None
+        assert tasks.requests.tools.call is not None and tasks.list is not None and tasks.cancel is not None
+        assert tools[RESEARCH].execution is not None and tools[RESEARCH].execution.task_support == "required"
+        assert tools["ev__echo"].execution is not None and tools["ev__echo"].execution.task_support == "forbidden"
+        # The downstream was not offered client-side tasks (not relayed): its async triggers never appear.
+        assert not [name for name in tools if name.endswith("-async")]
+
+        with anyio.fail_after(60):
+            created = await client.raw("tools/call", research("python"))
+        task_id = created["task"]["taskId"]
+        assert task_id.startswith("ev:") and created["task"]["status"] == "working"
+        with anyio.fail_after(60):
+            working = await client.raw("tasks/get", {"taskId": task_id})
+            listed = await client.raw("tasks/list")
+            result = await client.raw("tasks/result", {"taskId": task_id})  # waits for the task to end
+            done = await client.raw("tasks/get", {"taskId": task_id})
+        assert working["taskId"] == task_id and working["status"] in ("working", "completed")
+        assert [task["taskId"] for task in listed["tasks"]] == [task_id]
+        assert "Research Report: python" in result["content"][0]["text"]
+        assert result["_meta"]["io.modelcontextprotocol/related-task"] == {"taskId": task_id}
+        assert done["status"] == "completed"
+        await wait_status(client, task_id, "completed")
+        assert {s.task_id for s in client.statuses} == {task_id}  # every status under circuitbox's id
+
+        # The breaker records the creation answer as the call's outcome.
+        with anyio.fail_after(60):
+            status = await client.call_tool("circuit_status", {"server": "ev", "tool": "simulate-research-query"})
+        [breaker] = status.structured_content["breakers"]  # type: ignore[index]
+        assert breaker["calls"] == 1 and breaker["successes"] == 1
+
+        with anyio.fail_after(60):
+            second = (await client.raw("tools/call", research("rust")))["task"]["taskId"]
+            cancelled = await client.raw("tasks/cancel", {"taskId": second})
+            after = await client.raw("tasks/get", {"taskId": second})
+        assert cancelled["taskId"] == second and cancelled["status"] == "cancelled"
+        assert after["status"] == "cancelled"
+
+        for unknown in ("nope", "ev:unknown", 7):
+            with pytest.raises(MCPError) as raised, anyio.fail_after(60):
+                await client.raw("tasks/get", {"taskId": unknown})
+            assert raised.value.error.code == -32602
+
+        # A circuit that rejects the call answers at once, without a task.
+        with anyio.fail_after(60):
+            await client.call_tool(
+                "circuit_force", {"server": "ev", "tool": "simulate-research-query", "state": "open"}
+            )
+            rejected = await client.raw("tools/call", research("go"))
+        assert rejected["isError"] is True and "task" not in rejected
+        assert rejected["_meta"]["circuitbox/breaker"]["state"] == "forced_open"
+
+
+async def test_over_http_each_client_sees_only_its_own_tasks(tmp_path: Path) -> None:
+    async with serving(tmp_path, {"mcpServers": {"ev": everything_server()}}) as (url, _):
+        async with http_client(url) as first, http_client(url) as second:
+            with anyio.fail_after(60):
+                task_id = (await first.raw("tools/call", research("python")))["task"]["taskId"]
+                theirs = await second.raw("tasks/list")
+                mine = await first.raw("tasks/list")
+            assert theirs["tasks"] == [] and [task["taskId"] for task in mine["tasks"]] == [task_id]
+            for method in ("tasks/get", "tasks/result", "tasks/cancel"):
+                with pytest.raises(MCPError) as raised, anyio.fail_after(60):
+                    await second.raw(method, {"taskId": task_id})
+                assert raised.value.error.code == -32602
+            with anyio.fail_after(60):
+                result = await first.raw("tasks/result", {"taskId": task_id})
+            assert "Research Report: python" in result["content"][0]["text"]
+            await wait_status(first, task_id, "completed")
+            assert not second.statuses
+
+        # A 2026-era client has no tasks: no capability, no task-only tool, no taskSupport, no tasks/* methods.
+        async with Client(url) as modern:
+            with anyio.fail_after(60):
+                tools = {tool.name: tool for tool in (await modern.list_tools()).tools}
+            assert RESEARCH not in tools and "ev__echo" in tools
+            assert all(tool.execution is None or tool.execution.task_support != "optional" for tool in tools.values())
