@@ -71,7 +71,8 @@ async def test_an_outage_tripped_through_one_replica_makes_every_other_fail_fast
             status = await replicas[2].status()
             assert status["cluster"]["connected"] is True
             assert status["cluster"]["group"] == GROUP
-            await eventually(lambda: _sees_replicas(replicas[2], 3))  # counted at each heartbeat (every second)
+            for r in replicas:  # each counts the fleet at its own heartbeat (every second)
+                await eventually(lambda r=r: _sees_replicas(r, 3))
             assert "circuitbox_cluster_connected 1.0" in await replicas[1].metrics()
             shown = await anyio.run_process([sys.executable, "-m", "circuitbox", "status", "--url", replicas[1].url])
             assert f"CLUSTER group {GROUP!r}: connected to {redis_server.url}, 3 replicas" in shown.stdout.decode()

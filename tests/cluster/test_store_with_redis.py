@@ -231,16 +231,18 @@ async def test_a_malformed_event_on_the_channel_is_logged_and_ignored(
         assert store.connected
 
 
-async def test_an_operator_action_wins_a_race_and_a_trip_wins_over_a_close() -> None:
+async def test_an_operator_action_wins_a_race_over_what_came_before_it_and_a_trip_wins_over_a_close() -> None:
     store = ClusterStore("redis://127.0.0.1:1/0", "g", replica="me")
-    closed = Record(S.CLOSED, 4, 0, 0.0, "closed", "other")
-    opened = Record(S.OPEN, 4, 0, 60.0, "tripped", "other")
-    assert store.should_override("b", S.FORCED_OPEN, opened, "forced by operator")
-    assert store.should_override("b", S.CLOSED, opened, "reset by operator")
-    assert store.should_override("b", S.OPEN, closed, "1 consecutive failures")
-    assert not store.should_override("b", S.CLOSED, opened, "2 probes succeeded")
-    assert not store.should_override("b", S.HALF_OPEN, opened, "open period elapsed")
-    assert store.should_override("b", S.OPEN, None, "anything")
+    closed = Record(S.CLOSED, 4, 0, 0.0, "closed", "other", at=1_000)
+    opened = Record(S.OPEN, 4, 0, 60.0, "tripped", "other", at=1_000)
+    assert store.should_override("b", S.FORCED_OPEN, opened, "forced by operator", 1_000)
+    assert store.should_override("b", S.CLOSED, opened, "reset by operator", 1_500)
+    # A reset made before another replica's trip (say while this one could not reach Redis) does not undo it.
+    assert not store.should_override("b", S.CLOSED, opened, "reset by operator", 999)
+    assert store.should_override("b", S.OPEN, closed, "1 consecutive failures", 0)
+    assert not store.should_override("b", S.CLOSED, opened, "2 probes succeeded", 2_000)
+    assert not store.should_override("b", S.HALF_OPEN, opened, "open period elapsed", 2_000)
+    assert store.should_override("b", S.OPEN, None, "anything", 0)
 
 
 async def test_a_configure_from_another_replica_is_applied_and_one_that_fails_is_logged(

@@ -131,9 +131,10 @@ class Link:
         """Heartbeat, replica count and a full resync, in one round trip."""
         store = self.store
         stale = int(store.interval * 3000)
+        sent = store._clock()
         reply = await self.tick_script(keys=[self.keys["replicas"], self.keys["state"]], args=[store.replica, stale])
         now = int(reply[0])
-        store.saw_redis_time(now)
+        store.saw_redis_time(now, sent)
         store.replicas = max(1, int(reply[1]))
         seen: set[str] = set()
         for name, text in zip(reply[2::2], reply[3::2], strict=True):
@@ -144,11 +145,12 @@ class Link:
                 continue  # a local change is on its way: publishing it settles who is right
             store.adopt(name, record, now)
         for name in [n for n in store.records if n not in seen]:
-            # Redis lost it (restarted without persistence, or flushed): what this replica holds is published again.
-            del store.records[name]
+            # Redis lost it (restarted without persistence, or flushed): what this replica holds is published again,
+            # dated as the record it had (a later change here or elsewhere still wins over it).
+            lost = store.records.pop(name)
             breaker = store.breakers.get(name)
-            if breaker is not None and breaker.state is not CircuitState.CLOSED:
-                store.dirty.setdefault(name, "republished after Redis lost the record")
+            if breaker is not None and breaker.state is not CircuitState.CLOSED and name not in store.dirty:
+                store.mark_dirty(name, "republished after Redis lost the record", at=lost.at or None)
         self.release_stale_tokens()
         store.wake()
 
@@ -176,13 +178,14 @@ class Link:
     async def flush(self) -> None:
         store = self.store
         while store.dirty:
+            # The entry stays while it is published: an event heard meanwhile (another replica's publication
+            # racing this one) is then left to the publication to settle, not adopted under it. If it fails, the
+            # next session publishes it; a newer change made meanwhile replaces the entry and is published next.
             name = next(iter(store.dirty))
-            reason = store.dirty.pop(name)
-            try:
-                await self.publish(name, reason)
-            except BaseException:
-                store.dirty.setdefault(name, reason)  # not in Redis yet: the next session publishes it
-                raise
+            entry = store.dirty[name]
+            await self.publish(name, *entry)
+            if store.dirty.get(name) is entry:
+                del store.dirty[name]
         while store.wanted:
             name = next(iter(store.wanted))
             del store.wanted[name]
@@ -201,7 +204,7 @@ class Link:
                 continue
             await self.touch_script(keys=[f"{self.keys['lease']}{name}:{slot}"], args=[store.replica, ttl])
 
-    async def publish(self, name: str, reason: str) -> None:
+    async def publish(self, name: str, reason: str, at: int) -> None:
         store = self.store
         for _ in range(3):
             breaker = store.breakers.get(name)
@@ -210,6 +213,7 @@ class Link:
             state = breaker.state
             mine = store.records.get(name)
             open_for = breaker.open_remaining() or 0.0
+            sent = store._clock()
             reply = await self.publish_script(
                 keys=[self.keys["state"], self.keys["open"], self.keys["events"]],
                 args=[
@@ -220,16 +224,17 @@ class Link:
                     breaker.open_period,
                     reason,
                     store.replica,
+                    at,
                 ],
             )
             code, text, now = int(reply[0]), reply[1], int(reply[2])
-            store.saw_redis_time(now)
+            store.saw_redis_time(now, sent)
             theirs = Record.parse(text) if text else None
             if code != 0:
                 assert theirs is not None
                 store.records[name] = theirs
                 return
-            if not store.should_override(name, state, theirs, reason):
+            if not store.should_override(name, state, theirs, reason, at):
                 assert theirs is not None  # a missing record is always overridden
                 store.adopt(name, theirs, now)
                 return

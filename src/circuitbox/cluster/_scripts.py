@@ -10,7 +10,8 @@ Keys of a group `g` (one hash tag, so a Redis Cluster keeps them in one slot):
 
 from __future__ import annotations
 
-# KEYS: state hash, open zset, channel. ARGV: name, expected gen, state, open_for_ms, period, reason, replica.
+# KEYS: state hash, open zset, channel. ARGV: name, expected gen, state, open_for_ms, period, reason, replica, at
+# (when the change was made, the replica's estimate of Redis' ms clock; never later than now).
 # Returns {1, record, now} applied, {0, record or "", now} another replica got there first (the generation in
 # Redis is not the expected one), {2, record, now} Redis already holds that state (nothing changed).
 PUBLISH = """
@@ -34,8 +35,9 @@ local until_ms = 0
 if ARGV[3] == 'open' then
   until_ms = now + tonumber(ARGV[4])
 end
+local at = math.min(tonumber(ARGV[8]) or now, now)
 local record = cjson.encode({state = ARGV[3], gen = gen + 1, ['until'] = until_ms, period = tonumber(ARGV[5]),
-                             reason = ARGV[6], by = ARGV[7]})
+                             reason = ARGV[6], by = ARGV[7], at = at})
 redis.call('HSET', KEYS[1], ARGV[1], record)
 if ARGV[3] == 'open' then
   redis.call('ZADD', KEYS[2], until_ms, ARGV[1])

@@ -47,6 +47,7 @@ class Record:
     period: float
     reason: str
     by: str
+    at: int = 0  # when the change was made, in Redis' ms clock (0: a record written before this field existed)
 
     @classmethod
     def parse(cls, text: str | bytes) -> Record:
@@ -58,6 +59,7 @@ class Record:
             float(data["period"]),
             str(data.get("reason", "")),
             str(data.get("by", "")),
+            int(data.get("at", 0)),
         )
 
 
@@ -90,7 +92,8 @@ class ClusterStore:
         self._clock = clock
         self.breakers: dict[str, BreakerCore] = {}
         self.records: dict[str, Record] = {}  # the last fleet record seen of each breaker
-        self.dirty: dict[str, str] = {}  # breakers whose local transition is not in Redis yet -> its reason
+        # Breakers whose local transition is not in Redis yet -> its reason and when it happened (Redis' ms clock).
+        self.dirty: dict[str, tuple[str, int]] = {}
         self.wanted: dict[str, None] = {}  # breakers a call wanted a probe slot for
         self.ops: deque[tuple[str, str, int]] = deque(maxlen=MAX_OPS)  # ("extend" | "release", name, slot)
         self.tokens: dict[str, list[tuple[int, float]]] = {}  # granted unused slots -> when granted
@@ -102,7 +105,9 @@ class ClusterStore:
         self.configures: deque[dict[str, Any]] = deque(maxlen=MAX_OPS)  # operator changes to send to the fleet
         self.on_configure: Callable[[str, str, dict[str, Any]], None] | None = None
         self._wake: anyio.Event | None = None
-        self._offset = 0
+        # Until Redis is first seen, its clock is estimated by this host's wall clock (then corrected by each
+        # round trip): a change made before the first contact still gets a comparable time.
+        self._offset = int(time.time() * 1000) - int(clock() * 1000)
 
     # -- the breaker hooks (synchronous, no I/O) -------------------------------------------------------------
 
@@ -120,7 +125,7 @@ class ClusterStore:
     def on_transition(self, breaker: BreakerCore, source: CircuitState, target: CircuitState, reason: str) -> None:
         if source is CircuitState.HALF_OPEN:
             self._drop_probes(breaker.name)
-        self.dirty[breaker.name] = reason
+        self.mark_dirty(breaker.name, reason)
         self.wake()
 
     def admit_probe(self, breaker: BreakerCore) -> bool:
@@ -159,7 +164,7 @@ class ClusterStore:
     def announce(self, breaker: BreakerCore, reason: str) -> None:
         """Publish the breaker's state as an operator set it, even if it did not change here (a reset of a breaker
         already closed on this replica still closes it everywhere)."""
-        self.dirty[breaker.name] = reason
+        self.mark_dirty(breaker.name, reason)
         self.wake()
 
     def announce_configure(self, server: str, pattern: str, settings: dict[str, Any]) -> None:
@@ -198,13 +203,19 @@ class ClusterStore:
                 self.ops.append(("release", name, slot))
         self.wanted.pop(name, None)
 
-    def saw_redis_time(self, now_ms: int) -> None:
-        """Redis' clock read just now: keeps the offset that turns this replica's clock into Redis' one."""
-        self._offset = now_ms - int(self._clock() * 1000)
+    def saw_redis_time(self, now_ms: int, sent: float) -> None:
+        """Redis' clock read just now (by a script sent at `sent`, this replica's clock): keeps the offset that turns
+        this replica's clock into Redis' one. Redis read its clock about halfway through the round trip, so the
+        midpoint is taken: replicas' estimates then agree to within half their round trips, not a whole one."""
+        self._offset = now_ms - int((sent + self._clock()) / 2 * 1000)
 
     def now_ms(self) -> int:
         """Redis' clock as this replica estimates it (skewed host clocks do not matter: only Redis' counts)."""
         return int(self._clock() * 1000) + self._offset
+
+    def mark_dirty(self, name: str, reason: str, at: int | None = None) -> None:
+        """Queue `name`'s current state for publication, stamped with when it changed (now unless `at`)."""
+        self.dirty[name] = (reason, self.now_ms() if at is None else at)
 
     def wake(self) -> None:
         if self._wake is not None:
@@ -224,13 +235,15 @@ class ClusterStore:
         if was is CircuitState.HALF_OPEN and breaker.state is not CircuitState.HALF_OPEN:
             self._drop_probes(name)
 
-    def should_override(self, name: str, mine: CircuitState, theirs: Record | None, reason: str) -> bool:
-        """After a lost race: publish again over `theirs`? An operator's action always wins; a trip wins over
-        a close (it is new evidence of an outage); Redis having lost the record (a restart) is no contest."""
+    def should_override(self, name: str, mine: CircuitState, theirs: Record | None, reason: str, at: int) -> bool:
+        """After a lost race: publish again over `theirs`? An operator's action (made at `at`) wins over anything
+        that happened before it, not over what a replica saw after it (a reset made on a replica cut off from
+        Redis does not undo another replica's later trip when Redis comes back); a trip wins over a close (it is
+        new evidence of an outage); Redis having lost the record (a restart) is no contest."""
         if theirs is None:
             return True
         if reason in _OPERATOR_REASONS:
-            return True
+            return theirs.at <= at
         return mine is CircuitState.OPEN and theirs.state is CircuitState.CLOSED
 
     def set_connected(self, connected: bool, error: str | None = None) -> None:
