@@ -240,3 +240,21 @@ async def test_a_metrics_port_off_loopback_without_a_token_stays_closed(tmp_path
                 while "metrics endpoint disabled: it would listen on 0.0.0.0 without a token" not in log.read_text():
                     await anyio.sleep(0.05)
             assert not (await session.call_tool("c__echo", {"message": "hi"})).is_error
+
+
+def test_without_javascript_the_page_shows_a_crash_loops_stderr_escaped_and_the_cluster_link() -> None:
+    from circuitbox.observability.status_page import cluster_line, render_html
+
+    cluster = {"group": "g", "redis_url": "redis://127.0.0.1:1/0", "connected": True, "replicas": 3}
+    crashing = {"server": "b", "connection": "crash_loop", "tools": 0, "restarts": 4, "last_error": "exited 3"}
+    doc = {
+        "servers": [{**crashing, "stderr_tail": ["<script>x</script>", "fatal: key ***"]}],
+        "breakers": [],
+        "cluster_line": cluster_line(cluster),
+    }
+    page = render_html(doc)
+    assert '<td class="num">4</td><td>exited 3<details class="stderr">' in page
+    assert "<pre>&lt;script&gt;x&lt;/script&gt;\nfatal: key ***</pre>" in page
+    assert '<p id="cluster">cluster group &#x27;g&#x27;: connected to redis://127.0.0.1:1/0, 3 replicas</p>' in page
+    alone = render_html({"servers": [{**crashing, "last_error": None}], "breakers": []})
+    assert '<p id="cluster" hidden>' in alone and "<details" not in alone.split("<script")[0]

@@ -225,3 +225,60 @@ async def test_the_page_reconnects_by_itself_after_circuitbox_restarts(tmp_path:
             await until(lambda: _state_of(driver, "search") == "closed")
             assert await run(lambda: live()) == "live"
             assert await run(lambda: driver.execute_script("return window.notReloaded === true"))
+
+
+_DIES = (
+    "import os, sys; sys.stderr.write('using key ' + os.environ['BACKEND_KEY'] + '\\nfatal: no backend\\n'); "
+    "sys.exit(3)"
+)
+
+
+async def test_the_page_shows_a_crash_loop_with_its_stderr_masked_and_the_cluster_link(tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    secret = "k-7f3a9c-not-for-the-page"
+    broken = {"command": sys.executable, "args": ["-c", _DIES], "env": {"BACKEND_KEY": secret}}
+    broken["crash_loop_restarts"] = 2
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there: the replica goes on alone
+    config = write_config(
+        tmp_path,
+        {"cluster": {"redis_url": nowhere, "group": "pagefleet"}, "mcpServers": {"broken": broken, **_docs()}},
+    )
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    def server_row(name: str) -> list[str]:
+        return list(driver.execute_script(_SERVER_ROW, name) or [])
+
+    async with running_process(_serve(config, port), port=port), browser() as driver:
+        await run(lambda: driver.get(f"{base}/status"))
+        await until(lambda: driver.find_element(By.ID, "live").text == "live")
+        # Another process dying and restarting: the page is polled until its document says crash loop.
+        row = await until(lambda: (r := server_row("broken")) and r[1] == "crash_loop" and r, limit=120)
+        assert int(row[3]) >= 1  # restarts
+        tail = await run(lambda: driver.execute_script(_STDERR_OF, "broken"))
+        assert "fatal: no backend" in tail and "using key ***" in tail
+        assert secret not in await run(lambda: driver.page_source)
+        fleet = await run(lambda: driver.find_element(By.ID, "cluster").text)
+        assert fleet.startswith(f"cluster group 'pagefleet': Redis {nowhere} unreachable (")
+        assert fleet.endswith("going on alone")
+        _artifact(driver, "status-page-crash-loop.png")
+
+
+def _docs() -> dict[str, Any]:
+    return {"docs": chaos("search=healthy")}
+
+
+_SERVER_ROW = """
+for (const row of document.querySelectorAll('#servers tbody tr')) {
+  if (row.cells[0].textContent === arguments[0]) return [...row.cells].map(c => c.textContent);
+}
+return null;
+"""
+_STDERR_OF = """
+for (const row of document.querySelectorAll('#servers tbody tr')) {
+  const pre = row.cells[0].textContent === arguments[0] && row.querySelector('details.stderr pre');
+  if (pre) return pre.textContent;
+}
+return '';
+"""

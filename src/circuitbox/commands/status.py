@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Any
 
+from circuitbox.observability.status_page import cluster_line
+
 
 class Refused(Exception):
     """The instance answered an HTTP error status (401: the token is missing or wrong)."""
@@ -70,12 +72,7 @@ def render(status: dict[str, Any]) -> str:
         lines.append("(no tool called yet)")
     cluster = status.get("cluster")
     if cluster is not None:  # a replica of a fleet: is it sharing its breakers right now?
-        link = (
-            f"connected to {cluster['redis_url']}, {cluster['replicas']} replicas"
-            if cluster["connected"]
-            else f"Redis {cluster['redis_url']} unreachable ({cluster.get('last_error')}): going on alone"
-        )
-        lines += ["", f"CLUSTER group {cluster['group']!r}: {link}"]
+        lines += ["", f"CLUSTER {cluster_line(cluster)}"]
     return "\n".join(lines)
 
 

@@ -44,7 +44,8 @@ _CSS = (
     "td.num{text-align:right}td.num,td.admin{white-space:nowrap}.state{font-weight:bold;border-radius:.3rem}"
     ".closed,.connected{color:#176b2c}.open,.forced_open,.down,.crash_loop{color:#fff;background:#b00020}"
     ".half_open,.starting,.restarting{color:#5c3b00;background:#ffd27a}.disabled,.metrics_only{color:#444;"
-    "background:#ddd}form.inline{display:inline;margin:0 .2rem}#live{color:#666}"
+    "background:#ddd}form.inline{display:inline;margin:0 .2rem}#live{color:#666}details.stderr pre{margin:.3rem 0;"
+    "max-width:60rem;overflow-x:auto;font-size:.85em}"
 )
 
 
@@ -57,12 +58,25 @@ async def status_document(proxy: Proxy) -> dict[str, Any]:
 
 
 async def page_document(proxy: Proxy) -> dict[str, Any]:
-    """The status document plus what only the page shows: each breaker's recent p50/p99 in seconds."""
+    """The status document plus what only the page shows: each breaker's recent p50/p99 in seconds, and the
+    replica's link to its fleet as a line."""
     doc = await status_document(proxy)
     for row in doc.get("breakers", []):
         latency = proxy.tool_stats(row["server"], row["tool"]).get("latency_seconds", {})
         row["p50"], row["p99"] = latency.get("p50"), latency.get("p99")
+    if doc.get("cluster") is not None:
+        doc["cluster_line"] = cluster_line(doc["cluster"])
     return doc
+
+
+def cluster_line(cluster: dict[str, Any]) -> str:
+    """A replica's link to its fleet in a line (`circuitbox status` and the status page both show it)."""
+    link = (
+        f"connected to {cluster['redis_url']}, {cluster['replicas']} replicas"
+        if cluster["connected"]
+        else f"Redis {cluster['redis_url']} unreachable ({cluster.get('last_error')}): going on alone"
+    )
+    return f"group {cluster['group']!r}: {link}"
 
 
 def readiness(proxy: Proxy) -> tuple[bool, list[str]]:
@@ -114,9 +128,11 @@ def render_html(
     esc = html.escape
     servers = "".join(
         f'<tr><td>{esc(s["server"])}</td><td class="state {esc(s["connection"])}">{esc(s["connection"])}</td>'
-        f'<td class="num">{s["tools"]}</td><td>{esc(s.get("last_error") or "")}</td></tr>'
+        f'<td class="num">{s["tools"]}</td><td class="num">{s.get("restarts", 0)}</td>'
+        f"<td>{esc(s.get('last_error') or '')}{_stderr_tail(s)}</td></tr>"
         for s in doc.get("servers", [])
     )
+    fleet = doc.get("cluster_line")
     rows = []
     for b in doc.get("breakers", []):
         hidden = (server and b["server"] != server) or (state and b["state"] != state)
@@ -138,8 +154,9 @@ def render_html(
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_title(doc)}</title>'
         f'<meta name="viewport" content="width=device-width"><style nonce="{nonce}">{_CSS}</style></head><body>'
         f'<h1>circuitbox status</h1><p id="summary">{_summary(doc)}</p>'
+        f'<p id="cluster"{"" if fleet else " hidden"}>cluster {esc(fleet or "")}</p>'
         '<h2>Servers</h2><table id="servers"><thead><tr><th>server</th><th>connection</th>'
-        f"<th>tools</th><th>last error</th></tr></thead><tbody>{servers}</tbody></table>"
+        f"<th>tools</th><th>restarts</th><th>last error</th></tr></thead><tbody>{servers}</tbody></table>"
         '<h2>Breakers</h2><form method="get" action="/status" id="filters">'
         + _select("server", names, server, "server")
         + _select("state", list(STATES), state, "state")
@@ -155,6 +172,14 @@ def render_html(
 
 
 _OPEN_STATES = ("open", "forced_open")
+
+
+def _stderr_tail(server: dict[str, Any]) -> str:
+    """A crash-looping server's last stderr lines (masked before they got here), folded under its last error."""
+    tail = server.get("stderr_tail")
+    if not tail:
+        return ""
+    return f'<details class="stderr"><summary>stderr</summary><pre>{html.escape(chr(10).join(tail))}</pre></details>'
 
 
 def _summary(doc: dict[str, Any]) -> str:
@@ -217,8 +242,13 @@ _JS = r"""
   src.addEventListener('status',function(e){
     var doc=JSON.parse(e.data); received=Date.now(); if(doc.csrf)settings.csrf=doc.csrf;
     document.querySelector('#servers tbody').innerHTML=doc.servers.map(function(s){
+      var tail=s.stderr_tail&&s.stderr_tail.length?'<details class="stderr"><summary>stderr</summary><pre>'+
+        esc(s.stderr_tail.join('\n'))+'</pre></details>':'';
       return '<tr><td>'+esc(s.server)+'</td><td class="state '+esc(s.connection)+'">'+esc(s.connection)+
-        '</td><td class="num">'+esc(s.tools)+'</td><td>'+esc(s.last_error)+'</td></tr>';}).join('');
+        '</td><td class="num">'+esc(s.tools)+'</td><td class="num">'+esc(s.restarts||0)+'</td><td>'+
+        esc(s.last_error)+tail+'</td></tr>';}).join('');
+    var fleet=document.getElementById('cluster');
+    fleet.hidden=!doc.cluster_line; fleet.textContent=doc.cluster_line?'cluster '+doc.cluster_line:'';
     document.querySelector('#breakers tbody').innerHTML=doc.breakers.map(function(b){
       return '<tr data-server="'+esc(b.server)+'" data-state="'+esc(b.state)+'"><td>'+esc(b.server)+'</td><td>'+
         esc(b.tool)+'</td><td class="state '+esc(b.state)+'">'+esc(b.state)+'</td><td class="num">'+esc(b.calls)+
