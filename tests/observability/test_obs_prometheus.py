@@ -32,7 +32,7 @@ def test_promtool_accepts_the_alert_rules_the_cli_prints(
     rules.write_text(capsys.readouterr().out)
     check = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 5 rules found" in check.stdout
+    assert "SUCCESS: 7 rules found" in check.stdout
     text = rules.read_text()
     assert "> 0.4" in text and "< 0.6" in text and "+ 30)" in text
 

@@ -1,7 +1,8 @@
 """Prometheus alerting rules for the circuit_breaker_* families (`circuitbox alerts`).
 
 The seed's conditions: a circuit opened, a high failure rate, a circuit open longer than its timeout plus a
-margin, a low health score, excessive fallback activations. Rules keep every label of the series (job,
+margin, a low health score, excessive fallback activations; and two of our own: many calls refused by the limits,
+a replica cut off from its cluster's Redis. Rules keep every label of the series (job,
 instance, server, tool) so two proxies scraped by one Prometheus never collide.
 
 "Open too long" compares two gauges that are not part of the contract: `circuit_breaker_open_duration_seconds`
@@ -27,6 +28,7 @@ class Thresholds:
     health: float = 0.5
     open_margin: float = 60.0
     fallbacks_per_minute: float = 10.0
+    limited_per_minute: float = 60.0
     window: str = "5m"
 
 
@@ -78,6 +80,24 @@ def build_rules(t: Thresholds = Thresholds()) -> dict[str, Any]:
             "warning",
             f"{who} answers {{{{ $value | humanize }}}} calls per minute from its fallback",
             f"More than {t.fallbacks_per_minute:g} fallback answers per minute over {w}.",
+        ),
+        _rule(
+            "CircuitBreakerCallsLimited",
+            f"sum without (reason) (rate(circuit_breaker_limited_total[{w}])) * 60 > {t.limited_per_minute:g}",
+            "5m",
+            "warning",
+            f"{who} refuses {{{{ $value | humanize }}}} calls per minute as busy or rate limited",
+            f"More than {t.limited_per_minute:g} calls per minute over {w} met its max_concurrent, "
+            "server_max_concurrent or rate_limit: the limit is too low for the traffic, or the server is slow.",
+        ),
+        _rule(
+            "CircuitboxClusterUnreachable",
+            "circuitbox_cluster_connected == 0",
+            "1m",
+            "warning",
+            "Replica {{ $labels.instance }} cannot reach the cluster's Redis",
+            "It goes on alone: its breakers no longer learn of the fleet's trips, and its share of each probe "
+            "budget is what it admits.",
         ),
     ]
     return {"groups": [{"name": "circuitbox", "rules": rules}]}

@@ -237,6 +237,35 @@ def _panels() -> list[dict[str, Any]]:
             defaults=bars,
             description="Answered at once without reaching the server; these never move a breaker.",
         ),
+        _panel(
+            "timeseries",
+            "Retries and stale answers",
+            (0, 61, 12, 8),
+            [
+                _target(
+                    f"sum by (server, tool) (increase(circuit_breaker_retries_total{{{SEL}}}[{RI}]))",
+                    "{{server}}/{{tool}} retries",
+                ),
+                _target(
+                    f"sum by (server, tool) (increase(circuit_breaker_stale_answers_total{{{SEL}}}[{RI}]))",
+                    "{{server}}/{{tool}} stale answers",
+                    "B",
+                ),
+            ],
+            defaults=bars,
+            description="Attempts after the first (retry policy); calls answered from last_known_good, marked stale.",
+        ),
+        _panel(
+            "timeseries",
+            "Cluster: replicas linked to Redis",
+            (12, 61, 12, 8),
+            [
+                _target("sum(circuitbox_cluster_connected) or vector(0)", "linked", "A"),
+                _target("count(circuitbox_cluster_connected == 0) or vector(0)", "going on alone", "B"),
+            ],
+            description="Replicas sharing breaker state through the cluster's Redis, and those cut off from it "
+            "(each goes on alone). Empty without a cluster configured.",
+        ),
     ]
 
 
