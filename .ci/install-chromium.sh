@@ -24,24 +24,15 @@ if [[ -x "$bin/chromium" && -x "$bin/chromedriver" ]] && "$bin/chromedriver" --v
     exit 0
 fi
 
-sudo=""
-if [[ "$(id -u)" != "0" ]]; then
-    sudo="sudo"
-fi
-
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-
-$sudo apt-get update -qq >&2
+source "$repo_root/.ci/apt-download.sh"
+apt_prepare
 missing="$(apt-get install --simulate --no-install-recommends chromium chromium-driver 2>/dev/null \
     | awk '/^Inst /{print $2}')"
 if ! grep -qx chromium <<<"$missing"; then
     missing="$missing"$'\n'"chromium"$'\n'"chromium-common"$'\n'"chromium-driver"  # installed system-wide already
 fi
-# apt-get download writes into the current directory and needs it writable by the _apt user.
-chmod 0777 "$work"
 # shellcheck disable=SC2086  # one package name per word
-(cd "$work" && apt-get download -qq $missing >&2)
+apt_fetch $missing
 
 rm -rf "$dest/root"
 mkdir -p "$dest/root" "$bin"

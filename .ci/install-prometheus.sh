@@ -30,18 +30,9 @@ if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1;
     exit 0
 fi
 
-sudo=""
-if [[ "$(id -u)" != "0" ]]; then
-    sudo="sudo"
-fi
-
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-
-$sudo apt-get update -qq >&2
-# apt-get download writes into the current directory and needs it writable by the _apt user.
-chmod 0777 "$work"
-(cd "$work" && apt-get download -qq prometheus >&2)
+source "$repo_root/.ci/apt-download.sh"
+apt_prepare
+apt_fetch prometheus
 deb="$(ls "$work"/prometheus_*.deb)"
 
 mkdir -p "$dest"

@@ -22,18 +22,9 @@ if [[ -x "$bin/redis-server" ]] && "$bin/redis-server" --version >/dev/null 2>&1
     exit 0
 fi
 
-sudo=""
-if [[ "$(id -u)" != "0" ]]; then
-    sudo="sudo"
-fi
-
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-
-$sudo apt-get update -qq >&2
-# apt-get download writes into the current directory and needs it writable by the _apt user.
-chmod 0777 "$work"
-(cd "$work" && apt-get download -qq redis-server redis-tools libjemalloc2 liblzf1 libatomic1 >&2)
+source "$repo_root/.ci/apt-download.sh"
+apt_prepare
+apt_fetch redis-server redis-tools libjemalloc2 liblzf1 libatomic1
 
 mkdir -p "$dest"
 rm -rf "$dest/unpacked"
