@@ -28,6 +28,7 @@ from mcp import MCPError
 from pydantic import BaseModel
 
 logger = logging.getLogger("circuitbox.bridge")
+Outcome = types.CallToolResult | types.InputRequiredResult  # a bridged downstream never needs input itself
 
 PARK_TTL = 600.0  # as the SDK seals its own request states: ten minutes to answer
 
@@ -42,7 +43,7 @@ class _Question:
 
 @dataclass
 class _Done:
-    result: types.CallToolResult | None = None
+    result: types.CallToolResult | types.InputRequiredResult | None = None
     error: BaseException | None = None
 
 
@@ -101,7 +102,7 @@ class ParkedCall:
                 question.answer = response
                 question.answered.set()
 
-    async def run(self, call: Callable[[ParkedCall], Awaitable[types.CallToolResult]]) -> None:
+    async def run(self, call: Callable[[ParkedCall], Awaitable[Outcome]]) -> None:
         with self.scope:
             try:
                 self._put(_Done(result=await call(self)))
@@ -112,7 +113,7 @@ class ParkedCall:
         self._events.append(event)
         self._arrived.set()
 
-    async def next(self) -> types.CallToolResult | list[_Question]:
+    async def next(self) -> Outcome | list[_Question]:
         """The call's result, or the questions it waits on (all that are queued now).
 
         Raises:
@@ -157,7 +158,7 @@ class Bridge:
         tg: anyio.abc.TaskGroup,
         params: types.CallToolRequestParams,
         capabilities: types.ClientCapabilities | None,
-        start: Callable[[ParkedCall], Awaitable[types.CallToolResult]],
+        start: Callable[[ParkedCall], Awaitable[Outcome]],
         progress: Callable[[float, float | None, str | None], Awaitable[None]] | None = None,
     ) -> types.CallToolResult | types.InputRequiredResult:
         """A tool call of a 2026-era client: a fresh one starts the call, a retry resumes the call it names.
@@ -185,7 +186,7 @@ class Bridge:
             raise
         finally:
             parked.progress = None
-        if isinstance(outcome, types.CallToolResult):
+        if not isinstance(outcome, list):
             return outcome
         token = secrets.token_urlsafe(24)
         self._parked[token] = parked

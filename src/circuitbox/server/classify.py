@@ -23,7 +23,8 @@ from circuitbox.config.policy import INPUT_VALIDATION, ToolPolicy
 
 # JSON-RPC codes that mean "the caller asked wrongly", not "the server is unwell". Not -32600: circuitbox builds the
 # request itself, and the SDK reports transport trouble (a lost HTTP session, a wrong content type) with that code.
-CALLER_MISTAKES = frozenset({types.INVALID_PARAMS, types.METHOD_NOT_FOUND})
+# -32021: the request needs a capability its client did not declare (2026-07-28): the client's mistake too.
+CALLER_MISTAKES = frozenset({types.INVALID_PARAMS, types.METHOD_NOT_FOUND, types.MISSING_REQUIRED_CLIENT_CAPABILITY})
 _VALIDATION = re.compile(INPUT_VALIDATION, re.I)
 # Distress is reported in the first lines of a message; a tool that returns a whole error page must not cost a scan
 # of all of it.

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from circuitbox.config.model import MAX_MESSAGE_BYTES
 from circuitbox.observability import traces
+from circuitbox.server import modern_lane
 from circuitbox.server._sdk_private import send_unvalidated
 from circuitbox.server._streams import WatchedStream
 from circuitbox.server.direct_calls import DirectCalls
@@ -123,6 +124,9 @@ class Downstream:
         self.listing = Listing()
         self.session: ClientSession | None = None
         self._direct: DirectCalls | None = None  # tools/call past the SDK's typed session, when it can be used
+        self.modern: modern_lane.ModernLane | None = None
+        """While connected, the lane to it in the 2026-07-28 era when it speaks that too (modern_lane.py)."""
+        self._schemas: tuple[tuple[types.Tool, ...], dict[str, Any]] = ((), {})
         self.connects = 0
         self.first_attempt_done = anyio.Event()
         self._on_listing = on_listing
@@ -159,7 +163,7 @@ class Downstream:
                 self.last_error = self.last_error or "connection closed"
             except Exception as exc:  # every failure of a downstream stays inside its owner
                 self.last_error = self.redact(describe_error(exc))
-            self.session = self._direct = None
+            self.session = self._direct = self.modern = None
             self.first_attempt_done.set()
             if anyio.current_time() - began - self._backoff.initial >= self._backoff.stable_after:
                 failures = 0
@@ -207,7 +211,11 @@ class Downstream:
         closed = self._closed = anyio.Event()
         startup = anyio.CancelScope(deadline=anyio.current_time() + self.config.startup_timeout)
         with startup:
-            async with self._transport() as (read, write):
+            async with (
+                self._transport() as (read, write),
+                modern_lane.open_modern_lane(self.config, self.max_message_bytes) as lane,
+            ):
+                self.modern = lane
                 if self._offer_source is not None:
                     self._offer = await self._offer_source()
                 direct = DirectCalls(WatchedStream(read, closed), write)
@@ -241,7 +249,7 @@ class Downstream:
                         await closed.wait()
                         # Refused from now on, not after the transport has wound down: no call may reach a dead
                         # session, and circuit_status must not say connected meanwhile.
-                        self.session, self._direct, self.state = None, None, Connection.RESTARTING
+                        self.session, self._direct, self.modern, self.state = None, None, None, Connection.RESTARTING
                         tg.cancel_scope.cancel()
         if startup.cancelled_caught:
             raise TimeoutError(f"did not start within {self.config.startup_timeout:g}s")
@@ -425,6 +433,39 @@ class Downstream:
             self.in_flight -= 1
             if not self.in_flight:
                 self._idle.set()
+
+    async def request_or_input(
+        self, request: Any, result_type: type[T], progress: ProgressCallback | None = None
+    ) -> T | types.InputRequiredResult:
+        """`request`, but a 2026-era client's `tools/call`, `prompts/get` or `resources/read` goes on the modern
+        lane when this server has one, and may end with its input-required result.
+
+        Raises:
+            DownstreamUnavailableError: not connected right now.
+            mcp.MCPError: the downstream answered with an error, or the connection failed.
+        """
+        lane, client = self.modern, modern_lane.current()
+        if lane is None or client is None:
+            return await self.request(request, result_type, progress)
+        self.connected_session()
+        self.in_flight += 1
+        self._idle = anyio.Event() if self.in_flight == 1 else self._idle
+        try:
+            return await lane.request(request, result_type, progress, client, self._input_schema(request))
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+
+    def _input_schema(self, request: Any) -> Any:
+        """The listed input schema of the tool a `tools/call` names (its `x-mcp-header` arguments go in headers)."""
+        if not isinstance(request, types.CallToolRequest):
+            return None
+        tools, schemas = self._schemas
+        if tools is not self.listing.tools:
+            tools = self.listing.tools
+            self._schemas = tools, (schemas := {tool.name: tool.input_schema for tool in tools})
+        return schemas.get(request.params.name)
 
     async def wait_idle(self) -> None:
         """Until no request is in flight (used to retire a downstream replaced by a reload without dropping calls)."""

@@ -24,7 +24,7 @@ from circuitbox.config.load import ConfigError, ProxyConfig
 from circuitbox.config.policy import LastKnownGood, RetryPolicy, TextFallback, ToolFallback, ToolPolicy, retune
 from circuitbox.observability import traces
 from circuitbox.server import request_meta, tasks
-from circuitbox.server.classify import CALLER_MISTAKES, Outcome, Verdict, classify_error, classify_result
+from circuitbox.server.classify import CALLER_MISTAKES, SUCCESS, Outcome, Verdict, classify_error, classify_result
 from circuitbox.server.downstream import Downstream, DownstreamUnavailableError, ProgressCallback
 from circuitbox.server.limits import BUSY, RATE_LIMITED, Clock, Slots, TokenBucket, ToolLimits
 from circuitbox.server.retry import RETRYABLE, RetryBudget, backoff, is_read_only, may_retry
@@ -61,7 +61,7 @@ class Failed:
 
 
 # One attempt's outcome: the downstream's result, a counted failure, or the breaker's rejection.
-Answer = types.CallToolResult | Failed | Rejection
+Answer = types.CallToolResult | types.InputRequiredResult | Failed | Rejection
 
 
 class Guard:
@@ -295,10 +295,10 @@ class Guard:
         published: str,
         resolve: Resolver | None = None,
         definition: types.Tool | None = None,
-    ) -> types.CallToolResult:
-        """One guarded call, answered: the downstream's result, a failure as an `isError` result, or, when the
-        circuit rejects it, the fallback (text, or another tool `resolve` routes, guarded by its own breaker, one
-        level deep) or the rejection's answer.
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        """One guarded call, answered: the downstream's result (a 2026-era server's may be input-required), a
+        failure as an `isError` result, or, when the circuit rejects it, the fallback (text, or another tool
+        `resolve` routes, guarded by its own breaker, one level deep) or the rejection's answer.
 
         `definition` is the tool as listed: its annotations say whether it may be retried (`retry`) or answered
         from its last good result (`fallback.last_known_good`); without it, neither happens.
@@ -451,7 +451,7 @@ class Guard:
         resolve: Resolver | None,
         published: str,
         definition: types.Tool | None,
-    ) -> types.CallToolResult | None:
+    ) -> types.CallToolResult | types.InputRequiredResult | None:
         """The fallback's answer to a call that was not made, or None without one."""
         try:
             breaker, policy = self.breaker(downstream.name, tool)
@@ -597,7 +597,7 @@ class Guard:
         policy: ToolPolicy,
         permit: Permit,
         until: float | None,
-    ) -> types.CallToolResult | Failed:
+    ) -> types.CallToolResult | types.InputRequiredResult | Failed:
         """Send one admitted call under its deadline, classify how it ended and report it on `permit`."""
         params = types.CallToolRequestParams(name=tool, arguments=arguments, _meta=request_meta.current())
         request = types.CallToolRequest(params=params)
@@ -606,7 +606,7 @@ class Guard:
         try:
             with deadline.scope:
                 if task is None:
-                    result = await downstream.request(request, types.CallToolResult, deadline.on_progress)
+                    result = await downstream.request_or_input(request, types.CallToolResult, deadline.on_progress)
                 else:
                     result = await tasks.send_call(downstream, request, task, deadline.on_progress)  # type: ignore[assignment]
             if deadline.scope.cancelled_caught:
@@ -650,6 +650,9 @@ class Guard:
         except BaseException:
             permit.release()  # cancelled by the agent or by shutdown: neither success nor failure
             raise
+        if isinstance(result, types.InputRequiredResult):  # a 2026-era server needs input first: it answered
+            _record(permit, SUCCESS)
+            return result
         outcome = classify_result(result, policy) if task is None else tasks.classify(result, policy)
         _record(permit, outcome)
         self._note(downstream.name, tool, outcome.kind)

@@ -10,7 +10,7 @@ import logging
 import math
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
@@ -36,7 +36,7 @@ from circuitbox import __version__
 from circuitbox.breakers import BreakerRegistry, CircuitBreaker, CircuitState, StateTransition
 from circuitbox.config.load import ProxyConfig, ServerConfig, last_known_good_misuse
 from circuitbox.observability import traces
-from circuitbox.server import request_meta
+from circuitbox.server import modern_lane, request_meta
 from circuitbox.server._sdk_private import client_connection
 from circuitbox.server.bridge import Bridge, ParkedCall
 from circuitbox.server.callers import Callers
@@ -55,6 +55,7 @@ from circuitbox.server.unknown_methods import ForwardUnknownMethods
 
 logger = logging.getLogger("circuitbox.proxy")
 ResultT = TypeVar("ResultT", bound=BaseModel)
+AnswerT = TypeVar("AnswerT")
 audit_log = logging.getLogger("circuitbox.audit")
 
 
@@ -479,6 +480,7 @@ class Proxy:
             warnings.simplefilter("ignore", MCPDeprecationWarning)
             self._server = self._new_server()
         self._server.middleware.append(self.tasks)
+        self._server.middleware.append(modern_lane.capture_modern_requests)
         self._server.middleware.append(
             ForwardUnknownMethods(
                 self._server, self._only_server, self._forward, self._session_of, self.wait_first_attempts
@@ -557,8 +559,12 @@ class Proxy:
             found = self.catalog.tools.get(params.name)
         if found is None:
             result = await self.call(params.name, params.arguments, _progress_relay(ctx))
-        elif ctx.protocol_version in MODERN_PROTOCOL_VERSIONS and self._tg is not None:
-            return await self._bridged_call(found[0].server, params, ctx)
+        elif (
+            ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+            and self._tg is not None
+            and self.downstreams[found[0].server].modern is None
+        ):
+            return await self._bridged_call(found[0].server, params, ctx)  # a downstream of the handshake era only
         else:
             result = await self._call_on_its_connection(found[0].server, params, ctx)
         if traces.active() and (found := found or self.catalog.tools.get(params.name)) is not None:
@@ -573,7 +579,7 @@ class Proxy:
         (bridge.py); the call goes on in our task group until the client's retry answers it."""
         assert self._tg is not None
 
-        async def start(parked: ParkedCall) -> types.CallToolResult:
+        async def start(parked: ParkedCall) -> types.CallToolResult | types.InputRequiredResult:
             async def progress(value: float, total: float | None, message: str | None) -> None:
                 if parked.progress is not None:  # relayed to whichever request of the client is waiting now
                     await parked.progress(value, total, message)
@@ -591,7 +597,7 @@ class Proxy:
         *,
         caller: Any = None,
         progress: Any = None,
-    ) -> types.CallToolResult:
+    ) -> types.CallToolResult | types.InputRequiredResult:
         """On the client's own connection to `server` when it gets one (sessions.py), else on the shared one.
 
         `caller`: who answers the downstream's questions, when not the request of `ctx` (a bridged call). A call
@@ -667,7 +673,7 @@ class Proxy:
 
     async def call(
         self, name: str, arguments: dict[str, Any] | None, progress: Any = None, *, via: Downstream | None = None
-    ) -> types.CallToolResult:
+    ) -> types.CallToolResult | types.InputRequiredResult:
         """Route a published tool name to its downstream once (`via`: the caller's own connection to it); the guard
         owns the rest (breaker, fallback).
 
@@ -688,7 +694,7 @@ class Proxy:
                 # answer, as it would give it directly (an isError result or its own JSON-RPC error).
                 params = types.CallToolRequestParams(name=name, arguments=arguments, _meta=request_meta.current())
                 request = types.CallToolRequest(params=params)
-                return await self._forward(unprefixed, request, types.CallToolResult)
+                return await self._forward_input(unprefixed, request, types.CallToolResult, None)
             raise MCPError(
                 code=types.INVALID_PARAMS,
                 message=f"Unknown tool: {name!r}. Call tools/list to see the tools circuitbox publishes.",
@@ -697,7 +703,7 @@ class Proxy:
         downstream = via if via is not None else self.downstreams[route.server]
         if self.drain.closing:
             return error_result(f"Tool '{name}' was not called: {SHUTTING_DOWN}.")
-        result: types.CallToolResult | None = None
+        result: types.CallToolResult | types.InputRequiredResult | None = None
         with self.drain.track():
             result = await self.guard.call(
                 downstream, route.name, arguments, progress, published=name, resolve=self._route, definition=definition
@@ -721,7 +727,9 @@ class Proxy:
         prompts, cursor = self._pages.pages("prompts", (self.catalog,), self.catalog.prompt_list).page(params)
         return types.ListPromptsResult(prompts=prompts, next_cursor=cursor)
 
-    async def _get_prompt(self, ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+    async def _get_prompt(
+        self, ctx: Any, params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult | types.InputRequiredResult:
         found = self.catalog.prompts.get(params.name)
         if found is None and self._starting():
             await self.wait_first_attempts()  # like a tool call: the first request may come before the listing
@@ -737,7 +745,7 @@ class Proxy:
                 name=route.name, arguments=params.arguments, _meta=request_meta.forwarded(params.meta)
             )
         )
-        return await self._forward(route.server, request, types.GetPromptResult, ctx)
+        return await self._forward_input(route.server, request, types.GetPromptResult, ctx)
 
     async def _list_resources(self, ctx: Any, params: Any) -> types.ListResourcesResult:
         self._remember(ctx)
@@ -751,7 +759,9 @@ class Proxy:
         templates, cursor = pages.page(params)
         return types.ListResourceTemplatesResult(resource_templates=templates, next_cursor=cursor)
 
-    async def _read_resource(self, ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+    async def _read_resource(
+        self, ctx: Any, params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult | types.InputRequiredResult:
         server = self.catalog.resource_server(str(params.uri))
         if server is None and self._starting():
             await self.wait_first_attempts()
@@ -761,7 +771,7 @@ class Proxy:
             raise MCPError(code=-32002, message=f"Resource not found: {params.uri} (no single server offers it)")
         forwarded = types.ReadResourceRequestParams(uri=params.uri, _meta=request_meta.forwarded(params.meta))
         request = types.ReadResourceRequest(params=forwarded)
-        return await self._forward(server, request, types.ReadResourceResult, ctx)
+        return await self._forward_input(server, request, types.ReadResourceResult, ctx)
 
     async def _set_level(self, ctx: Any, params: types.SetLevelRequestParams) -> types.EmptyResult:
         """The client's level is its own: its own connections get it as it is; each shared one that logs gets the
@@ -871,6 +881,15 @@ class Proxy:
     async def _forward(self, server: str, request: Any, result_type: type[ResultT], ctx: Any = None) -> ResultT:
         """Prompts and resources are not guarded by breakers, but still bounded and never left unanswered. With the
         client's `ctx`, on its own connection to `server` when it has one."""
+        return await self._bounded(server, ctx, lambda downstream: downstream.request(request, result_type))
+
+    async def _forward_input(
+        self, server: str, request: Any, result_type: type[ResultT], ctx: Any
+    ) -> ResultT | types.InputRequiredResult:
+        """`_forward` of a request that may end needing input (a 2026-era client's, on the modern lane)."""
+        return await self._bounded(server, ctx, lambda downstream: downstream.request_or_input(request, result_type))
+
+    async def _bounded(self, server: str, ctx: Any, send: Callable[[Downstream], Awaitable[AnswerT]]) -> AnswerT:
         downstream = self.downstreams[server]
         timeout = self.config.policy(server).call_timeout
         if self.drain.closing:
@@ -883,7 +902,7 @@ class Proxy:
             downstream = link.downstream
         try:
             with self.drain.track(), anyio.fail_after(timeout), link.calling(ctx) if link else nullcontext():
-                return await downstream.request(request, result_type)
+                return await send(downstream)
             raise MCPError(code=types.INTERNAL_ERROR, message="circuitbox is shutting down: the request was cancelled")
         except TimeoutError:
             raise MCPError(

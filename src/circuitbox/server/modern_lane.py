@@ -1,0 +1,274 @@
+"""The modern lane: a 2026-era client's interactive request to a downstream that speaks 2026-07-28 itself.
+
+A 2026-era server asks for input by ending `tools/call`, `prompts/get` or `resources/read` with an input-required
+result (`inputRequests`, `requestState`); the client retries with `inputResponses` and the `requestState` echoed. Over
+the handshake-era connection circuitbox keeps to every downstream no such result exists, so an HTTP downstream that
+answers `server/discover` for 2026-07-28 is also reached, for those three methods, in its own era: one stateless
+POST per request carrying the client's own envelope (`_meta` protocol version, client info and capabilities, as the
+client sent them), so the downstream sees what the client declared and answers as it would directly; its
+input-required result goes back to the client, and the retry to the downstream.
+
+`requestState` comes back from the client, so it is attacker-controlled: the downstream's own state is handed out
+sealed (HMAC, a per-process key) together with the server, the method and the name it was issued for; a state that
+was altered, or issued for another server, tool, prompt or resource, is refused (-32602) before anything is sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx2
+import mcp_types as types
+from mcp import MCPError
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.shared.inbound import (
+    MCP_METHOD_HEADER,
+    MCP_NAME_HEADER,
+    MCP_PROTOCOL_VERSION_HEADER,
+    NAME_BEARING_METHODS,
+    encode_header_value,
+    mcp_param_headers,
+    x_mcp_header_map,
+)
+from mcp_types.methods import INPUT_REQUIRED_METHODS
+from mcp_types.version import LATEST_MODERN_VERSION, MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel
+
+from circuitbox import __version__
+from circuitbox.config.load import ServerConfig
+from circuitbox.config.model import MAX_MESSAGE_BYTES
+from circuitbox.server.transports import http_client
+
+logger = logging.getLogger("circuitbox.modern_lane")
+
+T = TypeVar("T", bound=BaseModel)
+Progress = Callable[[float, float | None, str | None], Awaitable[None]]
+
+_PER_HOP_META = frozenset({"progressToken", "progress_token"})  # each hop has its own progress token
+
+
+@dataclass(frozen=True)
+class ModernRequest:
+    """What a 2026-era client's request carries that the typed models built for the downstream leave out."""
+
+    meta: dict[str, Any]
+    """Its `_meta`, every key as it came (the era's envelope included) but the progress token."""
+    input_responses: Any
+    """`inputResponses` as sent (absent: None), for the downstream to judge."""
+    request_state: str | None
+    """`requestState` as sent: sealed by circuitbox when it issued it."""
+
+
+_current: ContextVar[ModernRequest | None] = ContextVar("circuitbox_modern_request", default=None)
+
+
+def current() -> ModernRequest | None:
+    """The 2026-era client request being served, when it is one of the three methods that can need input."""
+    return _current.get()
+
+
+@contextmanager
+def serving(params: Mapping[str, Any] | None) -> Iterator[None]:
+    params = params or {}
+    meta = {key: value for key, value in (params.get("_meta") or {}).items() if key not in _PER_HOP_META}
+    state = params.get("requestState")
+    request = ModernRequest(meta, params.get("inputResponses"), state if isinstance(state, str) else None)
+    token = _current.set(request)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+async def capture_modern_requests(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+    """`Server.middleware`: a 2026-era client's `tools/call`, `prompts/get` and `resources/read` are served with
+    their raw params at hand (the typed params re-encode `inputResponses`, and a downstream must get them as sent)."""
+    if ctx.method in INPUT_REQUIRED_METHODS and ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        with serving(ctx.params):
+            return await call_next(ctx)
+    return await call_next(ctx)
+
+
+class StateSeal:
+    """Seals a downstream's `requestState` to the (server, method, name) it was issued for."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key or secrets.token_bytes(32)
+
+    def _mac(self, payload: bytes) -> str:
+        return _b64(hmac.new(self._key, payload, hashlib.sha256).digest())
+
+    def seal(self, binding: tuple[str, ...], state: str) -> str:
+        payload = json.dumps([*binding, state], separators=(",", ":")).encode()
+        return f"{_b64(payload)}.{self._mac(payload)}"
+
+    def unseal(self, binding: tuple[str, ...], token: str) -> str:
+        """The downstream's own state.
+
+        Raises:
+            MCPError: -32602, the state was not issued by circuitbox for this server, method and name, or altered.
+        """
+        encoded, _, mac = token.partition(".")
+        try:
+            payload = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+            valid = hmac.compare_digest(mac, self._mac(payload))
+            fields = json.loads(payload) if valid else None
+        except ValueError:
+            fields = None
+        if not isinstance(fields, list) or len(fields) != len(binding) + 1 or tuple(fields[:-1]) != binding:
+            raise MCPError(
+                code=types.INVALID_PARAMS,
+                message="requestState failed its integrity check: it was altered or issued for another request",
+            )
+        return str(fields[-1])
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+SEAL = StateSeal()
+
+
+class ModernLane:
+    """Requests to one HTTP downstream in the 2026-07-28 era: each a stateless POST, answered in its body (JSON or
+    an event stream with progress before the answer). Cancelling a request closes its POST, the era's cancel."""
+
+    def __init__(self, server: str, url: str, client: httpx2.AsyncClient, max_event_bytes: int) -> None:
+        self.server = server
+        self._url = url
+        self._client = client
+        self._max_event = max_event_bytes
+        self._ids = 0
+
+    async def discover(self) -> bool:
+        """Whether the downstream speaks 2026-07-28 (its `server/discover` lists it). Never raises."""
+        meta = {
+            types.PROTOCOL_VERSION_META_KEY: LATEST_MODERN_VERSION,
+            types.CLIENT_INFO_META_KEY: {"name": "circuitbox", "version": __version__},
+            types.CLIENT_CAPABILITIES_META_KEY: {},
+        }
+        try:
+            result = await self._send("server/discover", {"_meta": meta}, LATEST_MODERN_VERSION, None, None)
+            return LATEST_MODERN_VERSION in types.DiscoverResult.model_validate(result).supported_versions
+        except Exception as exc:  # a handshake-era server refuses it somehow: it is reached in its era only
+            logger.debug("server %r does not speak %s: %s", self.server, LATEST_MODERN_VERSION, exc)
+            return False
+
+    async def request(
+        self,
+        request: Any,
+        result_type: type[T],
+        progress: Progress | None,
+        client: ModernRequest,
+        input_schema: Any = None,
+    ) -> T | types.InputRequiredResult:
+        """Send one of the three interactive methods as the 2026-era `client` sent it, with circuitbox's names.
+
+        Raises:
+            MCPError: the downstream's error as it gave it, or -32602 for a `requestState` circuitbox did not seal
+                for this request.
+        """
+        method: str = request.method
+        params = request.params.model_dump(by_alias=True, mode="json", exclude_none=True)
+        target = str(params.get(NAME_BEARING_METHODS[method], ""))
+        binding = (self.server, method, target)
+        params["_meta"] = dict(client.meta)
+        if client.input_responses is not None:
+            params["inputResponses"] = client.input_responses
+        if client.request_state is not None:
+            params["requestState"] = SEAL.unseal(binding, client.request_state)
+        version = client.meta.get(types.PROTOCOL_VERSION_META_KEY)
+        headers = {MCP_NAME_HEADER: encode_header_value(target)}
+        if method == "tools/call" and input_schema is not None:
+            headers.update(mcp_param_headers(x_mcp_header_map(input_schema), params.get("arguments") or {}))
+        result = await self._send(
+            method, params, version if isinstance(version, str) else LATEST_MODERN_VERSION, headers, progress
+        )
+        if result.get("resultType") != "input_required":
+            return result_type.model_validate(result, by_name=False)
+        needed = types.InputRequiredResult.model_validate(result, by_name=False)
+        if needed.request_state is not None:
+            needed.request_state = SEAL.seal(binding, needed.request_state)
+        return needed
+
+    async def _send(
+        self,
+        method: str,
+        params: dict[str, Any],
+        version: str,
+        headers: dict[str, str] | None,
+        progress: Progress | None,
+    ) -> dict[str, Any]:
+        self._ids += 1
+        request_id = self._ids
+        if progress is not None:
+            params["_meta"] = {**params.get("_meta", {}), "progressToken": request_id}
+        body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+        sent = {
+            "accept": "application/json, text/event-stream",
+            "content-type": "application/json",
+            MCP_PROTOCOL_VERSION_HEADER: version,
+            MCP_METHOD_HEADER: method,
+            **(headers or {}),
+        }
+        try:
+            async with self._client.stream("POST", self._url, content=json.dumps(body), headers=sent) as response:
+                kind = response.headers.get("content-type", "")
+                if kind.startswith("text/event-stream"):
+                    answer = await self._answer_in_stream(response, request_id, progress)
+                elif kind.startswith("application/json"):
+                    answer = json.loads(await response.aread())
+                else:
+                    raise MCPError(
+                        code=types.INTERNAL_ERROR,
+                        message=f"server {self.server!r} answered HTTP {response.status_code}",
+                    )
+        except httpx2.TransportError as exc:  # the connection failed: a transport failure, as on the session
+            raise MCPError(code=types.CONNECTION_CLOSED, message=f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(answer, dict) or not isinstance(answer.get("result", answer.get("error")), dict):
+            raise MCPError(code=types.INTERNAL_ERROR, message=f"server {self.server!r} sent no JSON-RPC answer")
+        if "error" in answer:
+            raise MCPError.from_error_data(types.ErrorData.model_validate(answer["error"]))
+        result: dict[str, Any] = answer["result"]
+        return result
+
+    async def _answer_in_stream(self, response: httpx2.Response, request_id: int, progress: Progress | None) -> Any:
+        async for event in httpx2.EventSource(response, max_event_size=self._max_event):
+            if not event.data:
+                continue  # a priming event
+            message = json.loads(event.data)
+            if isinstance(message, dict) and message.get("id") == request_id and "method" not in message:
+                return message
+            if isinstance(message, dict) and message.get("method") == "notifications/progress":
+                note = message.get("params") or {}
+                if progress is not None and note.get("progressToken") == request_id:
+                    await progress(note.get("progress", 0), note.get("total"), note.get("message"))
+                continue
+            logger.debug("server %r: a %s on a 2026-era request's stream was not relayed", self.server,
+                         message.get("method") if isinstance(message, dict) else "message")  # fmt: skip
+        raise MCPError(code=types.CONNECTION_CLOSED, message=f"server {self.server!r} ended the stream unanswered")
+
+
+@asynccontextmanager
+async def open_modern_lane(
+    server: ServerConfig, max_message_bytes: int = MAX_MESSAGE_BYTES
+) -> AsyncIterator[ModernLane | None]:
+    """The lane to an HTTP downstream that speaks 2026-07-28, for as long as its connection lives; None for any
+    other downstream."""
+    if server.transport != "http" or server.url is None:
+        yield None
+        return
+    async with http_client(dict(server.headers), max_message_bytes) as client:
+        lane = ModernLane(server.name, server.url, client, max_message_bytes)
+        yield lane if await lane.discover() else None
