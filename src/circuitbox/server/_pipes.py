@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
 
@@ -93,17 +93,15 @@ async def stdio_pipes(
     os.dup2(2, 1)
     os.close(null)
     to_server, server_reads = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-    server_writes, from_server = anyio.create_memory_object_stream[SessionMessage](0)
-    written = anyio.Event()
+    server_writes = PipeWriter(writer)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_read_until, stop_reading, reader, to_server, limit)
-            tg.start_soon(_write_messages, from_server, writer, written)
             yield server_reads, server_writes
-            # The session closes its write stream when it ends: let the last answers reach stdout, then stop
-            # reading (the reader may still be waiting for a line that will never come).
+            # The session closes its write stream when it ends; its answers are in the pipe transport's buffer,
+            # which closing flushes. Stop reading (the reader may wait for a line that will never come).
             with anyio.move_on_after(2):
-                await written.wait()
+                await server_writes.closed.wait()
             tg.cancel_scope.cancel()
     finally:
         read_transport.close()
@@ -167,16 +165,38 @@ async def _read_lines(
                 return
 
 
-async def _write_messages(
-    source: MemoryObjectReceiveStream[SessionMessage], writer: asyncio.StreamWriter, written: anyio.Event
-) -> None:
-    try:
-        async with source:
-            async for message in source:
-                data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
-                writer.write(data.encode() + b"\n")
-                await writer.drain()
-    except ConnectionError:  # the agent went away: nothing left to answer
-        logger.info("stdout closed: the agent has gone")
-    finally:
-        written.set()
+class PipeWriter:
+    """The write stream `Server.run` gets: each message is written to stdout by the task that sends it.
+
+    A writer task behind a memory stream would cost every answer a task switch; the loop's pipe transport
+    already buffers what the pipe cannot take at once, and `drain` holds a sender only while the agent is not
+    reading (backpressure). Whole lines are written at once, so concurrent senders never interleave."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self.closed = anyio.Event()
+
+    async def send(self, message: SessionMessage) -> None:
+        """Raises:
+        anyio.ClosedResourceError: after `aclose`.
+        anyio.BrokenResourceError: the agent closed its end (its answers can no longer be delivered)."""
+        if self.closed.is_set():
+            raise anyio.ClosedResourceError
+        if self._writer.transport.is_closing():
+            raise anyio.BrokenResourceError
+        data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
+        try:
+            self._writer.write(data.encode() + b"\n")
+            await self._writer.drain()
+        except ConnectionError as exc:
+            logger.info("stdout closed: the agent has gone")
+            raise anyio.BrokenResourceError from exc
+
+    async def aclose(self) -> None:
+        self.closed.set()
+
+    async def __aenter__(self) -> PipeWriter:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
