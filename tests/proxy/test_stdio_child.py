@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from circuitbox.server.stdio_child import BurstLog, child_environment, open_stdio_child
@@ -74,6 +75,24 @@ async def test_the_whole_process_group_is_ended_when_the_connection_ends(tmp_pat
                 groups = groups_led_by_our_children()
                 await anyio.sleep(0.02)  # polling /proc for the children the shell starts; bounded
     assert {g: group_members(g) for g in groups} == {g: [] for g in groups}
+
+
+async def test_a_connection_cancelled_while_its_child_spawns_still_ends_and_reaps_it() -> None:
+    """A cancel pending when the spawn starts waits until the child is the connection's own (spawned shielded), then
+    strikes inside it: the child's group is ended and the child reaped. Unshielded, that cancel struck inside the
+    loop's spawn, where a child already forked could be left to asyncio's cleanup, itself cancellable."""
+    before = groups_led_by_our_children()
+    spawned: set[int] = set()
+    with anyio.fail_after(30):
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            async with open_stdio_child("spawning", "sh", ["-c", "sleep 600 & exec cat"], {}):
+                spawned = groups_led_by_our_children() - before
+                await anyio.lowlevel.checkpoint()  # the pending cancel strikes here, inside the connection
+        assert scope.cancelled_caught
+    assert len(spawned) == 1
+    assert {g: group_members(g) for g in spawned} == {g: [] for g in spawned}
+    assert groups_led_by_our_children() - before == set()  # reaped, not a zombie left to the collector
 
 
 def groups_led_by_our_children() -> set[int]:

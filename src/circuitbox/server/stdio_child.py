@@ -120,15 +120,18 @@ async def open_stdio_child(
     Raises:
         OSError: it cannot be spawned (no such command, not executable, bad cwd).
     """
-    process = await anyio.open_process(
-        [command, *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=errlog if errlog is not None else subprocess.PIPE,
-        env=child_environment(env),
-        cwd=cwd,
-        start_new_session=True,  # its own process group, ended as a whole
-    )
+    # Shielded: a cancel landing between the fork and the handle's return (the loop still connecting the pipes)
+    # would leave a child nobody ends or reaps. Spawning is bounded; a pending cancel strikes once it is ours to end.
+    with anyio.CancelScope(shield=True):
+        process = await anyio.open_process(
+            [command, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errlog if errlog is not None else subprocess.PIPE,
+            env=child_environment(env),
+            cwd=cwd,
+            start_new_session=True,  # its own process group, ended as a whole
+        )
     _GROUPS.add(process.pid)
     read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
