@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import anyio
@@ -9,9 +10,19 @@ import mcp_types as types
 import pytest
 from mcp import Client, ClientSession
 from mcp.server import Server
+from mcp.server.streamable_http import StreamableHTTPServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.message import SessionMessage
+from starlette.requests import Request
 
-from circuitbox.server._sdk_private import client_connection, later_revision_fields
+from circuitbox.server._sdk_private import (
+    client_connection,
+    later_revision_fields,
+    post_headers_pass,
+    request_in_flight,
+    session_transport,
+)
 from circuitbox.server.direct_calls import DirectCalls
 
 pytestmark = pytest.mark.anyio
@@ -93,3 +104,38 @@ async def test_direct_calls_frame_a_tools_call_and_read_its_result_as_the_sdk_s_
 
 async def noop(progress: float, total: float | None, message: str | None) -> None:
     pass
+
+
+async def test_the_http_lane_keeps_a_session_s_idle_countdown_as_its_transport_does() -> None:
+    """`request_in_flight` does what `StreamableHTTPServerTransport.handle_request` does around a request (its
+    private counter and idle deadline); the transport's header checks and the manager's session table are read as
+    the SDK reads them. (That the manager routes every stateful request through `_handle_stateful_request`, which
+    the lane's manager overrides, is what every test in test_http_lane.py relies on: they fail without it.)"""
+    transport = StreamableHTTPServerTransport(mcp_session_id="s", idle_timeout=5)
+    async with transport.connect():
+        idle = transport.idle_scope
+        assert idle is not None and idle.deadline == math.inf  # no countdown before the first request
+        with request_in_flight(transport), request_in_flight(transport):
+            assert transport._requests_in_flight == 2 and idle.deadline == math.inf
+        assert transport._requests_in_flight == 0
+        assert anyio.current_time() < idle.deadline <= anyio.current_time() + 5
+        await transport.terminate()
+    with request_in_flight(StreamableHTTPServerTransport(mcp_session_id="t")):  # no idle timeout: nothing to keep
+        pass
+
+    def post(**headers: str) -> Request:
+        raw = [(k.encode(), v.encode()) for k, v in {"host": "127.0.0.1:1", **headers}.items()]
+        return Request({"type": "http", "method": "POST", "headers": raw})
+
+    settings = TransportSecuritySettings(allowed_hosts=["127.0.0.1:*"], allowed_origins=["http://127.0.0.1:*"])
+    checked = StreamableHTTPServerTransport(mcp_session_id="u", security_settings=settings)
+    assert await post_headers_pass(checked, post(**{"content-type": "application/json"}))
+    assert not await post_headers_pass(checked, post(**{"content-type": "text/plain"}))
+    assert not await post_headers_pass(checked, post(**{"content-type": "application/json", "origin": "http://x"}))
+
+    manager = StreamableHTTPSessionManager(app=Server("probe"))
+    admitted = manager._admit_session(None)
+    assert admitted is not None and admitted.mcp_session_id is not None
+    assert session_transport(manager, admitted.mcp_session_id, None) is admitted
+    assert session_transport(manager, admitted.mcp_session_id, object()) is None  # another credential
+    assert session_transport(manager, "unknown", None) is None

@@ -5,7 +5,12 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+import anyio
 
 
 def client_connection(session: Any) -> Any | None:
@@ -41,3 +46,41 @@ async def send_unvalidated(session: Any, data: dict[str, Any], progress: Any = N
         opts["on_progress"] = progress
     result: dict[str, Any] = await session._dispatcher.send_raw_request(data["method"], data.get("params"), opts)
     return result
+
+
+@contextmanager
+def request_in_flight(transport: Any) -> Iterator[None]:
+    """What `StreamableHTTPServerTransport.handle_request` keeps around each request it serves, for a request the
+    HTTP lane (http_lane.py) answers past it: one more request in flight, so the session's idle countdown is
+    suspended (its `idle_scope` deadline infinite, which is also what the session cap's eviction reads) and
+    restarts when the last one completes."""
+    idle = transport.idle_scope
+    if idle is None or transport._idle_timeout is None:
+        yield
+        return
+    transport._requests_in_flight += 1
+    idle.deadline = math.inf
+    try:
+        yield
+    finally:
+        transport._requests_in_flight -= 1
+        if not transport._requests_in_flight:
+            idle.deadline = anyio.current_time() + transport._idle_timeout
+
+
+async def post_headers_pass(transport: Any, request: Any) -> bool:
+    """Whether a POST passes the transport's own header checks (its DNS-rebinding settings: Content-Type, Host and
+    Origin; then Content-Type is JSON), which it runs in `_handle_request` and `_handle_post_request`."""
+    if await transport._security.validate_request(request, is_post=True) is not None:
+        return False
+    passed: bool = transport._check_content_type(request)
+    return passed
+
+
+def session_transport(manager: Any, session_id: str, requestor: Any) -> Any | None:
+    """The transport of an open session of a `StreamableHTTPSessionManager`, when `requestor` (the request's
+    credential) is the one that opened it, as the manager's `_handle_stateful_request` checks; else None."""
+    transport = manager._server_instances.get(session_id)
+    if transport is None or requestor != manager._session_owners.get(session_id):
+        return None
+    return transport

@@ -28,6 +28,7 @@ from circuitbox.observability.status_page import PATHS as STATUS_PATHS
 from circuitbox.observability.status_page import StatusApp
 from circuitbox.server._pipes import stdio_pipes
 from circuitbox.server._streams import AnswerMalformed
+from circuitbox.server.http_lane import HTTPLane
 from circuitbox.server.http_sessions import mcp_http_app
 from circuitbox.server.lane import fast_lane
 from circuitbox.server.malformed import AnswerMalformedHTTP
@@ -127,6 +128,7 @@ def http_app(
         max_sessions=proxy.config.http_max_sessions,
         session_idle_timeout=proxy.config.http_session_idle_timeout,
         max_request_body_size=proxy.config.max_message_bytes,
+        lane=HTTPLane(proxy),  # a published tool's call answered past the SDK's transport, as the SDK would
     )
     app = Starlette(
         routes=[*observability_routes(proxy, collector), Mount("/", app=AnswerMalformedHTTP(mcp_app))],

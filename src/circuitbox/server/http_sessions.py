@@ -15,19 +15,46 @@ import logging
 import math
 from typing import Any
 
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.lowlevel.server import Server
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.routing import Route
 
 from circuitbox.config.model import MAX_MESSAGE_BYTES
+from circuitbox.server._sdk_private import session_transport
+from circuitbox.server.http_lane import HTTPLane
 
 logger = logging.getLogger("circuitbox.http")
 
 
 class EvictingSessionManager(StreamableHTTPSessionManager):
-    """`StreamableHTTPSessionManager` that closes the longest-idle session instead of refusing a new client."""
+    """`StreamableHTTPSessionManager` that closes the longest-idle session instead of refusing a new client, and
+    lets the HTTP lane (http_lane.py) answer the POSTs of open sessions it is sure of."""
+
+    lane: HTTPLane | None = None
+
+    async def _handle_stateful_request(self, scope: Any, receive: Any, send: Any) -> None:
+        lane = self.lane
+        if lane is not None and scope["method"] == "POST":
+            transport = self._open_session(scope)
+            if transport is not None:
+                receive = await lane.serve(transport, scope, receive, send)
+                if receive is None:
+                    return
+        await super()._handle_stateful_request(scope, receive, send)
+
+    def _open_session(self, scope: Any) -> Any | None:
+        """The transport of the request's session when it is open and was opened with the request's credential."""
+        header = MCP_SESSION_ID_HEADER.encode()
+        session_id = next((v.decode("latin-1") for k, v in scope["headers"] if k == header), None)
+        if session_id is None:
+            return None
+        user = scope.get("user")
+        requestor = authorization_context(user) if isinstance(user, AuthenticatedUser) else None
+        return session_transport(self, session_id, requestor)
 
     def _admit_session(self, requestor: Any) -> Any:
         if self.max_sessions is not None and len(self._server_instances) >= self.max_sessions:
@@ -64,8 +91,10 @@ def mcp_http_app(
     max_sessions: int,
     session_idle_timeout: float,
     max_request_body_size: int = MAX_MESSAGE_BYTES,
+    lane: HTTPLane | None = None,
 ) -> Starlette:
-    """What `Server.streamable_http_app()` builds (without auth, which circuitbox does itself), on our manager."""
+    """What `Server.streamable_http_app()` builds (without auth, which circuitbox does itself), on our manager;
+    with `lane`, the calls it is sure of are answered past the SDK's transport."""
     manager = EvictingSessionManager(
         app=server,
         security_settings=security,
@@ -73,4 +102,7 @@ def mcp_http_app(
         session_idle_timeout=session_idle_timeout,
         max_request_body_size=max_request_body_size,  # the SDK's default is 4 MiB: ours is max_message_bytes
     )
+    if lane is not None:
+        manager.lane = lane
+        server.middleware.insert(0, lane.observe)  # outermost: it sees every session's first message
     return Starlette(routes=[Route(path, endpoint=StreamableHTTPASGIApp(manager))], lifespan=lambda _: manager.run())

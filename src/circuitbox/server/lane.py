@@ -13,6 +13,9 @@ Taken: `tools/call` of a tool in the catalog (not one of circuitbox's own) on a 
 `notifications/initialized`, with params of only `name`, `arguments` and `_meta`, while traces are off (the SDK's
 span of the upstream request is the trace) and once the one upstream client is known (it answers what the
 downstreams ask during a call, as on the SDK's path).
+
+The HTTP upstream's lane (http_lane.py) shares what a call is and how it is answered: `takeable_call`, `published`
+and `answer_call`.
 """
 
 from __future__ import annotations
@@ -42,6 +45,50 @@ logger = logging.getLogger("circuitbox.lane")
 PARAMS = frozenset(("name", "arguments", "_meta"))
 MODERN_META = "io.modelcontextprotocol/protocolVersion"  # a 2026-era request's envelope: the SDK's to serve
 CLOSING_WRITE_LIMIT = 2.0  # for the answers of calls cut short when the client's input ends
+
+
+def takeable_call(params: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None] | None:
+    """(name, arguments, `_meta`) of a handshake-era `tools/call` whose params the SDK's validation would accept
+    as they are (only `name`, `arguments` and `_meta`, of their types, no 2026-era envelope), else None: the lanes
+    leave anything else to the SDK, which validates and answers it."""
+    if not params or not PARAMS.issuperset(params):
+        return None
+    name, arguments, meta = params.get("name"), params.get("arguments"), params.get("_meta")
+    if not isinstance(name, str) or not (arguments is None or isinstance(arguments, dict)):
+        return None
+    if not (meta is None or (isinstance(meta, dict) and MODERN_META not in meta)):
+        return None
+    return name, arguments, meta
+
+
+def published(proxy: Proxy, name: str) -> bool:
+    """A downstream tool in the catalog (circuitbox's own tools are the SDK server's to answer)."""
+    return name not in proxy.own and name in proxy.catalog.tools
+
+
+async def answer_call(
+    proxy: Proxy,
+    request_id: types.RequestId,
+    name: str,
+    arguments: dict[str, Any] | None,
+    meta: dict[str, Any] | None,
+    version: str,
+    progress: Any = None,
+) -> types.JSONRPCResponse | types.JSONRPCError:
+    """The call through `Proxy.call`, answered as the SDK's server answers its handler's result: dumped the same
+    way and sieved by `version`'s schema, or a raising handler's error."""
+    try:
+        with request_meta.serving(meta):  # its `_meta` goes on to the downstream, as on the SDK's path
+            result = await proxy.call(name, arguments, progress)
+        data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        data = serialize_server_result("tools/call", version, data)
+        return types.JSONRPCResponse(jsonrpc="2.0", id=request_id, result=data)
+    except Exception as exc:  # as the SDK's dispatcher answers a handler that raised
+        error = handler_exception_to_error_data(exc)
+        if error is None:
+            logger.exception("tools/call %r failed", name)
+            error = types.ErrorData(code=0, message=str(exc))
+        return types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error)
 
 
 class _Call:
@@ -95,16 +142,12 @@ class Lane(_ReadStreamWrapper):
         return False
 
     def _call(self, message: types.JSONRPCRequest) -> bool:
-        params = message.params
-        if self._version is None or not params or not PARAMS.issuperset(params) or traces.active():
+        taken = takeable_call(message.params)
+        if self._version is None or taken is None or traces.active():
             return False
-        name, arguments, meta = params.get("name"), params.get("arguments"), params.get("_meta")
-        if not isinstance(name, str) or not (arguments is None or isinstance(arguments, dict)):
-            return False
-        if not (meta is None or (isinstance(meta, dict) and MODERN_META not in meta)):
-            return False
+        name, arguments, meta = taken
         proxy = self._proxy
-        if name in proxy.own or name not in proxy.catalog.tools or len(proxy.clients.connections()) != 1:
+        if not published(proxy, name) or len(proxy.clients.connections()) != 1:
             return False
         token = meta.get("progressToken") if meta else None
         if token is not None and type(token) not in (str, int):  # the SDK's validation answers that
@@ -141,19 +184,8 @@ class Lane(_ReadStreamWrapper):
         answer: types.JSONRPCResponse | types.JSONRPCError | None = None
         try:
             with call.scope:
-                try:
-                    with request_meta.serving(meta):  # its `_meta` goes on to the downstream, as on the SDK's path
-                        result = await self._proxy.call(name, arguments, relay)
-                    data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
-                    assert self._version is not None
-                    data = serialize_server_result("tools/call", self._version, data)
-                    answer = types.JSONRPCResponse(jsonrpc="2.0", id=request_id, result=data)
-                except Exception as exc:  # as the SDK's dispatcher answers a handler that raised
-                    error = handler_exception_to_error_data(exc)
-                    if error is None:
-                        logger.exception("tools/call %r failed", name)
-                        error = types.ErrorData(code=0, message=str(exc))
-                    answer = types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error)
+                assert self._version is not None
+                answer = await answer_call(self._proxy, request_id, name, arguments, meta, self._version, relay)
             if answer is None and not call.by_client:  # cut short because the client's input ended
                 closed = types.ErrorData(code=types.CONNECTION_CLOSED, message="Connection closed")
                 answer = types.JSONRPCError(jsonrpc="2.0", id=request_id, error=closed)
