@@ -324,8 +324,11 @@ async def wait_for_port(port: int, limit: float = 60) -> None:
 
 
 @asynccontextmanager
-async def http_server(command: list[str], port: int) -> AsyncIterator[anyio.abc.Process]:
+async def http_server(command: list[str], port: int, source: str | None = None) -> AsyncIterator[anyio.abc.Process]:
+    """`command` listening on `port`; `source`: the src folder of another circuitbox checkout it runs from."""
     env = {**os.environ, **_child_env()}
+    if source is not None:
+        env["PYTHONPATH"] = source
     process = await anyio.open_process(
         command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None
     )
@@ -405,31 +408,33 @@ async def http_load(url: str, clients: int, calls: int) -> tuple[float, int]:
     return clients * calls / (time.perf_counter() - began), lost
 
 
-async def bench_http(folder: Path, rounds: int, clients: int, calls: int) -> dict[str, dict[str, float]]:
-    ports = {name: free_port() for name in ("direct", "http downstream", "stdio downstream")}
+async def bench_http(
+    folder: Path, rounds: int, clients: int, calls: int, baseline: str | None = None
+) -> dict[str, dict[str, float]]:
+    """`baseline`: the src folder of another circuitbox checkout (say main before a change), whose two contenders
+    run in the same interleaved rounds as this one's."""
+    names = ["direct", "http downstream", "stdio downstream"]
+    if baseline is not None:
+        names += ["baseline, http downstream", "baseline, stdio downstream"]
+    ports = {name: free_port() for name in names}
     chaos_http = [*CHAOS, "--transport", "http", "--port", str(ports["direct"])]
     via_http = write_config(folder, "via-http", {"url": f"http://127.0.0.1:{ports['direct']}/mcp"})
     via_stdio = write_config(folder, "via-stdio", stdio_entry(CHAOS))
-    servers = [
-        ("direct", chaos_http),
-        (
-            "http downstream",
-            circuitbox_command(via_http, "--transport", "http", "--port", str(ports["http downstream"])),
-        ),
-        (
-            "stdio downstream",
-            circuitbox_command(via_stdio, "--transport", "http", "--port", str(ports["stdio downstream"])),
-        ),
-    ]
-    rows: dict[str, dict[str, list[float]]] = {name: {} for name, _ in servers}
+    configs = {"http downstream": via_http, "stdio downstream": via_stdio}
+    servers: list[tuple[str, list[str], str | None]] = [("direct", chaos_http, None)]
+    for name in names[1:]:
+        config = configs[name.removeprefix("baseline, ")]
+        command = circuitbox_command(config, "--transport", "http", "--port", str(ports[name]))
+        servers.append((name, command, baseline if name.startswith("baseline") else None))
+    rows: dict[str, dict[str, list[float]]] = {name: {} for name in names}
     async with AsyncExitStack() as stack:
-        for name, cmd in servers:  # the direct server first: circuitbox's HTTP downstream is that very server
-            await stack.enter_async_context(http_server(cmd, ports[name]))
+        for name, cmd, source in servers:  # the direct server first: circuitbox's HTTP downstream is that very server
+            await stack.enter_async_context(http_server(cmd, ports[name], source))
         urls = {name: f"http://127.0.0.1:{port}/mcp" for name, port in ports.items()}
         for url in urls.values():
             await http_load(url, 2, 5)  # warm-up
         for r in range(rounds):
-            for name, _ in rotate(servers, r):
+            for name, _, _ in rotate(servers, r):
                 rate, lost = await http_load(urls[name], clients, calls)
                 rows[name].setdefault("rate", []).append(rate)
                 rows[name].setdefault("lost", []).append(lost)
@@ -441,14 +446,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     rounds, calls = (3, 50) if quick else (7, 200)
     http_calls = 20 if quick else 200
     folder = Path(tempfile.mkdtemp(prefix="circuitbox-bench-"))
-    data: dict[str, Any] = {"rounds": rounds, "calls": calls, "http_calls": http_calls}
+    http_rounds = args.http_rounds or (2 if quick else 5)
+    data: dict[str, Any] = {"rounds": rounds, "calls": calls, "http_calls": http_calls, "http_rounds": http_rounds}
     parts = {
         "stdio": lambda: bench_stdio(folder, rounds, calls),
         "listing": lambda: bench_listing(folder, rounds),
         "initialize": lambda: bench_initialize(folder, rounds),
         "fast_fail": lambda: bench_fast_fail(calls * 4),
         "sessions": lambda: bench_sessions(folder, 1000),
-        "http": lambda: bench_http(folder, 2, 20, http_calls),
+        "http": lambda: bench_http(folder, http_rounds, 20, http_calls, args.baseline),
     }
     for name, run in parts.items():
         if not args.only or name in args.only:
@@ -506,11 +512,12 @@ def report(data: dict[str, Any]) -> str:
         http = data["http"]
         lines += [
             "",
-            f"| HTTP upstream, 20 clients x {data['http_calls']} calls | calls/s | vs direct | lost |",
+            f"| HTTP upstream, 20 clients x {data['http_calls']} calls, {data['http_rounds']} rounds "
+            "| calls/s | vs direct | lost |",
             "|---|---:|---:|---:|",
         ]
         for k, v in http.items():
-            name = k if k == "direct" else f"circuitbox, {k}"
+            name = k if k == "direct" or k.startswith("baseline") else f"circuitbox, {k}"
             lines.append(f"| {name} | {v['rate']:.0f} | {v['rate'] / http['direct']['rate']:.2f}x | {v['lost']:.0f} |")
     return "\n".join(lines)
 
@@ -520,6 +527,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds and calls")
     parser.add_argument("--json", action="store_true", help="print the medians as JSON after the tables")
     parser.add_argument("--only", type=lambda s: s.split(","), help="comma-separated parts: stdio,listing,...")
+    parser.add_argument("--http-rounds", type=int, help="interleaved rounds of the HTTP part (default 5)")
+    parser.add_argument(
+        "--baseline",
+        metavar="SRC",
+        help="the src folder of another circuitbox checkout: its HTTP contenders join the same rounds",
+    )
     parser.add_argument("--bare-proxy", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
