@@ -4,12 +4,16 @@ finds another's task, and a client that is gone leaves nothing behind for status
 from __future__ import annotations
 
 import gc
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, cast
 
+import anyio
+import mcp_types as types
 import pytest
 from mcp import MCPError
 
-from circuitbox.server.tasks import TaskTable
+from circuitbox.server.downstream import Connection, DownstreamUnavailableError
+from circuitbox.server.tasks import TaskHooks, TaskRelay, TaskTable
 
 
 class Client:
@@ -61,3 +65,54 @@ def test_a_client_that_is_gone_has_its_tasks_forgotten_and_pruned() -> None:
         table.add(other, "ev", ds, f"b{i}")
     assert all(key != (ds, "old") for key in table._remote)
     assert table.owner(ds, "b2") is not None
+
+
+class ListingServer:
+    """A task-listing downstream as the relay sees it: its name, capabilities and `tasks/list` answers."""
+
+    def __init__(self, name: str, pages: list[dict[str, Any]] | None) -> None:
+        self.name = name
+        self.capabilities = types.ServerCapabilities.model_validate({"tasks": {"list": {}}})
+        self._pages = pages  # None: it is down
+        self.asked: list[Any] = []
+
+    async def request(self, request: Any, result_type: Any) -> Any:
+        self.asked.append(request.params)
+        if self._pages is None:
+            raise DownstreamUnavailableError(self.name, Connection.RESTARTING, "it crashed")
+        return result_type.model_validate(self._pages[(len(self.asked) - 1) % len(self._pages)])  # each list re-asks
+
+
+def relay() -> TaskRelay:
+    async def never(*_: Any) -> Any:
+        raise AssertionError("not used by tasks/list")
+
+    hooks = TaskHooks(task_server=lambda _: None, call=never, serving=lambda *_: nullcontext(),
+                      timeout=lambda _: 5.0, capabilities=list, ready=never)  # fmt: skip
+    return TaskRelay(hooks)
+
+
+@pytest.mark.anyio
+async def test_tasks_list_leaves_out_a_server_that_fails_and_pages_the_rest_with_its_own_cursor() -> None:
+    tasks, client = relay(), Client()
+    down = ListingServer("down", None)
+    up = ListingServer("up", [
+        {"tasks": [task(f"u{i}") for i in range(60)], "nextCursor": "theirs"},  # the server's own paging, followed
+        {"tasks": [task(f"u{i}") for i in range(60, 120)]},
+    ])  # fmt: skip
+    published = [tasks.table.add(client, "up", cast(Any, up), f"u{i}").published for i in range(120)]
+    tasks.table.add(client, "down", cast(Any, down), "d0")
+    with anyio.fail_after(10):
+        first = await tasks._list(client, {})
+        rest = await tasks._list(client, {"cursor": first["nextCursor"]})
+    assert [t["taskId"] for t in first["tasks"]] == published[:100]
+    assert [t["taskId"] for t in rest["tasks"]] == published[100:] and "nextCursor" not in rest
+    assert up.asked[1] == {"cursor": "theirs"}  # the server's cursor stays between circuitbox and it
+    with pytest.raises(MCPError) as foreign:
+        await tasks._list(client, {"cursor": "bm90IG91cnM"})
+    assert foreign.value.error.code == -32602
+
+
+def task(task_id: str) -> dict[str, Any]:
+    return {"taskId": task_id, "status": "working", "createdAt": "2026-12-04T00:00:00Z", "lastUpdatedAt":
+            "2026-12-04T00:00:00Z", "ttl": None}  # fmt: skip

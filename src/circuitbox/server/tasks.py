@@ -317,7 +317,8 @@ class TaskRelay:
 
     async def _list(self, client: Any, params: dict[str, Any]) -> dict[str, Any]:
         """The client's own tasks, from the tasks/list of each connection they live on (a downstream that does not
-        list its tasks has its tasks left out), in the order they were created, paged with circuitbox's cursor."""
+        list its tasks, or fails to, has its tasks left out), in the order they were created, paged with
+        circuitbox's cursor."""
         cursor = params.get("cursor")
         offset = decode_cursor("tasks", cursor) if isinstance(cursor, str) else 0
         mine = self.table.of(client)
@@ -327,7 +328,12 @@ class TaskRelay:
             if caps is None or caps.tasks is None or caps.tasks.list is None:
                 continue
             by_remote = {task.remote: task for task in mine if task.downstream is downstream}
-            for listed in await self._downstream_tasks(downstream):
+            try:
+                listing = await self._downstream_tasks(downstream)
+            except MCPError as exc:  # one server failing costs its own tasks in the list, not everyone's list
+                logger.warning("tasks/list: server %r left out: %s", downstream.name, exc.error.message)
+                continue
+            for listed in listing:
                 task = by_remote.get(str(listed.get("taskId")))
                 if task is not None:
                     found[task] = {**listed, "taskId": task.published}
