@@ -25,6 +25,7 @@ Measured, as the proxy issue lists them:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import socket
@@ -240,46 +241,113 @@ async def bench_initialize(folder: Path, rounds: int) -> dict[str, float]:
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-async def bench_fast_fail(calls: int) -> dict[str, float]:
-    """Inside the proxy: from a request read off its input stream to its answer written to its output stream.
+async def bench_fast_fail(calls: int, rounds: int, baseline: str | None = None) -> dict[str, Any]:
+    """Fast-fail inside the proxy, `rounds` fresh processes each (`--fast-fail-here`), interleaved with the
+    checkout at `baseline` when given; medians over rounds."""
+    contenders: list[tuple[str, str | None]] = [("circuitbox", None)]
+    if baseline is not None:
+        contenders.append(("baseline", baseline))
+    rows: dict[str, dict[str, list[float]]] = {name: {} for name, _ in contenders}
+    for r in range(rounds):
+        for name, source in rotate(contenders, r):
+            env = {**os.environ, **({"PYTHONPATH": source} if source else {})}
+            command = [sys.executable, __file__, "--fast-fail-here", str(calls)]
+            done = await anyio.run_process(command, env=env, stderr=None)
+            for key, value in json.loads(done.stdout).items():
+                rows[name].setdefault(key, []).append(value)
+    return medians(rows)
 
-    The proxy runs in this process as `serve` runs it over stdio (its MCP server with the fast lane in front), on
-    memory streams that this function feeds with JSON-RPC messages, so the figure is the proxy's own work
-    (envelope, routing, breaker, answer): no pipe, no client."""
-    from mcp.shared.message import SessionMessage
 
+async def fast_fail_here(calls: int) -> dict[str, float]:
+    """Inside the proxy: from a request line read off its input pipe to its answer line written to its output
+    pipe, for a call its open circuit refuses, next to a forwarded call (a real chaos server behind).
+
+    The proxy runs in this process as `serve` runs it over stdio (app.py): the loop's own pipe transports on two
+    OS pipes, the reader task, `AnswerMalformed`, the fast lane and the SDK's server; this function is the agent
+    at the pipes' other ends. The two instants are read inside the proxy (the reader's parse of the line, the
+    answer's write), so the agent's own scheduling is not in the figure. Run against an older checkout (through
+    `--baseline`), the proxy is wired as that checkout's `serve` wires it."""
     from circuitbox.config.load import parse_config
+    from circuitbox.server import _pipes
+    from circuitbox.server._streams import AnswerMalformed
     from circuitbox.server.app import build_proxy
     from circuitbox.server.lane import fast_lane
 
     server_entry = {**stdio_entry(CHAOS), "namespace": "", "breaker": {"failure_threshold": 3}}
     proxy, _ = build_proxy(parse_config({"environment": "production", "mcpServers": {"d": server_entry}}))
     proxy.stdio_upstream = True
-    to_server, server_reads = anyio.create_memory_object_stream[Any](16)
-    server_writes, from_server = anyio.create_memory_object_stream[Any](16)
+    loop = asyncio.get_running_loop()
+    read_at: dict[Any, float] = {}
+    written_at: dict[Any, float] = {}
+    parse_line = _pipes.parse_line
+
+    def timed_parse(line: bytes) -> Any:
+        began = time.perf_counter()
+        item = parse_line(line)
+        read_at[getattr(item.message, "id", None)] = began
+        return item
+
+    _pipes.parse_line = timed_parse  # type: ignore[assignment]
+
+    async def pipe_pair() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        read_fd, write_fd = os.pipe()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0))
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(write_fd, "wb", 0)
+        )
+        return reader, asyncio.StreamWriter(transport, protocol, None, loop)
+
+    stdin, agent_out = await pipe_pair()
+    agent_in, stdout = await pipe_pair()
+    write = stdout.write
+
+    def timed_write(data: bytes) -> None:
+        write(data)
+        written = time.perf_counter()
+        written_at[json.loads(data).get("id")] = written
+
+    stdout.write = timed_write  # type: ignore[method-assign]
+
+    @asynccontextmanager
+    async def streams() -> AsyncIterator[tuple[Any, Any, Any]]:
+        """(read, write, tap) as this checkout's `serve` has them."""
+        if hasattr(_pipes, "pipe_streams"):
+            async with _pipes.pipe_streams(stdin, stdout) as (read, writes):
+                yield read, writes, read
+            return
+        to_server, reads = anyio.create_memory_object_stream[Any](0)  # before the reader handed calls on
+        writes = _pipes.PipeWriter(stdout)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_pipes._read_until, None, stdin, to_server)
+            yield reads, writes, None
+            tg.cancel_scope.cancel()
+
+    async def serve() -> None:
+        server = proxy.build_server()
+        proxy.serve_one_client(server)
+        async with streams() as (read, writes, tap):
+            lane = (
+                fast_lane(proxy, AnswerMalformed(read, writes), writes, tap)
+                if tap
+                else fast_lane(proxy, AnswerMalformed(read, writes), writes)
+            )
+            async with lane as upstream:
+                await server.run(upstream, writes, proxy.initialization_options(server))
+
     next_id = 0
 
     async def request(method: str, params: dict[str, Any]) -> tuple[dict[str, Any], float]:
         nonlocal next_id
         next_id += 1
-        message = types.jsonrpc_message_adapter.validate_python(
-            {"jsonrpc": "2.0", "id": next_id, "method": method, "params": params}
-        )
-        began = time.perf_counter()
-        await to_server.send(SessionMessage(message))
+        agent_out.write(json.dumps({"jsonrpc": "2.0", "id": next_id, "method": method, "params": params}).encode())
+        agent_out.write(b"\n")
         while True:  # notifications (list_changed as the downstream connects) are not the answer
-            answer = await from_server.receive()
-            if getattr(answer.message, "id", None) is not None:
+            data = json.loads(await agent_in.readline())
+            if data.get("id") is not None:
                 break
-        elapsed = time.perf_counter() - began
-        data = answer.message.model_dump(by_alias=True, exclude_none=True)
-        assert data.get("id") == next_id, data
-        return data, elapsed
-
-    async def serve() -> None:
-        server = proxy.build_server()
-        async with fast_lane(proxy, server_reads, server_writes) as upstream:
-            await server.run(upstream, server_writes, proxy.initialization_options(server))
+        assert data["id"] == next_id, data
+        return data, written_at.pop(next_id) - read_at.pop(next_id)
 
     timings: dict[str, list[float]] = {"rejected": [], "forwarded": []}
     async with anyio.create_task_group() as tg:
@@ -287,9 +355,7 @@ async def bench_fast_fail(calls: int) -> dict[str, float]:
         tg.start_soon(serve)
         client_info = {"name": "bench", "version": "0"}
         await request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": client_info})
-        await to_server.send(
-            SessionMessage(types.JSONRPCNotification(jsonrpc="2.0", method="notifications/initialized"))
-        )
+        agent_out.write(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}\n')
         await request("tools/list", {})
         for _ in range(3):
             await request("tools/call", {"name": "down", "arguments": {}})
@@ -452,7 +518,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "stdio": lambda: bench_stdio(folder, rounds, calls),
         "listing": lambda: bench_listing(folder, rounds),
         "initialize": lambda: bench_initialize(folder, rounds),
-        "fast_fail": lambda: bench_fast_fail(calls * 4),
+        "fast_fail": lambda: bench_fast_fail(calls * 4, 3 if quick else rounds, args.baseline),
         "sessions": lambda: bench_sessions(folder, 1000),
         "http": lambda: bench_http(folder, http_rounds, 20, http_calls, args.baseline),
     }
@@ -494,12 +560,10 @@ def report(data: dict[str, Any]) -> str:
         lines += ["", "| spawn to initialize answered | ms | vs direct |", "|---|---:|---:|"]
         lines += [f"| {k} | {v * 1e3:.0f} | {v / init['direct']:.2f}x |" for k, v in init.items()]
     if "fast_fail" in data:
-        ff = data["fast_fail"]
-        lines += [
-            "",
-            f"fast-fail inside the proxy (request read to answer written, in-process): open circuit "
-            f"{ff['rejected'] * 1e6:.0f} us, forwarded call {ff['forwarded'] * 1e6:.0f} us",
-        ]
+        lines += ["", "| inside the proxy, request line read to answer line written | open circuit (us) | forwarded "
+                  "call (us) |", "|---|---:|---:|"]  # fmt: skip
+        for k, v in data["fast_fail"].items():
+            lines.append(f"| {k} | {v['rejected'] * 1e6:.0f} | {v['forwarded'] * 1e6:.0f} |")
     if "sessions" in data:
         sessions = data["sessions"]
         lines += [
@@ -531,13 +595,17 @@ def main() -> None:
     parser.add_argument(
         "--baseline",
         metavar="SRC",
-        help="the src folder of another circuitbox checkout: its HTTP contenders join the same rounds",
+        help="the src folder of another circuitbox checkout: its HTTP and fast-fail contenders join the same rounds",
     )
     parser.add_argument("--bare-proxy", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--fast-fail-here", type=int, help=argparse.SUPPRESS)
     parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_proxy:
         anyio.run(bare_proxy, args.rest)
+        return
+    if args.fast_fail_here:
+        print(json.dumps(anyio.run(fast_fail_here, args.fast_fail_here)))
         return
     data = anyio.run(bench, args)
     print(report(data))

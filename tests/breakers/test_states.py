@@ -5,6 +5,7 @@ import pytest
 from circuitbox.breakers import (
     TRANSITIONS,
     CallFailed,
+    CallRejected,
     CallSucceeded,
     CircuitState,
     IllegalTransitionError,
@@ -169,6 +170,28 @@ def test_reading_the_state_does_not_move_open_to_half_open(clock: FakeClock) -> 
     assert breaker.snapshot().retry_after == 0
     admit(breaker.acquire())
     assert breaker.state is S.HALF_OPEN
+
+
+def test_rejection_answers_only_what_acquire_would_refuse_without_a_transition(clock: FakeClock) -> None:
+    events = Recorder()
+    breaker = make(clock, listener=events, failure_threshold=1, timeout=5, half_open_max_calls=1)
+    assert breaker.rejection() is None  # closed: acquire admits
+    admit(breaker.acquire()).failure()
+    clock.advance(2)
+    refused = breaker.rejection()
+    assert isinstance(refused, Rejection) and refused.state is S.OPEN and refused.retry_after == 3
+    assert len(events.of(CallRejected)) == 1  # the same event acquire's refusal delivers
+    acquired = breaker.acquire()
+    assert isinstance(acquired, Rejection) and acquired.retry_at == refused.retry_at
+    clock.advance(3)
+    assert breaker.rejection() is None and breaker.state is S.OPEN  # elapsed: acquire makes the transition
+    admit(breaker.acquire())
+    assert breaker.state is S.HALF_OPEN and breaker.rejection() is None  # probe slots are acquire's to judge
+    assert isinstance(breaker.acquire(), Rejection)  # the one probe slot is taken
+    breaker.force(S.FORCED_OPEN)
+    forced = breaker.rejection()
+    assert isinstance(forced, Rejection) and forced.retry_after is None
+    assert len(events.of(CallRejected)) == 4  # open twice (rejection, acquire), half-open full, forced
 
 
 def test_repr_names_the_breaker_its_state_and_generation(clock: FakeClock) -> None:

@@ -81,6 +81,25 @@ class BreakerProtocol(BreakerCore):
         self._rejection = None  # the earliest free slot may have moved
         return permit
 
+    def rejection(self) -> Rejection | None:
+        """The `Rejection` that `acquire()` would return now without a transition (open with its period running,
+        or forced open), with the same side effect (a `CallRejected` event); None when `acquire()` would admit the
+        call or decide otherwise (closed, half-open, an elapsed open period): then call `acquire()`. A pure check
+        otherwise, so a caller can answer a fast-fail before it commits to any of the call's work."""
+        state = self._state
+        if state is _OPEN:
+            now = self._clock()
+            if now >= self._open_until:
+                return None
+        elif state is _FORCED_OPEN:
+            now = self._clock()
+        else:
+            return None
+        rejection = self._rejection
+        if rejection is not None and not self._listeners:
+            return rejection
+        return self._reject(now)
+
     def _reject(self, now: float) -> Rejection:
         rejection = self._rejection
         if rejection is None:

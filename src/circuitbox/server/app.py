@@ -177,7 +177,7 @@ async def serve(
                 proxy.serve_one_client(server)  # one client: a downstream's question with no call in flight is its
                 async with (
                     stdio_pipes(stop, config.max_message_bytes) as (read, write),
-                    fast_lane(proxy, AnswerMalformed(read, write), write) as upstream,
+                    fast_lane(proxy, AnswerMalformed(read, write), write, tap=read) as upstream,
                 ):
                     await server.run(upstream, write, proxy.initialization_options(server))
             # Cancelling the owners ends every downstream: each stdio child's whole process group.

@@ -328,6 +328,26 @@ class Guard:
         answer = await self._fall_back(downstream, tool, arguments, progress, rejected, resolve, published, definition)
         return answer or rejected
 
+    def reject_now(self, downstream: Downstream, tool: str, published: str) -> dict[str, Any] | None:
+        """The answer `call` gives at once when the circuit refuses the call and nothing else could answer it (no
+        retry, no fallback, no limit that queues, the server connected): the same rejection, recorded the same
+        way, without a coroutine, as the wire has it (`rejection_wire`). None: `call` decides (the circuit admits
+        the call, or a policy may act)."""
+        if downstream.session is None:
+            return None
+        key = (downstream.name, tool)
+        limits = self._limits.get(key)
+        if limits is None or limits.gated:
+            return None
+        try:
+            breaker, policy = self.breaker(*key)
+        except (ConfigError, ValueError):
+            return None
+        if policy.retry is not None or policy.fallback is not None:
+            return None
+        rejection = breaker.rejection()
+        return None if rejection is None else rejection_wire(downstream.name, tool, published, rejection)
+
     def _run(
         self,
         downstream: Downstream,
@@ -766,6 +786,18 @@ def unavailable_result(downstream: Downstream, published: str) -> types.CallTool
 
 def rejection_result(server: str, tool: str, published: str, rejection: Rejection) -> types.CallToolResult:
     """The fast-fail answer: readable text plus the same facts as data under `_meta["circuitbox/breaker"]`."""
+    text, data = _rejection_parts(server, tool, published, rejection)
+    return error_result(text, {META_KEY: data})
+
+
+def rejection_wire(server: str, tool: str, published: str, rejection: Rejection) -> dict[str, Any]:
+    """`rejection_result` as the wire has it in every handshake-era version (the SDK's dump and per-version sieve
+    give exactly this; a test holds them to it), built without a model: the fast-fail path's cost is in models."""
+    text, data = _rejection_parts(server, tool, published, rejection)
+    return {"content": [{"type": "text", "text": text}], "isError": True, "_meta": {META_KEY: data}}
+
+
+def _rejection_parts(server: str, tool: str, published: str, rejection: Rejection) -> tuple[str, dict[str, Any]]:
     state = str(rejection.state)
     retry = rejection.retry_after
     when = f"the next probe is allowed in {retry:.1f}s" if retry is not None else "an operator has forced it open"
@@ -782,4 +814,4 @@ def rejection_result(server: str, tool: str, published: str, rejection: Rejectio
         "server": server,
         "tool": tool,
     }
-    return error_result(text, {META_KEY: data})
+    return text, data

@@ -38,6 +38,7 @@ from circuitbox.server import request_meta
 from circuitbox.server._streams import _ReadStreamWrapper
 
 if TYPE_CHECKING:
+    from circuitbox.server._pipes import TappedStream
     from circuitbox.server.proxy import Proxy
 
 logger = logging.getLogger("circuitbox.lane")
@@ -80,15 +81,22 @@ async def answer_call(
     try:
         with request_meta.serving(meta):  # its `_meta` goes on to the downstream, as on the SDK's path
             result = await proxy.call(name, arguments, progress)
-        data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
-        data = serialize_server_result("tools/call", version, data)
-        return types.JSONRPCResponse(jsonrpc="2.0", id=request_id, result=data)
+        return call_response(request_id, result, version)
     except Exception as exc:  # as the SDK's dispatcher answers a handler that raised
         error = handler_exception_to_error_data(exc)
         if error is None:
             logger.exception("tools/call %r failed", name)
             error = types.ErrorData(code=0, message=str(exc))
         return types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error)
+
+
+def call_response(
+    request_id: types.RequestId, result: types.CallToolResult | types.InputRequiredResult, version: str
+) -> types.JSONRPCResponse:
+    """A tools/call result as the SDK's server sends it: dumped the same way, sieved by `version`'s schema."""
+    data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+    data = serialize_server_result("tools/call", version, data)
+    return types.JSONRPCResponse(jsonrpc="2.0", id=request_id, result=data)
 
 
 class _Call:
@@ -125,6 +133,13 @@ class Lane(_ReadStreamWrapper):
                 continue
             return item
 
+    def intercept(self, item: SessionMessage) -> bool:
+        """A message as the stdio reader parsed it, in the reader's own task, before it is queued for the SDK's
+        server: a call the lane takes is started (or, when its circuit refuses it, answered) here, without the hop
+        to the server's task. Whatever it does not take goes on to `receive`, which judges it again."""
+        message = item.message
+        return isinstance(message, types.JSONRPCRequest) and message.method == "tools/call" and self._call(message)
+
     def _take(self, message: Any) -> bool:
         if isinstance(message, types.JSONRPCRequest):
             if message.method == "tools/call":
@@ -155,11 +170,25 @@ class Lane(_ReadStreamWrapper):
         key = str(message.id)
         if key in self._calls:  # a second request with an id still in flight: the SDK's to answer
             return False
+        self.taken += 1
+        answer = self._refused(message.id, name)
+        if answer is not None:
+            try:
+                self._write.send_nowait(SessionMessage(answer))
+                return True
+            except anyio.WouldBlock:  # the agent is not reading: written by a task, with backpressure, below
+                pass
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return True  # the agent has gone: nobody to answer
         call = self._calls[key] = _Call()
         self._idle = anyio.Event() if len(self._calls) == 1 else self._idle
-        self._tg.start_soon(self._serve, message.id, key, call, name, arguments, meta, token)
-        self.taken += 1
+        self._tg.start_soon(self._serve, message.id, key, call, name, arguments, meta, token, answer)
         return True
+
+    def _refused(self, request_id: types.RequestId, name: str) -> types.JSONRPCResponse | None:
+        """The fast-fail answer when the tool's circuit refuses the call at once (`Proxy.reject_now`), else None."""
+        result = self._proxy.reject_now(name)
+        return None if result is None else types.JSONRPCResponse(jsonrpc="2.0", id=request_id, result=result)
 
     def _cancel(self, params: dict[str, Any] | None) -> bool:
         request_id = (params or {}).get("requestId")
@@ -179,13 +208,15 @@ class Lane(_ReadStreamWrapper):
         arguments: Any,
         meta: dict[str, Any] | None,
         token: Any,
+        answer: types.JSONRPCResponse | types.JSONRPCError | None = None,
     ) -> None:
+        """The call, answered; `answer`: already answered (a fast-fail the pipe could not take at once)."""
         relay = self._progress_relay(token) if token is not None else None
-        answer: types.JSONRPCResponse | types.JSONRPCError | None = None
         try:
             with call.scope:
                 assert self._version is not None
-                answer = await answer_call(self._proxy, request_id, name, arguments, meta, self._version, relay)
+                if answer is None:
+                    answer = await answer_call(self._proxy, request_id, name, arguments, meta, self._version, relay)
             if answer is None and not call.by_client:  # cut short because the client's input ended
                 closed = types.ErrorData(code=types.CONNECTION_CLOSED, message="Connection closed")
                 answer = types.JSONRPCError(jsonrpc="2.0", id=request_id, error=closed)
@@ -223,8 +254,16 @@ class Lane(_ReadStreamWrapper):
 
 
 @asynccontextmanager
-async def fast_lane(proxy: Proxy, read: Any, write: Any) -> AsyncIterator[Lane]:
-    """The read stream to give the SDK's server, with the lane in front of it."""
+async def fast_lane(proxy: Proxy, read: Any, write: Any, tap: TappedStream | None = None) -> AsyncIterator[Lane]:
+    """The read stream to give the SDK's server, with the lane in front of it; `tap`: the stdio reader's stream,
+    whose reader task then hands the lane its calls directly (`Lane.intercept`)."""
     async with anyio.create_task_group() as tg:
-        yield Lane(read, write, proxy, tg)
-        tg.cancel_scope.cancel()
+        lane = Lane(read, write, proxy, tg)
+        if tap is not None:
+            tap.intercept = lane.intercept
+        try:
+            yield lane
+        finally:
+            if tap is not None:
+                tap.intercept = None
+            tg.cancel_scope.cancel()

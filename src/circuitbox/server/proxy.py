@@ -715,6 +715,16 @@ class Proxy:
             )
         return result
 
+    def reject_now(self, name: str) -> dict[str, Any] | None:
+        """`call`'s result, as the wire has it, when the circuit of the published tool `name` refuses the call at
+        once (the guard's `reject_now`), given without awaiting anything, so a lane can answer a fast-fail in the
+        task that read the request; None: `call` it."""
+        found = self.catalog.tools.get(name)
+        if found is None or self.drain.closing:
+            return None
+        route = found[0]
+        return self.guard.reject_now(self.downstreams[route.server], route.name, name)
+
     def _route(self, name: str) -> tuple[Downstream, str] | None:
         found = self.catalog.tools.get(name)
         if found is None or found[0].server not in self.downstreams:
