@@ -19,7 +19,7 @@ import anyio
 import mcp_types as types
 from mcp import MCPError
 
-from circuitbox.breakers import BreakerRegistry, CircuitBreaker, Permit, Rejection
+from circuitbox.breakers import BreakerRegistry, CircuitBreaker, CircuitState, Permit, Rejection
 from circuitbox.config.load import ConfigError, ProxyConfig
 from circuitbox.config.policy import LastKnownGood, RetryPolicy, TextFallback, ToolFallback, ToolPolicy, retune
 from circuitbox.observability import traces
@@ -35,6 +35,10 @@ logger = logging.getLogger("circuitbox.guard")
 META_KEY = "circuitbox/breaker"
 SERVER_META_KEY = "circuitbox/server"
 LIMIT_META_KEY = "circuitbox/limit"
+
+
+REFUSING = frozenset((CircuitState.OPEN, CircuitState.FORCED_OPEN))
+"""The states in which a circuit may refuse a call without a transition (`CircuitBreaker.rejection`)."""
 
 
 def breaker_name(server: str, tool: str) -> str:
@@ -333,15 +337,15 @@ class Guard:
         retry, no fallback, no limit that queues, the server connected): the same rejection, recorded the same
         way, without a coroutine, as the wire has it (`rejection_wire`). None: `call` decides (the circuit admits
         the call, or a policy may act)."""
-        if downstream.session is None:
-            return None
         key = (downstream.name, tool)
-        limits = self._limits.get(key)
-        if limits is None or limits.gated:
-            return None
         try:
             breaker, policy = self.breaker(*key)
         except (ConfigError, ValueError):
+            return None
+        if breaker.state not in REFUSING:  # every forwarded call of the lane asks: a closed circuit stops here
+            return None
+        limits = self._limits.get(key)
+        if downstream.session is None or limits is None or limits.gated:
             return None
         if policy.retry is not None or policy.fallback is not None:
             return None
