@@ -52,8 +52,11 @@ class TasksClient(ClientSession):
 
 
 @asynccontextmanager
-async def tasks_client_over_stdio(tmp_path: Path, config: dict[str, Any]) -> AsyncIterator[TasksClient]:
-    """`circuitbox serve` over stdio as a child process, driven by a `TasksClient`."""
+async def tasks_client_over_stdio(
+    tmp_path: Path, config: dict[str, Any], **callbacks: Any
+) -> AsyncIterator[TasksClient]:
+    """`circuitbox serve` over stdio as a child process, driven by a `TasksClient` (with `callbacks`: the
+    `ClientSession` callbacks it has)."""
     path = write_config(tmp_path, config)
     params = StdioServerParameters(
         command=sys.executable,
@@ -67,7 +70,7 @@ async def tasks_client_over_stdio(tmp_path: Path, config: dict[str, Any]) -> Asy
     )
     async with (
         stdio_client(params) as (read, write),
-        TasksClient(read, write, read_timeout_seconds=60) as session,
+        TasksClient(read, write, read_timeout_seconds=60, **callbacks) as session,
     ):
         with anyio.fail_after(60):
             await session.initialize()

@@ -1,20 +1,24 @@
 """Tasks (2025-11-25) through circuitbox, with npm server-everything as the downstream: its task-required
 `simulate-research-query` created, polled, fetched, listed and cancelled through `circuitbox serve` over stdio and
-HTTP, under task ids of circuitbox's own that only their client can reach."""
+HTTP, under task ids of circuitbox's own that only their client can reach; and with a small task server
+(tests/proxy/task_server.py) where what the downstream saw must be told."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import mcp_types as types
 import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.proxy.harness import everything_server
+from tests.net import import_path_env
+from tests.proxy.harness import REPO, everything_server
 from tests.proxy.tasks_client import TasksClient, tasks_client_over_stdio
 from tests.proxy.test_client_sessions import serving
 
@@ -23,8 +27,20 @@ pytestmark = pytest.mark.anyio
 RESEARCH = "ev__simulate-research-query"
 
 
-def research(topic: str) -> dict[str, Any]:
-    return {"name": RESEARCH, "arguments": {"topic": topic}, "task": {"ttl": 60000}}
+RELATED = "io.modelcontextprotocol/related-task"
+
+
+def research(topic: str, **arguments: Any) -> dict[str, Any]:
+    return {"name": RESEARCH, "arguments": {"topic": topic, **arguments}, "task": {"ttl": 60000}}
+
+
+def task_server() -> dict[str, Any]:
+    return {
+        "command": sys.executable,
+        "args": ["-m", "tests.proxy.task_server"],
+        "cwd": str(REPO),
+        "env": {"PYTHONPATH": ":".join(filter(None, [str(REPO), import_path_env().get("PYTHONPATH")]))},
+    }
 
 
 async def wait_status(client: TasksClient, task_id: str, status: str) -> None:
@@ -124,3 +140,39 @@ async def test_over_http_each_client_sees_only_its_own_tasks(tmp_path: Path) -> 
                 tools = {tool.name: tool for tool in (await modern.list_tools()).tools}
             assert RESEARCH not in tools and "ev__echo" in tools
             assert all(tool.execution is None or tool.execution.task_support != "optional" for tool in tools.values())
+
+
+async def test_a_question_a_task_asks_the_client_names_the_task_by_circuitbox_id(tmp_path: Path) -> None:
+    asked: list[dict[str, Any] | None] = []
+
+    async def elicit(_: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(dict(params.meta or {}))
+        return types.ElicitResult(action="accept", content={"interpretation": "snake"})
+
+    config = {"mcpServers": {"ev": everything_server()}}
+    async with tasks_client_over_stdio(tmp_path, config, elicitation_callback=elicit) as client:
+        with anyio.fail_after(60):
+            # An ambiguous query asks the client to clarify, on the stream of the tasks/result waiting for it.
+            task_id = (await client.raw("tools/call", research("python", ambiguous=True)))["task"]["taskId"]
+            result = await client.raw("tasks/result", {"taskId": task_id})
+        assert asked == [{RELATED: {"taskId": task_id}}]
+        assert "Research Report: python (snake)" in result["content"][0]["text"]
+
+
+async def test_a_log_message_about_a_task_names_it_by_circuitbox_id(tmp_path: Path) -> None:
+    notes: list[Any] = []
+
+    async def note(message: Any) -> None:
+        if isinstance(message, types.LoggingMessageNotification):
+            notes.append(message.params)
+
+    async with tasks_client_over_stdio(tmp_path, {"mcpServers": {"ts": task_server()}}, message_handler=note) as c:
+        with anyio.fail_after(60):
+            await c.list_tools()
+            task_id = (await c.raw("tools/call", {"name": "ts__work", "arguments": {"seconds": 0}, "task": {}}))[
+                "task"
+            ]["taskId"]
+            result = await c.raw("tasks/result", {"taskId": task_id})  # the server logs about the task first
+        assert result["_meta"][RELATED] == {"taskId": task_id}
+        [logged] = notes
+        assert logged.logger == "ts__tasks" and logged.meta == {RELATED: {"taskId": task_id}}

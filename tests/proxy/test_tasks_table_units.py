@@ -116,3 +116,21 @@ async def test_tasks_list_leaves_out_a_server_that_fails_and_pages_the_rest_with
 def task(task_id: str) -> dict[str, Any]:
     return {"taskId": task_id, "status": "working", "createdAt": "2026-12-04T00:00:00Z", "lastUpdatedAt":
             "2026-12-04T00:00:00Z", "ttl": None}  # fmt: skip
+
+
+def test_a_related_task_meta_names_a_task_by_its_clients_id_and_is_left_alone_for_any_other() -> None:
+    tasks, client, ds = relay(), Client(), downstream()
+    task = tasks.table.add(client, "ev", ds, "r")
+
+    def note(remote: Any) -> types.LoggingMessageNotification:
+        meta = {"io.modelcontextprotocol/related-task": {"taskId": remote}, "other": 1}
+        params = types.LoggingMessageNotificationParams(level="info", data="x", _meta=meta)
+        return types.LoggingMessageNotification(params=params)
+
+    mapped = tasks.related(ds, note("r"))
+    assert mapped.params.meta == {"io.modelcontextprotocol/related-task": {"taskId": task.published}, "other": 1}
+    for untouched in (note("unknown"), note(7)):
+        assert tasks.related(ds, untouched) is untouched
+    assert tasks.related(downstream(), same := note("r")) is same  # another connection's task of that id
+    plain = types.ListRootsRequest()
+    assert tasks.related(ds, plain) is plain

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("circuitbox.downstream")
 
 T = TypeVar("T", bound=BaseModel)
+M = TypeVar("M", bound=BaseModel)
 ProgressCallback = ProgressFnT
 
 
@@ -110,9 +111,11 @@ class Downstream:
         offer_source: Callable[[], Awaitable[types.ClientCapabilities | None]] | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         on_task_status: Callable[[Downstream, types.TaskStatusNotificationParams], Awaitable[None]] | None = None,
+        relate_task: Callable[[Downstream, Any], Any] | None = None,
     ) -> None:
         self.config = config
         self._on_task_status = on_task_status
+        self._relate_task = relate_task  # a request's or notification's related-task _meta, as its client knows it
         self._offer = offer
         self._offer_source = offer_source  # asked at each connection, when the offer is learned late
         self.max_message_bytes = max_message_bytes
@@ -263,10 +266,10 @@ class Downstream:
             return {}
 
         async def sampling(_: Any, params: types.CreateMessageRequestParams) -> Any:
-            return await relay(self, types.CreateMessageRequest(params=params))
+            return await relay(self, self._related(types.CreateMessageRequest(params=params)))
 
         async def elicitation(_: Any, params: types.ElicitRequestParams) -> Any:
-            return await relay(self, types.ElicitRequest(params=params))
+            return await relay(self, self._related(types.ElicitRequest(params=params)))
 
         async def roots(_: Any) -> Any:
             return await relay(self, types.ListRootsRequest())
@@ -324,7 +327,14 @@ class Downstream:
             )
             and self._on_notification is not None
         ):
-            self._queue_note(message)
+            self._queue_note(self._related(message))
+
+    def _related(self, message: M) -> M:
+        """`message` as its client should see it: a task its related-task `_meta` names, under that client's id."""
+        if self._relate_task is None:
+            return message
+        related: M = self._relate_task(self, message)
+        return related
 
     def _queue_note(self, message: types.ServerNotification) -> None:
         if len(self._notes) >= NOTE_BUFFER:

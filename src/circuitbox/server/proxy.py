@@ -137,7 +137,9 @@ class Proxy:
         self.clients = Clients()
         self.callers = Callers()
         # per-client downstream connections
-        self.sessions = ClientSessions(backoff, config.max_message_bytes, on_task_status=self.tasks.status)
+        self.sessions = ClientSessions(
+            backoff, config.max_message_bytes, on_task_status=self.tasks.status, relate_task=self.tasks.related
+        )
         self.stdio_upstream = False  # set by the stdio front end: it has exactly one client
         self._one_client: types.ClientCapabilities | None = None
         self._one_client_declared = anyio.Event()
@@ -165,6 +167,7 @@ class Proxy:
             max_message_bytes=self.config.max_message_bytes,
             offer_source=self._shared_offer,
             on_task_status=self.tasks.status,
+            relate_task=self.tasks.related,
         )
 
     def serve_one_client(self, server: Server[Any]) -> None:

@@ -122,8 +122,10 @@ class ClientSessions:
         backoff: Callable[[], Backoff] | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         on_task_status: Callable[[Downstream, types.TaskStatusNotificationParams], Awaitable[None]] | None = None,
+        relate_task: Callable[[Downstream, Any], Any] | None = None,
     ) -> None:
         self._on_task_status = on_task_status  # the task relay (tasks.py), for every connection's task statuses
+        self._relate_task = relate_task  # and the task ids in its requests' and notifications' _meta
         self._links: dict[str, dict[int, ClientLink]] = {}
         self._backoff = backoff
         self._max_message_bytes = max_message_bytes
@@ -184,6 +186,7 @@ class ClientSessions:
             offer=connection.client_capabilities or types.ClientCapabilities(),
             max_message_bytes=self._max_message_bytes,
             on_task_status=self._on_task_status,
+            relate_task=self._relate_task,
         )
         link = ClientLink(server.name, connection, downstream, scope)
 

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import mcp_types as types
@@ -54,6 +54,7 @@ TASK_VERSIONS = frozenset({"2025-11-25"})
 MAX_TASKS_PER_CLIENT = 1000
 """Tasks one client's ids are kept for; past it the oldest id is forgotten (its tasks/get is then -32602)."""
 LIST_PAGE = 100
+AnyMessage = TypeVar("AnyMessage", bound=BaseModel)
 MAX_LIST_PAGES = 100  # of one downstream's tasks/list: a server that never stops paginating cannot hang a list
 
 
@@ -356,6 +357,20 @@ class TaskRelay:
             if not isinstance(cursor, str) or not cursor:
                 break
         return listed
+
+    def related(self, downstream: Downstream, message: AnyMessage) -> AnyMessage:
+        """A downstream's request or notification to a client (an elicitation during `tasks/result`, a log
+        message), with the task its related-task `_meta` names under the id that client knows; as it came when
+        it names none, or a task circuitbox did not hand out."""
+        params = getattr(message, "params", None)
+        meta = getattr(params, "meta", None)
+        related = meta.get(RELATED_TASK) if isinstance(meta, dict) else None
+        found = self.table.owner(downstream, related.get("taskId")) if isinstance(related, dict) else None
+        if found is None:
+            return message
+        assert params is not None and isinstance(meta, dict) and isinstance(related, dict)
+        mapped = {**meta, RELATED_TASK: {**related, "taskId": found[1].published}}
+        return message.model_copy(update={"params": params.model_copy(update={"meta": mapped})})
 
     async def status(self, downstream: Downstream, params: types.TaskStatusNotificationParams) -> None:
         """A downstream's `notifications/tasks/status`, to the client whose task it is, under its id."""
