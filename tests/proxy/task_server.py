@@ -5,7 +5,7 @@
 The SDK has the task types but no tasks runtime, so this serves them on the raw messages (a `Server.middleware`):
 
 - `work` (task support optional): a task that is `working` until cancelled, or, with `{"seconds": s}`, completes
-  after that long.
+  after that long. Its `statusMessage` tells its id on this server.
 - `tasks/get`, `tasks/list`, `tasks/cancel` (a task already ended: -32602, as the spec says), and `tasks/result`,
   which first sends a log message naming the task in its related-task `_meta`, then waits for the task to end.
 - `cancelled` (a plain tool): waits until `{"count": n}` tasks were cancelled, then lists their ids (its own).
@@ -41,8 +41,8 @@ class Task:
     ended: anyio.Event = field(default_factory=anyio.Event)
 
     def wire(self) -> dict[str, Any]:
-        return {"taskId": self.task_id, "status": self.status, "createdAt": STAMP, "lastUpdatedAt": STAMP,
-                "ttl": 60000}  # fmt: skip
+        return {"taskId": self.task_id, "status": self.status, "statusMessage": f"task {self.task_id}",
+                "createdAt": STAMP, "lastUpdatedAt": STAMP, "ttl": 60000}  # fmt: skip
 
     def end(self, status: str) -> None:
         self.status = status

@@ -5,6 +5,7 @@ HTTP, under task ids of circuitbox's own that only their client can reach; and w
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -176,3 +177,22 @@ async def test_a_log_message_about_a_task_names_it_by_circuitbox_id(tmp_path: Pa
         assert result["_meta"][RELATED] == {"taskId": task_id}
         [logged] = notes
         assert logged.logger == "ts__tasks" and logged.meta == {RELATED: {"taskId": task_id}}
+
+
+def work(**arguments: Any) -> dict[str, Any]:
+    return {"name": "ts__work", "arguments": arguments, "task": {"ttl": 60000}}
+
+
+async def test_a_task_left_running_by_a_client_that_leaves_is_cancelled_on_its_server(tmp_path: Path) -> None:
+    async with serving(tmp_path, {"mcpServers": {"ts": task_server()}}) as (url, _):
+        async with http_client(url) as leaving:
+            with anyio.fail_after(60):
+                running = (await leaving.raw("tools/call", work()))["task"]
+                ended = (await leaving.raw("tools/call", work(seconds=0)))["task"]["taskId"]
+                await leaving.raw("tasks/result", {"taskId": ended})  # known to have ended: not to be cancelled
+        # The client is gone (its session deleted): nobody can reach its tasks, and the one still running is
+        # cancelled on the server, which another client can see through a plain tool of that server's.
+        async with http_client(url) as other:
+            with anyio.fail_after(60):
+                result = await other.call_tool("ts__cancelled", {"count": 1})
+        assert result.content[0].text == json.dumps([running["statusMessage"].removeprefix("task ")])  # type: ignore[union-attr]

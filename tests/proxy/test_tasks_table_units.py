@@ -1,9 +1,11 @@
 """The task table's bookkeeping (tasks.py): each client's ids bounded with the oldest forgotten first, a client never
-finds another's task, and a client that is gone leaves nothing behind for status notifications."""
+finds another's task, a client that is gone leaves nothing behind for status notifications, and a forgotten task that
+may still be running is cancelled on its server."""
 
 from __future__ import annotations
 
 import gc
+import logging
 from contextlib import nullcontext
 from typing import Any, cast
 
@@ -134,3 +136,47 @@ def test_a_related_task_meta_names_a_task_by_its_clients_id_and_is_left_alone_fo
     assert tasks.related(downstream(), same := note("r")) is same  # another connection's task of that id
     plain = types.ListRootsRequest()
     assert tasks.related(ds, plain) is plain
+
+
+class CancellingServer:
+    """A task server as the relay sees it when it cancels: its capabilities, and the `tasks/cancel` it is sent."""
+
+    def __init__(self, name: str, cancels: bool = True, fails: bool = False) -> None:
+        self.name = name
+        self.capabilities = types.ServerCapabilities.model_validate({"tasks": {"cancel": {}} if cancels else {}})
+        self.fails = fails
+        self.cancelled: list[Any] = []
+
+    async def request(self, request: Any, result_type: Any) -> Any:
+        assert request.method == "tasks/cancel"
+        self.cancelled.append(request.params["taskId"])
+        if self.fails:
+            raise DownstreamUnavailableError(self.name, Connection.RESTARTING, "it crashed")
+        return result_type.model_validate({"taskId": request.params["taskId"], "status": "cancelled"})
+
+
+@pytest.mark.anyio
+async def test_a_task_forgotten_past_the_limit_is_cancelled_on_its_server_unless_it_ended_or_cannot_be(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "circuitbox.tasks")
+    tasks, client = relay(), Client()
+    tasks.table = TaskTable(limit=1, on_forget=tasks.forget)  # each task added forgets the one before
+    server, mute, broken = (
+        CancellingServer("s"),
+        CancellingServer("mute", cancels=False),
+        CancellingServer("b", fails=True),
+    )
+    async with anyio.create_task_group() as tg:
+        tasks.start(tg)
+        tasks.table.add(client, "s", cast(Any, server), "running")
+        tasks.table.add(client, "s", cast(Any, server), "ended", status="completed")  # "running": cancelled
+        tasks.table.add(client, "s", cast(Any, server), "ended-later")  # "ended": not asked
+        tasks.table.of(client)[0].status = "failed"  # as a status notification would say
+        tasks.table.add(client, "mute", cast(Any, mute), "unasked")  # "ended-later": not asked
+        tasks.table.add(client, "b", cast(Any, broken), "down")  # "unasked": its server has no tasks/cancel
+        tasks.table.add(client, "s", cast(Any, server), "last")  # "down": its server fails, logged
+        with anyio.fail_after(10):
+            await anyio.wait_all_tasks_blocked()
+    assert server.cancelled == ["running"] and mute.cancelled == [] and broken.cancelled == ["down"]
+    assert "forgotten task down not cancelled: server 'b' is restarting: it crashed" in caplog.text

@@ -218,6 +218,7 @@ class Proxy:
         tg.start_soon(self._tools_changed.run, name="tools/list_changed")
         tg.start_soon(self.surface.run, lambda: self.catalog, name="tool surface")
         self.sessions.start(tg)
+        self.tasks.start(tg)
         for downstream in self.downstreams.values():
             self._launch(downstream)
 

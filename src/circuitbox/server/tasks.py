@@ -6,6 +6,8 @@ answered at once, without a task). The `CreateTaskResult` comes back under a tas
 server and is known only to the client that created it, so `tasks/get`, `tasks/result`, `tasks/list`,
 `tasks/cancel` and `notifications/tasks/status` each reach the one downstream connection the task lives on, with the
 ids mapped per hop, and a client can never reach another client's task or one circuitbox did not hand out (-32602).
+A task circuitbox forgets (its client's session ended, or the client went past `MAX_TASKS_PER_CLIENT`) can no longer
+be reached by anyone: if it may still be running, its server is sent `tasks/cancel`, in the background.
 
 Tasks are offered only where they are relayed: the initialize answer declares `tasks` to handshake-era clients of
 2025-11-25 or later, with only the parts (`list`, `cancel`) some task-offering downstream declares, and 2026-era
@@ -21,12 +23,13 @@ import secrets
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, AsyncExitStack, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import anyio.abc
 import mcp_types as types
 from mcp import MCPError
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
@@ -56,6 +59,8 @@ MAX_TASKS_PER_CLIENT = 1000
 LIST_PAGE = 100
 AnyMessage = TypeVar("AnyMessage", bound=BaseModel)
 MAX_LIST_PAGES = 100  # of one downstream's tasks/list: a server that never stops paginating cannot hang a list
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+CANCELLING = 8  # forgotten tasks being cancelled at once (a client that leaves 1,000 behind must not flood a server)
 
 
 def offers_tool_tasks(capabilities: types.ServerCapabilities | None) -> bool:
@@ -141,7 +146,7 @@ def classify(result: types.CallToolResult | types.CreateTaskResult, policy: Tool
 # -- whose task is which ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class Relayed:
     """A task circuitbox handed out: the id the client knows, where it lives and the id it has there."""
 
@@ -149,30 +154,49 @@ class Relayed:
     server: str
     downstream: Downstream
     remote: str
+    status: str = "working"
+    """As last heard (its creation, a tasks/get, a status notification): whether it may still be running."""
 
 
 class TaskTable:
     """Each client's tasks (weakly keyed by its upstream connection: a closed session's tasks go with it)."""
 
-    def __init__(self, limit: int = MAX_TASKS_PER_CLIENT) -> None:
+    def __init__(
+        self, limit: int = MAX_TASKS_PER_CLIENT, on_forget: Callable[[list[Relayed]], None] | None = None
+    ) -> None:
         self._limit = limit
+        self._on_forget = on_forget  # told of the tasks it forgets while their client is still there
         self._clients: weakref.WeakKeyDictionary[Any, OrderedDict[str, Relayed]] = weakref.WeakKeyDictionary()
         # (connection the task lives on, its id there) -> (the client, the task): for status notifications.
         self._remote: dict[tuple[Downstream, str], tuple[weakref.ref[Any], Relayed]] = {}
 
-    def add(self, client: Any, server: str, downstream: Downstream, remote: str) -> Relayed:
+    def add(self, client: Any, server: str, downstream: Downstream, remote: str, status: str = "working") -> Relayed:
         tasks = self._clients.get(client)
         if tasks is None:
             tasks = self._clients[client] = OrderedDict()
-        task = Relayed(f"{server}:{secrets.token_urlsafe(12)}", server, downstream, remote)
+        task = Relayed(f"{server}:{secrets.token_urlsafe(12)}", server, downstream, remote, status)
         tasks[task.published] = task
         self._remote[(downstream, remote)] = (weakref.ref(client), task)
+        forgotten: list[Relayed] = []
         while len(tasks) > self._limit:
             _, old = tasks.popitem(last=False)
             self._remote.pop((old.downstream, old.remote), None)
+            forgotten.append(old)
         if len(self._remote) > 2 * self._limit:
             self._prune()
+        if forgotten and self._on_forget is not None:
+            self._on_forget(forgotten)
         return task
+
+    def knows(self, client: Any) -> bool:
+        return client in self._clients
+
+    def drop(self, client: Any) -> list[Relayed]:
+        """Forget every task of a client (its session ended); returns them."""
+        tasks = list(self._clients.pop(client, {}).values())
+        for task in tasks:
+            self._remote.pop((task.downstream, task.remote), None)
+        return tasks
 
     def _prune(self) -> None:
         """Forget the tasks of clients that are gone."""
@@ -228,7 +252,13 @@ class TaskRelay:
 
     def __init__(self, hooks: TaskHooks) -> None:
         self.hooks = hooks
-        self.table = TaskTable()
+        self.table = TaskTable(on_forget=self.forget)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._cancelling = anyio.CapacityLimiter(CANCELLING)
+
+    def start(self, tg: anyio.abc.TaskGroup) -> None:
+        """Where forgotten tasks are cancelled (without it they are only forgotten)."""
+        self._tg = tg
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         method = ctx.method
@@ -284,7 +314,9 @@ class TaskRelay:
             result = await self.hooks.call(server, params, ctx)
         if not isinstance(result, types.CreateTaskResult) or call.sent_on is None:
             return result  # answered without a task: rejected by its circuit, failed, or run at once
-        relayed = self.table.add(client, server, call.sent_on, result.task.task_id)
+        if not self.table.knows(client):
+            self._on_close(client)
+        relayed = self.table.add(client, server, call.sent_on, result.task.task_id, result.task.status)
         data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
         data["task"]["taskId"] = relayed.published
         return data
@@ -306,8 +338,11 @@ class TaskRelay:
             # server may ask the client something meanwhile (a task in input_required).
             with self.hooks.serving(task, ctx):
                 result = await self._send(task, ctx.method, params, None)
+            if task.status not in TERMINAL:
+                task.status = "completed"  # its result comes once it has ended, however it ended
         else:
             result = await self._send(task, ctx.method, params, self.hooks.timeout(task.server))
+            _heard(task, result.get("status"))
         return _mapped(result, task)
 
     async def _send(self, task: Relayed, method: str, params: dict[str, Any], timeout: float | None) -> dict[str, Any]:
@@ -337,6 +372,7 @@ class TaskRelay:
             for listed in listing:
                 task = by_remote.get(str(listed.get("taskId")))
                 if task is not None:
+                    _heard(task, listed.get("status"))
                     found[task] = {**listed, "taskId": task.published}
         tasks = [found[task] for task in mine if task in found]
         page = tasks[offset : offset + LIST_PAGE]
@@ -357,6 +393,42 @@ class TaskRelay:
             if not isinstance(cursor, str) or not cursor:
                 break
         return listed
+
+    def _on_close(self, client: Any) -> None:
+        """At a client's first task: when its session ends, its tasks are forgotten (the SDK unwinds the
+        connection's exit stack then), and those still running cancelled."""
+        stack: AsyncExitStack | None = getattr(client, "exit_stack", None)
+        if stack is None:
+            return
+        ref = weakref.ref(client)  # the stack is the connection's own: no cycle through this callback
+
+        async def closed() -> None:
+            if (gone := ref()) is not None:
+                self.forget(self.table.drop(gone))
+
+        stack.push_async_callback(closed)
+
+    def forget(self, tasks: Iterable[Relayed]) -> None:
+        """Tasks no client can reach any more: each that may still be running, on a server that cancels tasks, is
+        sent `tasks/cancel` in the background (nothing waits for it: not the client's close, not a call)."""
+        for task in tasks:
+            caps = task.downstream.capabilities
+            if task.status in TERMINAL or caps is None or caps.tasks is None or caps.tasks.cancel is None:
+                continue
+            if self._tg is None:
+                logger.info("server %r: task %s forgotten while it may be running", task.server, task.remote)
+                continue
+            self._tg.start_soon(self._cancel, task, name=f"cancel forgotten task {task.server}")
+
+    async def _cancel(self, task: Relayed) -> None:
+        async with self._cancelling:
+            try:
+                await self._send(task, "tasks/cancel", {"taskId": task.remote}, self.hooks.timeout(task.server))
+            except Exception as exc:  # best effort: the server may be gone, or the task ended meanwhile
+                message = exc.error.message if isinstance(exc, MCPError) else str(exc)
+                logger.info("server %r: forgotten task %s not cancelled: %s", task.server, task.remote, message)
+            else:
+                logger.info("server %r: forgotten task %s cancelled", task.server, task.remote)
 
     def related(self, downstream: Downstream, message: AnyMessage) -> AnyMessage:
         """A downstream's request or notification to a client (an elicitation during `tasks/result`, a log
@@ -379,8 +451,14 @@ class TaskRelay:
             logger.debug("server %r: status of a task no client has (%s), dropped", downstream.name, params.task_id)
             return
         client, task = found
+        task.status = params.status
         data = params.model_dump(by_alias=True, mode="json", exclude_none=True)
         await send_to_client(client, "notifications/tasks/status", _mapped(data, task))
+
+
+def _heard(task: Relayed, status: Any) -> None:
+    if isinstance(status, str):
+        task.status = status
 
 
 def _mapped(result: dict[str, Any], task: Relayed) -> dict[str, Any]:
