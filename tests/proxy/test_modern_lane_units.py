@@ -12,6 +12,7 @@ import mcp_types as types
 import pytest
 from mcp import MCPError
 
+from circuitbox.breakers.testing import FakeClock
 from circuitbox.config.load import ServerConfig, parse_config
 from circuitbox.server import modern_lane
 from circuitbox.server.downstream import Downstream, Listing
@@ -147,6 +148,38 @@ async def test_a_forged_or_altered_requeststate_is_refused(token: str) -> None:
     forged_list = seal.seal(("srv", "tools/call"), "t")  # a valid seal of a shorter binding
     with pytest.raises(MCPError):
         seal.unseal(("srv", "tools/call", "t"), forged_list)
+
+
+async def test_a_requeststate_is_good_for_its_lifetime_and_refused_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    seal = StateSeal(b"k" * 32, clock=clock)
+    assert seal.lifetime == 600  # ten minutes, as the era bridge's
+    token = seal.seal(("srv", "tools/call", "t"), "state")
+    clock.advance(600)
+    assert seal.unseal(("srv", "tools/call", "t"), token) == "state"
+    clock.advance(0.001)
+    with pytest.raises(MCPError) as raised:
+        seal.unseal(("srv", "tools/call", "t"), token)
+    assert raised.value.error.code == types.INVALID_PARAMS and "expired" in raised.value.error.message
+
+    # Through the lane: an expired state is refused before the server sees the retry.
+    monkeypatch.setattr(modern_lane, "SEAL", StateSeal(lifetime=5, clock=clock))
+    sent: list[dict[str, Any]] = []
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        sent.append(body["params"])
+        needed = {"resultType": "input_required", "inputRequests": {}, "requestState": "server-state"}
+        return httpx2.Response(200, json={"jsonrpc": "2.0", "id": body["id"], "result": needed})
+
+    first = await lane(answer).request(CALL, types.CallToolResult, None, CLIENT)
+    assert isinstance(first, types.InputRequiredResult) and first.request_state is not None
+    clock.advance(5.5)
+    with pytest.raises(MCPError) as late:
+        await lane(answer).request(
+            CALL, types.CallToolResult, None, ModernRequest(CLIENT.meta, {}, first.request_state)
+        )
+    assert late.value.error.code == types.INVALID_PARAMS and len(sent) == 1
 
 
 async def test_only_an_http_downstream_that_speaks_the_era_gets_a_lane() -> None:

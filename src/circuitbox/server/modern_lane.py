@@ -9,8 +9,9 @@ client sent them), so the downstream sees what the client declared and answers a
 input-required result goes back to the client, and the retry to the downstream.
 
 `requestState` comes back from the client, so it is attacker-controlled: the downstream's own state is handed out
-sealed (HMAC, a per-process key) together with the server, the method and the name it was issued for; a state that
-was altered, or issued for another server, tool, prompt or resource, is refused (-32602) before anything is sent.
+sealed (HMAC, a per-process key) together with the server, the method and the name it was issued for, and when; a
+state that was altered, issued for another server, tool, prompt or resource, or issued more than `STATE_LIFETIME`
+seconds ago, is refused (-32602) before anything is sent.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hmac
 import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
@@ -99,24 +101,34 @@ async def capture_modern_requests(ctx: ServerRequestContext[Any, Any], call_next
     return await call_next(ctx)
 
 
-class StateSeal:
-    """Seals a downstream's `requestState` to the (server, method, name) it was issued for."""
+STATE_LIFETIME = 600.0
+"""Seconds a sealed `requestState` is good for: ten minutes to answer, as the era bridge and the SDK's own seals."""
 
-    def __init__(self, key: bytes | None = None) -> None:
+
+class StateSeal:
+    """Seals a downstream's `requestState` to the (server, method, name) it was issued for, and to when (`clock`:
+    monotonic seconds; a state lives only in the process that sealed it, so it never needs a wall clock)."""
+
+    def __init__(
+        self, key: bytes | None = None, *, lifetime: float = STATE_LIFETIME, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._key = key or secrets.token_bytes(32)
+        self.lifetime = lifetime
+        self._clock = clock
 
     def _mac(self, payload: bytes) -> str:
         return _b64(hmac.new(self._key, payload, hashlib.sha256).digest())
 
     def seal(self, binding: tuple[str, ...], state: str) -> str:
-        payload = json.dumps([*binding, state], separators=(",", ":")).encode()
+        payload = json.dumps([*binding, self._clock(), state], separators=(",", ":")).encode()
         return f"{_b64(payload)}.{self._mac(payload)}"
 
     def unseal(self, binding: tuple[str, ...], token: str) -> str:
         """The downstream's own state.
 
         Raises:
-            MCPError: -32602, the state was not issued by circuitbox for this server, method and name, or altered.
+            MCPError: -32602, the state was not issued by circuitbox for this server, method and name, was altered,
+                or has outlived `lifetime`.
         """
         encoded, _, mac = token.partition(".")
         try:
@@ -125,10 +137,16 @@ class StateSeal:
             fields = json.loads(payload) if valid else None
         except ValueError:
             fields = None
-        if not isinstance(fields, list) or len(fields) != len(binding) + 1 or tuple(fields[:-1]) != binding:
+        if not isinstance(fields, list) or len(fields) != len(binding) + 2 or tuple(fields[:-2]) != binding:
             raise MCPError(
                 code=types.INVALID_PARAMS,
                 message="requestState failed its integrity check: it was altered or issued for another request",
+            )
+        issued = fields[-2]  # sealed by this process, so a number it wrote
+        if self._clock() - issued > self.lifetime:
+            raise MCPError(
+                code=types.INVALID_PARAMS,
+                message=f"requestState expired: it is good for {self.lifetime:g}s after the answer that issued it",
             )
         return str(fields[-1])
 
