@@ -9,6 +9,9 @@ The SDK has the task types but no tasks runtime, so this serves them on the raw 
 - `tasks/get`, `tasks/list`, `tasks/cancel` (a task already ended: -32602, as the spec says), and `tasks/result`,
   which first sends a log message naming the task in its related-task `_meta`, then waits for the task to end.
 - `cancelled` (a plain tool): waits until `{"count": n}` tasks were cancelled, then lists their ids (its own).
+- `sample_in_task` (tasks the other way): when the client offers tasks, asks it for sampling as a task of the
+  client's, then `tasks/get`, waits for the client's `notifications/tasks/status` of it, `tasks/result`,
+  `tasks/list` and `tasks/get` of a task it never had, and answers with what it saw, as JSON.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from mcp.server import Server
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.stdio import stdio_server
 from pydantic import BaseModel
+
+from circuitbox.server._sdk_private import client_connection
 
 RELATED_TASK = "io.modelcontextprotocol/related-task"
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
@@ -50,6 +55,8 @@ class Task:
 
 
 tasks: dict[str, Task] = {}
+client_statuses: list[dict[str, Any]] = []
+client_status_came = anyio.Event()
 cancelled: list[str] = []
 cancels_changed = anyio.Event()
 group: anyio.abc.TaskGroup | None = None
@@ -70,6 +77,7 @@ async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
         tools=[
             types.Tool(name="work", input_schema=schema, execution=types.ToolExecution(task_support="optional")),
             types.Tool(name="cancelled", input_schema=schema),
+            types.Tool(name="sample_in_task", input_schema=schema),
         ]
     )
 
@@ -81,7 +89,45 @@ async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.Call
         while len(cancelled) < int(arguments.get("count", 1)):
             await cancels_changed.wait()
         return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps(cancelled))])
+    if params.name == "sample_in_task":
+        return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps(await sample(ctx)))])
     return types.CallToolResult(content=[types.TextContent(type="text", text="worked without a task")])
+
+
+async def sample(ctx: Any) -> dict[str, Any]:
+    offered = ctx.session.client_capabilities.tasks
+    if offered is None:
+        return {"offered": None}
+    outbound = client_connection(ctx.session).outbound  # raw: the SDK's typed send refuses a task for sampling
+
+    async def ask(request: Any) -> dict[str, Any]:
+        data = request.model_dump(by_alias=True, mode="json", exclude_none=True)
+        answer: dict[str, Any] = await outbound.send_raw_request(data["method"], data.get("params"), None)
+        return answer
+
+    message = types.SamplingMessage(role="user", content=types.TextContent(type="text", text="hi"))
+    sampling = types.CreateMessageRequestParams(messages=[message], max_tokens=5, task=types.TaskMetadata(ttl=60000))
+    created = await ask(types.CreateMessageRequest(params=sampling))
+    task_id = created["task"]["taskId"]
+    got = await ask(types.GetTaskRequest(params=types.GetTaskRequestParams(task_id=task_id)))
+    while not any(status.get("taskId") == task_id for status in client_statuses):
+        await client_status_came.wait()
+    result = await ask(types.GetTaskPayloadRequest(params=types.GetTaskPayloadRequestParams(task_id=task_id)))
+    listed = await ask(types.ListTasksRequest())
+    unknown: Any = None
+    try:
+        await ask(types.GetTaskRequest(params=types.GetTaskRequestParams(task_id="not-mine")))
+    except MCPError as exc:
+        unknown = exc.error.code
+    return {
+        "offered": offered.model_dump(by_alias=True, exclude_none=True),
+        "created": created,
+        "got": got,
+        "statuses": client_statuses,
+        "result": result,
+        "listed": listed,
+        "unknown": unknown,
+    }
 
 
 async def complete_after(task: Task, seconds: float) -> None:
@@ -93,6 +139,12 @@ async def complete_after(task: Task, seconds: float) -> None:
 async def tasks_runtime(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
     global cancels_changed
     params = ctx.params or {}
+    if ctx.method == "notifications/tasks/status":
+        global client_status_came
+        client_statuses.append(dict(params))
+        client_status_came.set()
+        client_status_came = anyio.Event()
+        return None
     if ctx.method == "initialize":
         result = await call_next(ctx)
         data = (

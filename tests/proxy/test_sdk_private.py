@@ -13,10 +13,12 @@ from mcp.server import Server
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.memory import create_client_server_memory_streams
 from mcp.shared.message import SessionMessage
 from starlette.requests import Request
 
 from circuitbox.server._sdk_private import (
+    TaskOfferingSession,
     client_connection,
     later_revision_fields,
     post_headers_pass,
@@ -139,3 +141,53 @@ async def test_the_http_lane_keeps_a_session_s_idle_countdown_as_its_transport_d
     assert session_transport(manager, admitted.mcp_session_id, None) is admitted
     assert session_transport(manager, admitted.mcp_session_id, object()) is None  # another credential
     assert session_transport(manager, "unknown", None) is None
+
+
+async def test_a_task_offering_session_declares_tasks_and_gets_the_servers_task_requests_raw() -> None:
+    """`TaskOfferingSession` overrides `ClientSession._build_capabilities` (the capabilities it declares) and
+    `_on_request` (how it answers a server's request): tasks/* and a task-augmented sampling request reach its
+    handler as they came, any other request the SDK's own callbacks."""
+    declared = types.ClientTasksCapability.model_validate(
+        {"cancel": {}, "requests": {"sampling": {"createMessage": {}}}}
+    )
+    handled: list[tuple[str, dict[str, Any]]] = []
+    answers: list[Any] = []
+
+    async def on_task_request(method: str, params: dict[str, Any]) -> dict[str, Any]:
+        handled.append((method, params))
+        return {"taskId": "t", "status": "working"} if method == "tasks/get" else {"task": {"taskId": "t"}}
+
+    async def sample(_: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        return types.CreateMessageResult(role="assistant", content=types.TextContent(text="plain"), model="m")
+
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        answers.append(ctx.session.client_capabilities.tasks)
+        outbound = client_connection(ctx.session).outbound
+        sampling = {"messages": [], "maxTokens": 1}
+        answers.append(await outbound.send_raw_request("tasks/get", {"taskId": "t"}, None))
+        answers.append(await outbound.send_raw_request("sampling/createMessage", {**sampling, "task": {}}, None))
+        answers.append(await outbound.send_raw_request("sampling/createMessage", sampling, None))
+        return types.CallToolResult(content=[types.TextContent(text="ok")])
+
+    async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=[types.Tool(name="t", input_schema={"type": "object"})])
+
+    server = Server("probe", on_call_tool=call_tool, on_list_tools=list_tools)
+    async with (
+        create_client_server_memory_streams() as ((client_read, client_write), (server_read, server_write)),
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(server.run, server_read, server_write, server.create_initialization_options())
+        session = TaskOfferingSession(
+            client_read, client_write, tasks=declared, on_task_request=on_task_request, sampling_callback=sample
+        )
+        with anyio.fail_after(10):
+            async with session:
+                await session.initialize()
+                await session.call_tool("t", {})
+        tg.cancel_scope.cancel()
+    assert answers[0] == declared
+    assert answers[1:3] == [{"taskId": "t", "status": "working"}, {"task": {"taskId": "t"}}]
+    assert answers[3]["content"]["text"] == "plain"
+    assert handled == [("tasks/get", {"taskId": "t"}), ("sampling/createMessage", {"messages": [], "maxTokens": 1,
+                                                                                   "task": {}})]  # fmt: skip

@@ -15,12 +15,12 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
-from mcp import Client, MCPError
+from mcp import Client, ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.net import import_path_env
 from tests.proxy.harness import REPO, everything_server
-from tests.proxy.tasks_client import TasksClient, tasks_client_over_stdio
+from tests.proxy.tasks_client import TaskRunningClient, TasksClient, tasks_client_over_stdio
 from tests.proxy.test_client_sessions import serving
 
 pytestmark = pytest.mark.anyio
@@ -51,8 +51,8 @@ async def wait_status(client: TasksClient, task_id: str, status: str) -> None:
 
 
 @asynccontextmanager
-async def http_client(url: str) -> AsyncIterator[TasksClient]:
-    async with streamable_http_client(url) as (read, write), TasksClient(read, write, read_timeout_seconds=60) as c:
+async def http_client(url: str, client: type[ClientSession] = TasksClient) -> AsyncIterator[Any]:
+    async with streamable_http_client(url) as (read, write), client(read, write, read_timeout_seconds=60) as c:
         with anyio.fail_after(60):
             await c.initialize()
         yield c
@@ -69,7 +69,8 @@ async def test_a_task_augmented_call_over_stdio_runs_to_its_result_under_circuit
         assert tasks.requests.tools.call is not None and tasks.list is not None and tasks.cancel is not None
         assert tools[RESEARCH].execution is not None and tools[RESEARCH].execution.task_support == "required"
         assert tools["ev__echo"].execution is not None and tools["ev__echo"].execution.task_support == "forbidden"
-        # The downstream was not offered client-side tasks (not relayed): its async triggers never appear.
+        # Offered exactly the client's tasks capability, which has no task-augmented sampling or elicitation, the
+        # downstream lists none of its async triggers (they need one).
         assert not [name for name in tools if name.endswith("-async")]
 
         with anyio.fail_after(60):
@@ -196,3 +197,52 @@ async def test_a_task_left_running_by_a_client_that_leaves_is_cancelled_on_its_s
             with anyio.fail_after(60):
                 result = await other.call_tool("ts__cancelled", {"count": 1})
         assert result.content[0].text == json.dumps([running["statusMessage"].removeprefix("task ")])  # type: ignore[union-attr]
+
+
+def text(result: types.CallToolResult) -> str:
+    return " ".join(block.text for block in result.content if isinstance(block, types.TextContent))
+
+
+async def test_a_downstream_asks_the_client_for_sampling_as_a_task_under_ids_of_its_own_hop(tmp_path: Path) -> None:
+    config = {"mcpServers": {"ev": everything_server()}}
+    async with tasks_client_over_stdio(tmp_path, config, client=TaskRunningClient) as client:
+        with anyio.fail_after(60):
+            tools = {tool.name for tool in (await client.list_tools()).tools}
+            # server-everything offers this tool only to a client that declares task-augmented sampling.
+            assert "ev__trigger-sampling-request-async" in tools
+            result = await client.call_tool("ev__trigger-sampling-request-async", {"prompt": "hi", "maxTokens": 5})
+        report = text(result)
+        assert "[COMPLETED] Async sampling completed!" in report and "sampled in task mine-0" in report
+        [minted] = [line.removeprefix("Task created: ") for line in report.splitlines() if "Task created" in line]
+        assert minted.startswith("circuitbox:") and f'"taskId": "{minted}"' in report  # its result's related task
+        assert [(method, params.get("taskId")) for method, params in client.asked] == [
+            ("sampling/createMessage", None),
+            ("tasks/get", "mine-0"),
+            ("tasks/result", "mine-0"),
+        ]
+        assert client.asked[0][1]["task"] == {"ttl": 300000}
+
+
+async def test_over_http_a_clients_own_connection_is_offered_its_tasks_and_a_shared_one_is_not(tmp_path: Path) -> None:
+    own, shared = task_server(), {**task_server(), "session": "shared"}
+    async with serving(tmp_path, {"mcpServers": {"own": own, "shared": shared}}) as (url, _):
+        async with http_client(url, TaskRunningClient) as client:
+            with anyio.fail_after(60):
+                seen = json.loads(text(await client.call_tool("own__sample_in_task", {})))
+                not_offered = json.loads(text(await client.call_tool("shared__sample_in_task", {})))
+        assert seen["offered"] == {"list": {}, "cancel": {}, "requests": {"sampling": {"createMessage": {}}}}
+        minted = seen["created"]["task"]["taskId"]
+        assert minted.startswith("circuitbox:") and seen["got"] == {**seen["got"], "taskId": minted}
+        assert seen["got"]["status"] == "completed" and [s["taskId"] for s in seen["statuses"]] == [minted]
+        assert seen["result"]["content"]["text"] == "sampled in task mine-0"
+        assert seen["result"]["_meta"][RELATED] == {"taskId": minted}
+        assert [t["taskId"] for t in seen["listed"]["tasks"]] == [minted]
+        assert seen["unknown"] == -32602  # a task this connection never created: refused by circuitbox
+        assert [(method, params.get("taskId")) for method, params in client.asked] == [
+            ("sampling/createMessage", None),
+            ("tasks/get", "mine-0"),
+            ("tasks/result", "mine-0"),
+            ("tasks/list", None),
+        ]
+        # One downstream connection for every client: it cannot be offered each client's tasks exactly.
+        assert not_offered == {"offered": None}

@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import anyio
+import mcp_types as types
+from mcp import ClientSession
 
 
 def client_connection(session: Any) -> Any | None:
@@ -84,3 +86,31 @@ def session_transport(manager: Any, session_id: str, requestor: Any) -> Any | No
     if transport is None or requestor != manager._session_owners.get(session_id):
         return None
     return transport
+
+
+CLIENT_TASK_METHODS = frozenset({"tasks/get", "tasks/result", "tasks/list", "tasks/cancel"})
+AUGMENTABLE = frozenset({"sampling/createMessage", "elicitation/create"})
+TaskRequestHandler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class TaskOfferingSession(ClientSession):
+    """A `ClientSession` that declares a client `tasks` capability (2025-11-25) and hands the server's task requests
+    to `on_task_request` as raw messages: `tasks/*`, and a sampling or elicitation request with `params.task`,
+    whose answer is a `CreateTaskResult`. The SDK has no client-side tasks runtime: it declares no `tasks`
+    (`_build_capabilities`) and its `_on_request` answers `tasks/*` with -32601 and refuses such an answer."""
+
+    def __init__(
+        self, *args: Any, tasks: types.ClientTasksCapability, on_task_request: TaskRequestHandler, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._tasks = tasks
+        self._on_task_request = on_task_request
+
+    def _build_capabilities(self, version: str) -> types.ClientCapabilities:
+        return super()._build_capabilities(version).model_copy(update={"tasks": self._tasks})
+
+    async def _on_request(self, dctx: Any, method: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        if method in CLIENT_TASK_METHODS or (method in AUGMENTABLE and params is not None and "task" in params):
+            return await self._on_task_request(method, dict(params or {}))
+        answer: dict[str, Any] = await super()._on_request(dctx, method, params)
+        return answer

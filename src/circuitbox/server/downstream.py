@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from circuitbox.config.model import MAX_MESSAGE_BYTES
 from circuitbox.observability import traces
 from circuitbox.server import modern_lane
-from circuitbox.server._sdk_private import send_unvalidated
+from circuitbox.server._sdk_private import TaskOfferingSession, send_unvalidated
 from circuitbox.server._streams import WatchedStream
 from circuitbox.server.direct_calls import DirectCalls
 from circuitbox.server.stdio_child import BurstLog
@@ -112,7 +112,9 @@ class Downstream:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         on_task_status: Callable[[Downstream, types.TaskStatusNotificationParams], Awaitable[None]] | None = None,
         relate_task: Callable[[Downstream, Any], Any] | None = None,
+        on_client_task: Callable[[Downstream, str, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
+        self._on_client_task = on_client_task  # a request about a client-side task, when its tasks are offered
         self.config = config
         self._on_task_status = on_task_status
         self._relate_task = relate_task  # a request's or notification's related-task _meta, as its client knows it
@@ -222,7 +224,7 @@ class Downstream:
                 if self._offer_source is not None:
                     self._offer = await self._offer_source()
                 direct = DirectCalls(WatchedStream(read, closed), write)
-                async with ClientSession(
+                async with self._session(
                     direct,
                     write,
                     message_handler=self._on_message,
@@ -256,6 +258,18 @@ class Downstream:
                         tg.cancel_scope.cancel()
         if startup.cancelled_caught:
             raise TimeoutError(f"did not start within {self.config.startup_timeout:g}s")
+
+    def _session(self, *args: Any, **kwargs: Any) -> ClientSession:
+        """The session to the server: offered the client's `tasks` capability too when it has one (the offer of
+        one client's own connection, or the stdio upstream's one client; never a shared connection's)."""
+        offer, relay = self._offer, self._on_client_task
+        if offer is None or offer.tasks is None or relay is None:
+            return ClientSession(*args, **kwargs)
+
+        async def task_request(method: str, params: dict[str, Any]) -> dict[str, Any]:
+            return await relay(self, method, params)
+
+        return TaskOfferingSession(*args, tasks=offer.tasks, on_task_request=task_request, **kwargs)
 
     def _callbacks(self) -> dict[str, Any]:
         """Sampling, elicitation and roots are offered when there is someone to relay them to: with `offer` (one

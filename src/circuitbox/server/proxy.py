@@ -138,7 +138,11 @@ class Proxy:
         self.callers = Callers()
         # per-client downstream connections
         self.sessions = ClientSessions(
-            backoff, config.max_message_bytes, on_task_status=self.tasks.status, relate_task=self.tasks.related
+            backoff,
+            config.max_message_bytes,
+            on_task_status=self.tasks.status,
+            relate_task=self.tasks.related,
+            on_client_task=self.tasks.client_request,
         )
         self.stdio_upstream = False  # set by the stdio front end: it has exactly one client
         self._one_client: types.ClientCapabilities | None = None
@@ -168,6 +172,7 @@ class Proxy:
             offer_source=self._shared_offer,
             on_task_status=self.tasks.status,
             relate_task=self.tasks.related,
+            on_client_task=self._client_task_request,
         )
 
     def serve_one_client(self, server: Server[Any]) -> None:
@@ -185,7 +190,8 @@ class Proxy:
                 self._one_client_declared.set()
             return await call_next(ctx)
 
-        server.middleware.append(observe)
+        # Before the task relay, which may wait at initialize for the downstreams, which wait for this.
+        server.middleware.insert(server.middleware.index(self.tasks), observe)
 
     async def _shared_offer(self) -> types.ClientCapabilities | None:
         if not self.stdio_upstream:
@@ -661,6 +667,16 @@ class Proxy:
         connections = self.clients.connections()
         only = connections[0] if self.stdio_upstream and len(connections) == 1 else None
         return await self.callers.relay(downstream.name, request, only)
+
+    async def _client_task_request(self, downstream: Downstream, method: str, params: dict[str, Any]) -> Any:
+        """A shared connection's request about its client's own task: offered only behind the stdio upstream,
+        whose one client it asks (the caller in flight, or the only connection)."""
+        ctx = self.callers.caller(downstream.name)
+        connections = self.clients.connections()
+        client = client_connection(ctx.session) if ctx is not None else None
+        if client is None and len(connections) == 1:
+            client = connections[0]
+        return await self.tasks.client_request(downstream, client, method, params)
 
     async def _roots_changed(self, ctx: Any, params: Any) -> None:
         """A client's roots changed: every downstream hears of it (they ask the client for the new list)."""

@@ -123,9 +123,11 @@ class ClientSessions:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         on_task_status: Callable[[Downstream, types.TaskStatusNotificationParams], Awaitable[None]] | None = None,
         relate_task: Callable[[Downstream, Any], Any] | None = None,
+        on_client_task: Callable[[Downstream, Any, str, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self._on_task_status = on_task_status  # the task relay (tasks.py), for every connection's task statuses
         self._relate_task = relate_task  # and the task ids in its requests' and notifications' _meta
+        self._on_client_task = on_client_task  # and its requests about its client's own tasks (client_tasks.py)
         self._links: dict[str, dict[int, ClientLink]] = {}
         self._backoff = backoff
         self._max_message_bytes = max_message_bytes
@@ -178,6 +180,13 @@ class ClientSessions:
         async def tell(_: Downstream, message: types.ServerNotification) -> None:
             await _tell(link, server.namespace, message)
 
+        client_task = None
+        if self._on_client_task is not None:
+            relay = self._on_client_task
+
+            async def client_task(downstream: Downstream, method: str, params: dict[str, Any]) -> dict[str, Any]:
+                return await relay(downstream, connection, method, params)
+
         downstream = Downstream(
             server,
             backoff=self._backoff() if self._backoff else None,
@@ -187,6 +196,7 @@ class ClientSessions:
             max_message_bytes=self._max_message_bytes,
             on_task_status=self._on_task_status,
             relate_task=self._relate_task,
+            on_client_task=client_task,
         )
         link = ClientLink(server.name, connection, downstream, scope)
 

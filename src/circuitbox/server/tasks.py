@@ -13,7 +13,8 @@ Tasks are offered only where they are relayed: the initialize answer declares `t
 2025-11-25 or later, with only the parts (`list`, `cancel`) some task-offering downstream declares, and 2026-era
 clients (where tasks became an extension) see neither the capability nor a tool's `taskSupport`. The SDK has the task
 types but no runtime, and its typed client refuses a `CreateTaskResult` to `tools/call`, so this works on the raw
-messages (a `Server.middleware`, and `_sdk_private.send_unvalidated` downstream).
+messages (a `Server.middleware`, and `_sdk_private.send_unvalidated` downstream). Tasks the other way (a client's
+own, created by a downstream's task-augmented sampling or elicitation) are client_tasks.py's.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pydantic import BaseModel, ValidationError
 from circuitbox.server import request_meta
 from circuitbox.server._sdk_private import client_connection
 from circuitbox.server.classify import SUCCESS, Outcome, classify_result
+from circuitbox.server.client_tasks import ClientTasks
 from circuitbox.server.downstream import DownstreamUnavailableError
 from circuitbox.server.pages import decode_cursor, encode_cursor
 from circuitbox.server.relay import send_to_client
@@ -253,6 +255,7 @@ class TaskRelay:
     def __init__(self, hooks: TaskHooks) -> None:
         self.hooks = hooks
         self.table = TaskTable(on_forget=self.forget)
+        self.client_side = ClientTasks()  # tasks the other way: the client's, created by a downstream
         self._tg: anyio.abc.TaskGroup | None = None
         self._cancelling = anyio.CapacityLimiter(CANCELLING)
 
@@ -269,6 +272,11 @@ class TaskRelay:
             return await self._augmented_call(ctx, call_next)
         if method in TASK_METHODS:
             return await self._task_request(ctx)
+        if method == "notifications/tasks/status":  # a client's own task, that a downstream created
+            client = self._client(ctx)
+            if client is not None and isinstance(ctx.params, dict):
+                await self.client_side.status(client, dict(ctx.params))
+            return None
         if method == "initialize":
             return await self._initialize(ctx, call_next)
         return await call_next(ctx)
@@ -435,14 +443,33 @@ class TaskRelay:
         message), with the task its related-task `_meta` names under the id that client knows; as it came when
         it names none, or a task circuitbox did not hand out."""
         params = getattr(message, "params", None)
-        meta = getattr(params, "meta", None)
+        meta = self._published_meta(downstream, getattr(params, "meta", None))
+        if meta is None:
+            return message
+        assert params is not None
+        return message.model_copy(update={"params": params.model_copy(update={"meta": meta})})
+
+    def _published_meta(self, downstream: Downstream, meta: Any) -> dict[str, Any] | None:
+        """`meta` with its related task under its client's id; None when it names no task circuitbox handed out."""
         related = meta.get(RELATED_TASK) if isinstance(meta, dict) else None
         found = self.table.owner(downstream, related.get("taskId")) if isinstance(related, dict) else None
         if found is None:
-            return message
-        assert params is not None and isinstance(meta, dict) and isinstance(related, dict)
-        mapped = {**meta, RELATED_TASK: {**related, "taskId": found[1].published}}
-        return message.model_copy(update={"params": params.model_copy(update={"meta": mapped})})
+            return None
+        return {**meta, RELATED_TASK: {**related, "taskId": found[1].published}}  # type: ignore[dict-item]
+
+    async def client_request(
+        self, downstream: Downstream, client: Any, method: str, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A downstream's request about a task of its client's (client_tasks.py), on a connection that was offered
+        the client's `tasks` capability; `client` is the upstream connection it asks.
+
+        Raises:
+            MCPError: the client's error, or circuitbox's (a task this connection did not create, no client).
+        """
+        meta = self._published_meta(downstream, params.get("_meta"))
+        if meta is not None:
+            params = {**params, "_meta": meta}
+        return await self.client_side.request(downstream, client, method, params)
 
     async def status(self, downstream: Downstream, params: types.TaskStatusNotificationParams) -> None:
         """A downstream's `notifications/tasks/status`, to the client whose task it is, under its id."""
