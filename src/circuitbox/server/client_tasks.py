@@ -106,7 +106,7 @@ class ClientTasks:
         task = self._from_client.get(client, {}).get(task_id) if isinstance(task_id, str) else None
         session = task.downstream.session if task is not None else None
         if task is None or session is None:
-            logger.debug("a client's status of a task no connected server created (%s): dropped", params.get("taskId"))
+            logger.info("a client's status of a task no connected server created (%s): dropped", params.get("taskId"))
             return
         note = types.Notification[Any, str](method="notifications/tasks/status", params=_mapped(dict(params), task))
         try:

@@ -274,7 +274,7 @@ class TaskRelay:
             return await self._task_request(ctx)
         if method == "notifications/tasks/status":  # a client's own task, that a downstream created
             client = self._client(ctx)
-            if client is not None and isinstance(ctx.params, dict):
+            if client is not None and ctx.params is not None:
                 await self.client_side.status(client, dict(ctx.params))
             return None
         if method == "initialize":
