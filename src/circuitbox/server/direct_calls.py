@@ -5,7 +5,9 @@ request, a span, a timeout clock) and validates the answer against the negotiate
 typed result is built. On the hot path circuitbox needs none of that: `DirectCalls` writes the request to the
 transport's write stream itself, with an id of its own (`cb-N`, never one of the SDK's integers), and takes the
 answer, and the progress notifications for its token, off the read stream before the session sees them; every other
-message reaches the session as before. The caller owns the deadline: a cancelled call sends the downstream a
+message reaches the session as before. A transport whose reader offers a hook (a stdio child's `intercept`) gets
+`DirectCalls.intercept`: an answer then completes its call in the reader's task, so the call wakes without a hop
+through the session's receive loop. The caller owns the deadline: a cancelled call sends the downstream a
 `notifications/cancelled`, as the SDK does.
 
 Only for handshake-era sessions (a 2026-era request needs the SDK's per-request envelope) and only while traces
@@ -37,12 +39,13 @@ _CLOSED = types.ErrorData(code=types.CONNECTION_CLOSED, message="Connection clos
 
 
 class _Pending:
-    __slots__ = ("done", "on_progress", "outcome")
+    __slots__ = ("done", "on_progress", "outcome", "queued")
 
     def __init__(self, on_progress: ProgressFn | None) -> None:
         self.done = anyio.Event()
         self.on_progress = on_progress
         self.outcome: dict[str, Any] | types.ErrorData = _CLOSED
+        self.queued = 0  # progress notes the hook let by that `receive` has not delivered yet
 
 
 class DirectCalls(_ReadStreamWrapper):
@@ -78,32 +81,56 @@ class DirectCalls(_ReadStreamWrapper):
                 return item
             await self._deliver_progress(item.message)
 
+    def intercept(self, message: types.JSONRPCMessage) -> bool:
+        """The reader's hook: whether it took `message`, an answer to one of our calls, which it completes at once.
+
+        Progress notes keep the session's path; an answer behind a note for its call that is still on that path
+        follows the note there, so a call never completes before its progress is relayed."""
+        if isinstance(message, types.JSONRPCNotification):
+            if message.method == "notifications/progress" and message.params:
+                token = message.params.get("progressToken")
+                pending = self._pending.get(token) if isinstance(token, str) else None
+                if pending is not None:
+                    pending.queued += 1
+            return False
+        return self._answer(message, hooked=True)
+
     def _take(self, message: Any) -> bool:
         """Whether `message` is for one of our calls; an answer completes that call at once."""
-        if isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
-            pending = self._pending.get(message.id) if isinstance(message.id, str) else None
-            if pending is None:
-                return False
-            if isinstance(message, types.JSONRPCResponse):
-                pending.outcome = message.result
-            else:
-                pending.outcome = message.error
-            pending.done.set()
-            return True
         if isinstance(message, types.JSONRPCNotification) and message.method == "notifications/progress":
             token = (message.params or {}).get("progressToken")
             return isinstance(token, str) and token in self._pending
-        return False
+        return self._answer(message)
+
+    def _answer(self, message: Any, hooked: bool = False) -> bool:
+        if not isinstance(message, types.JSONRPCResponse | types.JSONRPCError) or not isinstance(message.id, str):
+            return False
+        pending = self._pending.get(message.id)
+        if pending is None or (hooked and pending.queued):
+            return False
+        if isinstance(message, types.JSONRPCResponse):
+            pending.outcome = message.result
+        else:
+            pending.outcome = message.error
+        pending.done.set()
+        return True
 
     async def _deliver_progress(self, message: Any) -> None:
         params = message.params if isinstance(message, types.JSONRPCNotification) else None
         if not params:
             return
         pending = self._pending.get(params["progressToken"])
-        if pending is None or pending.on_progress is None:
+        if pending is None:
             return
+        try:
+            await self._relay_progress(pending, params)
+        finally:
+            if pending.queued:
+                pending.queued -= 1
+
+    async def _relay_progress(self, pending: _Pending, params: dict[str, Any]) -> None:
         progress = params.get("progress")
-        if not isinstance(progress, int | float):
+        if pending.on_progress is None or not isinstance(progress, int | float):
             return
         total = params.get("total")
         note = params.get("message")

@@ -33,7 +33,7 @@ from circuitbox.server import modern_lane
 from circuitbox.server._sdk_private import TaskOfferingSession, send_unvalidated
 from circuitbox.server._streams import WatchedStream
 from circuitbox.server.direct_calls import DirectCalls
-from circuitbox.server.stdio_child import BurstLog
+from circuitbox.server.stdio_child import BurstLog, ChildOutput
 from circuitbox.server.transports import open_transport
 
 if TYPE_CHECKING:
@@ -224,6 +224,8 @@ class Downstream:
                 if self._offer_source is not None:
                     self._offer = await self._offer_source()
                 direct = DirectCalls(WatchedStream(read, closed), write)
+                if isinstance(read, ChildOutput):  # a stdio child's reader completes our calls itself
+                    read.intercept = direct.intercept
                 async with self._session(
                     direct,
                     write,

@@ -8,11 +8,14 @@ circuitbox owns this transport rather than using the SDK's `stdio_client` for wh
 - a stdout line that is not JSON-RPC is dropped with one warning per burst (`BurstLog`), not one traceback per line;
 - stderr lines are logged one by one under the server's name (rate-limited, secrets redacted).
 
-The streams it yields are the ones the SDK's `ClientSession` takes: `SessionMessage`s in both directions.
+The streams it yields are the ones the SDK's `ClientSession` takes: `SessionMessage`s in both directions. Neither
+costs a call a task switch of its own: `ChildInput` writes a request to the child's stdin from the task that sends
+it, and the reader hands each parsed message to `ChildOutput.intercept` (DirectCalls' answers) before the stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -28,8 +31,9 @@ from typing import Any, TextIO
 import anyio
 import anyio.abc
 import mcp_types as types
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
+
+from circuitbox.server._streams import _ReadStreamWrapper
 
 logger = logging.getLogger("circuitbox.downstream")
 stderr_logger = logging.getLogger("circuitbox.downstream.stderr")
@@ -39,7 +43,7 @@ SAFE_ENV = ("HOME", "PATH", "SHELL", "TERM")
 
 EXIT_GRACE = 2.0  # after stdin closes, how long the server gets to exit by itself (as the SDK gives it)
 KILL_GRACE = 2.0  # after SIGTERM to its group, before SIGKILL
-FLUSH_GRACE = 0.5  # for the writer to send what it has already accepted
+FLUSH_GRACE = 0.5  # for what was already sent to leave the loop's buffer for the pipe
 MAX_LINE = 16 * 1024 * 1024  # max_message_bytes: a longer stdout line is dropped, never buffered without end
 STDERR_BURST = 100  # stderr lines logged per STDERR_WINDOW; the rest are counted and reported
 STDERR_WINDOW = 10.0
@@ -94,7 +98,64 @@ class _Budget:
         return True
 
 
-Streams = tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]
+class ChildOutput(_ReadStreamWrapper):
+    """The read stream of a child's parsed stdout; `intercept`, when set, sees every message first, in the reader's
+    own task, and keeps those it returns True for off the stream (it must not block or raise)."""
+
+    intercept: Callable[[types.JSONRPCMessage], bool] | None = None
+
+
+class ChildInput:
+    """The write stream a child's session gets: each message is written to the child's stdin by the task that
+    sends it.
+
+    A writer task behind a memory stream would cost every request a task switch; the loop's pipe transport
+    already buffers what the pipe cannot take at once, and `drain` holds a sender only while the child is not
+    reading (backpressure). A line goes to the transport in one synchronous write, so concurrent senders never
+    interleave. A write that finds the pipe broken (the child closed its stdin or died) calls `on_broken`."""
+
+    def __init__(self, writer: asyncio.StreamWriter, on_broken: Callable[[], None]) -> None:
+        self._writer = writer
+        self._on_broken = on_broken
+        self._closed = False
+
+    async def send(self, message: SessionMessage) -> None:
+        """Raises:
+        anyio.ClosedResourceError: after `aclose`.
+        anyio.BrokenResourceError: the child no longer reads its stdin."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._writer.transport.is_closing():  # a write now would be dropped without an error
+            self._on_broken()
+            raise anyio.BrokenResourceError
+        data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
+        try:
+            self._writer.write(data.encode() + b"\n")
+            await self._writer.drain()
+        except ConnectionError as exc:
+            self._on_broken()
+            raise anyio.BrokenResourceError from exc
+
+    async def flush(self) -> None:
+        """Until everything written so far has left the loop's buffer for the pipe (or the pipe broke)."""
+        transport = self._writer.transport
+        if transport.is_closing():
+            return
+        transport.set_write_buffer_limits(high=0)  # drain waits for an empty buffer from now on
+        with suppress(ConnectionError):
+            await self._writer.drain()
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+    async def __aenter__(self) -> ChildInput:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+Streams = tuple[ChildOutput, ChildInput]
 
 
 @asynccontextmanager
@@ -134,8 +195,11 @@ async def open_stdio_child(
         )
     _GROUPS.add(process.pid)
     read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-    write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
-    writer_done = anyio.Event()
+    output = ChildOutput(read_stream)
+    # The loop's own writer under anyio's wrapper, whose `send` adds a checkpoint to every write.
+    stdin: asyncio.StreamWriter = process._process.stdin  # type: ignore[attr-defined]
+    # It stopped reading: the session must see the connection end.
+    write_stream = ChildInput(stdin, on_broken=read_writer.close)
     stderr_done = anyio.Event()
 
     async def stdout_reader() -> None:
@@ -145,50 +209,30 @@ async def open_stdio_child(
             with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                 async for line in _lines(process.stdout, name, max_line):
                     if isinstance(line, Oversized):
-                        refusal = line.refusal(name, max_line)
-                        if refusal is not None:
-                            await read_writer.send(SessionMessage(refusal))
+                        message: types.JSONRPCMessage | None = line.refusal(name, max_line)
+                    else:
+                        message = _parse(line, name, garbage, redact)
+                    if message is None:
                         continue
-                    try:
-                        message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
-                    except ValueError:
-                        dropped = garbage.admit()
-                        if dropped is not None:
-                            more = f" ({dropped} more such lines since the last warning)" if dropped else ""
-                            sample = redact(line[:200].decode("utf-8", "replace"))
-                            logger.warning("server %r wrote a stdout line that is not JSON-RPC, ignored%s: %r",
-                                           name, more, sample)  # fmt: skip
-                        continue
-                    await read_writer.send(SessionMessage(message))
+                    intercept = output.intercept
+                    if intercept is None or not intercept(message):
+                        await read_writer.send(SessionMessage(message))
         if garbage.dropped:
             logger.warning("server %r: %d more stdout lines that are not JSON-RPC were ignored", name, garbage.dropped)
 
-    async def stdin_writer() -> None:
-        assert process.stdin is not None
-        try:
-            async with write_reader:
-                async for message in write_reader:
-                    data = message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
-                    await process.stdin.send(data.encode())
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-            await read_writer.aclose()  # it stopped reading: the session must see the connection end
-        finally:
-            writer_done.set()
-
     async with anyio.create_task_group() as tg:
         tg.start_soon(stdout_reader)
-        tg.start_soon(stdin_writer)
         if process.stderr is not None:
             tg.start_soon(_log_stderr, process.stderr, name, redact, stderr_tail, stderr_done)
         else:
             stderr_done.set()
         try:
-            yield read_stream, write_stream
+            yield output, write_stream
         finally:
             with anyio.CancelScope(shield=True):  # bounded: it must finish even when we are being cancelled
-                write_stream.close()
+                await write_stream.aclose()
                 with anyio.move_on_after(FLUSH_GRACE):
-                    await writer_done.wait()
+                    await write_stream.flush()
                 await end_process_group(process)
                 _GROUPS.discard(process.pid)
                 with anyio.move_on_after(FLUSH_GRACE):  # its last words, often the reason it died
@@ -196,6 +240,19 @@ async def open_stdio_child(
                 await _release(process)
                 read_stream.close()
             tg.cancel_scope.cancel()
+
+
+def _parse(line: bytes, name: str, garbage: BurstLog, redact: Callable[[str], str]) -> types.JSONRPCMessage | None:
+    """The JSON-RPC message of a stdout line, or None (a warning per burst) when it is not one."""
+    try:
+        return types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+    except ValueError:
+        dropped = garbage.admit()
+        if dropped is not None:
+            more = f" ({dropped} more such lines since the last warning)" if dropped else ""
+            sample = redact(line[:200].decode("utf-8", "replace"))
+            logger.warning("server %r wrote a stdout line that is not JSON-RPC, ignored%s: %r", name, more, sample)
+        return None
 
 
 async def _release(process: anyio.abc.Process) -> None:
