@@ -190,3 +190,121 @@ async def test_a_call_on_a_closed_write_stream_fails_as_connection_closed() -> N
     assert caught.value.error.code == types.CONNECTION_CLOSED
     for stream in (answers, read, write):
         stream.close()
+
+
+# -- answers taken in the transport's reader task (a stdio child's `intercept` hook) --------------------------------
+
+
+@asynccontextmanager
+async def hooked() -> AsyncIterator[tuple[DirectCalls, Any, MemoryObjectReceiveStream[Any], list[Any]]]:
+    """DirectCalls whose transport reader offers each message to `intercept` first and queues the rest on a
+    0-buffer stream, as a stdio child's reader does; `say` plays that reader. The session's reading task is not
+    started: the test starts it (`read_all`) when it wants messages to go that way."""
+    answers, read = anyio.create_memory_object_stream[Any](0)
+    write, sent = anyio.create_memory_object_stream[Any](16)
+    calls = DirectCalls(read, write)
+    passed: list[Any] = []
+
+    async def say(message: dict[str, Any]) -> None:
+        parsed = types.jsonrpc_message_adapter.validate_python(message)
+        if not calls.intercept(parsed):
+            await answers.send(SessionMessage(parsed))
+
+    try:
+        yield calls, say, sent, passed
+    finally:
+        for stream in (answers, read, write, sent):
+            stream.close()
+
+
+async def read_all(calls: DirectCalls, passed: list[Any]) -> None:
+    async for item in calls:
+        passed.append(item.message)
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ({"result": {"content": [], "x": 1}}, {"content": [], "x": 1}),
+        ({"error": {"code": -32602, "message": "no"}}, -32602),
+    ],
+    ids=["a result", "an error"],
+)
+async def test_the_reader_s_hook_completes_a_call_with_no_hop_through_the_session_s_reader(
+    answer: dict[str, Any], expected: Any
+) -> None:
+    """Nobody reads the session's stream here: the call completes because the hook took its answer."""
+    outcome: list[Any] = []
+
+    async def call(calls: DirectCalls) -> None:
+        try:
+            outcome.append(await calls.call({"name": "echo"}))
+        except MCPError as exc:
+            outcome.append(exc.error.code)
+
+    async with hooked() as (calls, say, sent, _), anyio.create_task_group() as tg:
+        tg.start_soon(call, calls)
+        with anyio.fail_after(10):
+            request_id = (await sent.receive()).message.id
+            await say({"jsonrpc": "2.0", "id": request_id, **answer})
+    assert outcome == [expected]
+
+
+async def test_the_hook_leaves_everything_but_our_answers_to_the_session() -> None:
+    async with hooked() as (calls, say, sent, passed), anyio.create_task_group() as tg:
+        tg.start_soon(read_all, calls, passed)
+        tg.start_soon(calls.call, {"name": "hang"})
+        with anyio.fail_after(10):
+            token = (await sent.receive()).message.id
+            await say({"jsonrpc": "2.0", "id": 7, "result": {}})  # the SDK's own request's answer
+            await say({"jsonrpc": "2.0", "id": "cb-999", "result": {}})  # no such call (any more)
+            await say({"jsonrpc": "2.0", "id": 3, "method": "ping"})
+            await say({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": 1}})
+            await say(
+                {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 5, "progress": 1}}
+            )
+            await say({"jsonrpc": "2.0", "id": token, "result": {"content": []}})
+            await anyio.wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+    assert [getattr(m, "id", getattr(m, "method", None)) for m in passed] == [
+        7,
+        "cb-999",
+        3,
+        "notifications/message",
+        "notifications/progress",
+    ]
+
+
+async def test_an_answer_behind_its_call_s_progress_note_waits_until_the_note_is_relayed() -> None:
+    """The note goes the session's way (the relay awaits the upstream); the answer read right after it must not
+    overtake it, or the agent would see progress for a call already answered."""
+    events: list[str] = []
+    relayed = anyio.Event()
+    release = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        relayed.set()
+        await release.wait()
+        events.append(f"progress {progress:g}")
+
+    async def call(calls: DirectCalls) -> None:
+        await calls.call({"name": "slow"}, on_progress)
+        events.append("answered")
+
+    async with hooked() as (calls, say, sent, passed), anyio.create_task_group() as tg:
+        tg.start_soon(read_all, calls, passed)
+        tg.start_soon(call, calls)
+        with anyio.fail_after(10):
+            token = (await sent.receive()).message.id
+            note = {"progressToken": token, "progress": 1}
+            await say({"jsonrpc": "2.0", "method": "notifications/progress", "params": note})
+            await relayed.wait()
+            tg.start_soon(say, {"jsonrpc": "2.0", "id": token, "result": {"content": []}})
+            await anyio.wait_all_tasks_blocked()
+            assert events == []  # the answer waits behind the note's relay
+            release.set()
+            while len(events) < 2:
+                await anyio.wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+    assert events == ["progress 1", "answered"]
+    assert passed == []  # both were ours

@@ -3,17 +3,22 @@ under its name and bounded."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
+import mcp_types as types
 import pytest
+from mcp.shared.message import SessionMessage
 
-from circuitbox.server.stdio_child import BurstLog, child_environment, open_stdio_child
+from circuitbox.server import stdio_child
+from circuitbox.server.stdio_child import BurstLog, ChildInput, ChildOutput, child_environment, open_stdio_child
 from tests.proxy.harness import chaos, proxy_session
 from tests.proxy.test_breakers_through_the_proxy import text
 
@@ -146,3 +151,156 @@ async def test_downstream_stderr_lines_in_the_log_carry_the_servers_name(
     logged = [r.getMessage() for r in caplog.records if r.name == "circuitbox.downstream.stderr"]
     assert logged[0] == "[noisy] line 0"
     assert sum(m.startswith("[noisy] line") for m in logged) == 100  # a burst is cut at 100 lines per 10 s
+
+
+# -- the child's input written by the sending task, its output offered to a hook first (real pipes) -----------------
+
+
+def answer(n: int, payload: str = "") -> SessionMessage:
+    """A message `cat` sends back as it is: a response with id `n`."""
+    return SessionMessage(types.JSONRPCResponse(jsonrpc="2.0", id=n, result={"payload": payload}))
+
+
+async def answers_until(read: ChildOutput, last: int) -> dict[int, Any]:
+    """The results of the responses read (by id) up to and including the one with id `last`."""
+    seen: dict[int, Any] = {}
+    with anyio.fail_after(30):
+        while True:
+            message = (await read.receive()).message
+            assert isinstance(message, types.JSONRPCResponse) and isinstance(message.id, int)
+            seen[message.id] = message.result
+            if message.id == last:
+                return seen
+
+
+async def test_lines_sent_at_once_by_many_tasks_reach_the_child_whole_and_come_back_whole() -> None:
+    """50 senders, each line 200 kB (over the pipe's and the loop's buffers, so most wait and go out in pieces);
+    `cat` sends every line back: one that another sender's bytes cut into would not parse and be missing."""
+    payloads = {n: f"{n:03d}" * 66_000 for n in range(50)}
+    async with open_stdio_child("cat", "cat", [], {}) as (read, write), anyio.create_task_group() as tg:
+        for n, payload in payloads.items():
+            tg.start_soon(write.send, answer(n, payload))
+        seen: dict[int, Any] = {}
+        with anyio.fail_after(30):
+            while len(seen) < 50:
+                message = (await read.receive()).message
+                assert isinstance(message, types.JSONRPCResponse) and isinstance(message.id, int)
+                seen[message.id] = message.result
+    assert seen == {n: {"payload": payload} for n, payload in payloads.items()}
+
+
+HELD = """
+import json, os, sys, time
+while not os.path.exists(sys.argv[1]):  # not reading stdin until told to
+    time.sleep(0.01)
+for line in sys.stdin:
+    print(json.dumps({"jsonrpc": "2.0", "id": json.loads(line)["id"], "result": {}}), flush=True)
+"""
+
+
+async def test_senders_to_a_child_that_does_not_read_wait_unwritten_and_a_cancelled_one_wrote_nothing(
+    tmp_path: Path,
+) -> None:
+    """Backpressure before the write: while the child reads nothing, at most the lines that fit the pipe and the
+    loop's buffer are written; every other sender waits with its line unwritten, so cancelling it sends nothing
+    (no half line, no request the caller has given up on)."""
+    go = tmp_path / "go"
+    returned: list[int] = []
+
+    async def sender(write: ChildInput, n: int) -> None:
+        await write.send(answer(n, "x" * 50_000))
+        returned.append(n)
+
+    async with open_stdio_child("held", sys.executable, ["-c", HELD, str(go)], {}) as (read, write):
+        with anyio.fail_after(30):
+            with anyio.CancelScope() as senders:
+                async with anyio.create_task_group() as tg:
+                    for n in range(20):
+                        tg.start_soon(sender, write, n)
+                    await anyio.wait_all_tasks_blocked()
+                    senders.cancel()
+        assert 1 <= len(returned) <= 3, returned  # 64 kB in the pipe, up to 64 kB more in the loop's buffer
+        go.touch()
+        await write.send(answer(99))  # after every line written before it
+        seen = await answers_until(read, 99)
+    assert sorted(seen) == sorted([*returned, 99])
+
+
+CLOSES_STDIN = """
+import os, time
+os.close(0)  # stops reading for good, its stdout still open
+print('{"jsonrpc": "2.0", "id": 1, "result": {}}', flush=True)
+time.sleep(600)
+"""
+
+
+async def test_a_child_that_closed_its_stdin_fails_the_next_send_and_ends_its_output_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stdio_child, "EXIT_GRACE", 0.1)  # it would never exit by itself
+    async with open_stdio_child("deaf", sys.executable, ["-c", CLOSES_STDIN], {}) as (read, write):
+        with anyio.fail_after(30):
+            assert (await read.receive()).message.id == 1  # it has closed its stdin by now
+            with pytest.raises(anyio.BrokenResourceError):
+                await write.send(answer(2))
+            with pytest.raises(anyio.EndOfStream):  # the session sees the connection end
+                await read.receive()
+            with pytest.raises(anyio.BrokenResourceError):
+                await write.send(answer(3))
+
+
+async def test_what_was_sent_reaches_the_child_when_the_connection_closes_at_once(tmp_path: Path) -> None:
+    """The connection closed right after a 1 MB line went out (most of it still in the loop's buffer): the child
+    still reads every line whole before its stdin ends."""
+    counted = tmp_path / "count"
+    script = (
+        f"import sys; n = sum(line.endswith('\\n') for line in sys.stdin); open({str(counted)!r}, 'w').write(str(n))"
+    )
+    with anyio.fail_after(30):
+        async with open_stdio_child("sink", sys.executable, ["-c", script], {}) as (_, write):
+            for n in range(10):
+                await write.send(answer(n, "x" * 1000))
+            await write.send(answer(10, "x" * 1_000_000))
+        assert counted.read_text() == "11"
+        with pytest.raises(anyio.ClosedResourceError):
+            await write.send(answer(11))
+
+
+async def test_a_write_that_hits_a_broken_pipe_fails_its_send_and_reports_it_at_once() -> None:
+    """The child's end closed and the loop not told yet: the write itself finds it, the line is lost, so that
+    send fails (not the next one) and the output side is told. A bare pipe, to close its end at a chosen moment."""
+    read_fd, write_fd = os.pipe()
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, os.fdopen(write_fd, "wb"))
+    broken: list[bool] = []
+    write = ChildInput(asyncio.StreamWriter(transport, protocol, None, loop), on_broken=lambda: broken.append(True))
+    try:
+        await write.send(answer(1))
+        assert os.read(read_fd, 1 << 16).endswith(b"\n") and not broken
+        os.close(read_fd)  # no checkpoint from here to the send: the loop has not seen it
+        with pytest.raises(anyio.BrokenResourceError):
+            await write.send(answer(2))
+        assert broken
+    finally:
+        transport.close()
+
+
+async def test_the_output_hook_takes_what_it_returns_true_for_and_a_failing_hook_costs_only_its_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    taken: list[Any] = []
+
+    def hook(message: types.JSONRPCMessage) -> bool:
+        if message.id == 2:
+            raise RuntimeError("a bug in the hook")
+        taken.append(message.id)
+        return message.id == 1
+
+    async with open_stdio_child("cat", "cat", [], {}) as (read, write):
+        read.intercept = hook
+        for n in (1, 2, 3):
+            await write.send(answer(n))
+        seen = await answers_until(read, 3)
+        assert sorted(seen) == [2, 3]  # 1 taken by the hook, 2 passed on despite its failure
+    assert taken == [1, 3]
+    assert any("hook" in r.getMessage() and r.exc_info for r in caplog.records)

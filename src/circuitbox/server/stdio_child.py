@@ -33,6 +33,7 @@ import anyio.abc
 import mcp_types as types
 from mcp.shared.message import SessionMessage
 
+from circuitbox.server._pipes import _on_asyncio
 from circuitbox.server._streams import _ReadStreamWrapper
 
 logger = logging.getLogger("circuitbox.downstream")
@@ -100,9 +101,21 @@ class _Budget:
 
 class ChildOutput(_ReadStreamWrapper):
     """The read stream of a child's parsed stdout; `intercept`, when set, sees every message first, in the reader's
-    own task, and keeps those it returns True for off the stream (it must not block or raise)."""
+    own task, and keeps those it returns True for off the stream (it must not block)."""
 
     intercept: Callable[[types.JSONRPCMessage], bool] | None = None
+
+    def offer(self, message: types.JSONRPCMessage) -> bool:
+        """Whether `intercept` took `message`. Its failure is logged and the message goes to the stream as usual:
+        a bug in a hook must not end the child's reader."""
+        intercept = self.intercept
+        if intercept is None:
+            return False
+        try:
+            return intercept(message)
+        except Exception:
+            logger.exception("the hook on a stdio child's output failed on a message; the session gets it")
+            return False
 
 
 class ChildInput:
@@ -110,9 +123,11 @@ class ChildInput:
     sends it.
 
     A writer task behind a memory stream would cost every request a task switch; the loop's pipe transport
-    already buffers what the pipe cannot take at once, and `drain` holds a sender only while the child is not
-    reading (backpressure). A line goes to the transport in one synchronous write, so concurrent senders never
-    interleave. A write that finds the pipe broken (the child closed its stdin or died) calls `on_broken`."""
+    already buffers what the pipe cannot take at once. A sender waits (`drain`) only while that buffer is over its
+    high-water mark, before it writes: the child not reading holds senders back without their lines piling up, and
+    a sender cancelled while it waits has written nothing. A line then goes to the transport in one synchronous
+    write, so concurrent senders never interleave and a cancel never cuts one. A write that finds the pipe broken
+    (the child closed its stdin or died) calls `on_broken`."""
 
     def __init__(self, writer: asyncio.StreamWriter, on_broken: Callable[[], None]) -> None:
         self._writer = writer
@@ -123,18 +138,25 @@ class ChildInput:
         """Raises:
         anyio.ClosedResourceError: after `aclose`.
         anyio.BrokenResourceError: the child no longer reads its stdin."""
+        self._check()
+        data = message.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
+        try:
+            await self._writer.drain()  # at once unless the child is behind
+        except ConnectionError as exc:
+            self._on_broken()
+            raise anyio.BrokenResourceError from exc
+        self._check()  # it may have been closed or broken while we waited
+        self._writer.write(data)
+        if self._writer.transport.is_closing():  # the write itself hit a broken pipe: the line is lost
+            self._on_broken()
+            raise anyio.BrokenResourceError
+
+    def _check(self) -> None:
         if self._closed:
             raise anyio.ClosedResourceError
         if self._writer.transport.is_closing():  # a write now would be dropped without an error
             self._on_broken()
             raise anyio.BrokenResourceError
-        data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
-        try:
-            self._writer.write(data.encode() + b"\n")
-            await self._writer.drain()
-        except ConnectionError as exc:
-            self._on_broken()
-            raise anyio.BrokenResourceError from exc
 
     async def flush(self) -> None:
         """Until everything written so far has left the loop's buffer for the pipe (or the pipe broke)."""
@@ -180,7 +202,10 @@ async def open_stdio_child(
 
     Raises:
         OSError: it cannot be spawned (no such command, not executable, bad cwd).
+        RuntimeError: not on asyncio (its stdin is written through the loop's own pipe transport).
     """
+    if not _on_asyncio():
+        raise RuntimeError("a stdio downstream needs the asyncio backend")
     # Shielded: a cancel landing between the fork and the handle's return (the loop still connecting the pipes)
     # would leave a child nobody ends or reaps. Spawning is bounded; a pending cancel strikes once it is ours to end.
     with anyio.CancelScope(shield=True):
@@ -196,7 +221,7 @@ async def open_stdio_child(
     _GROUPS.add(process.pid)
     read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     output = ChildOutput(read_stream)
-    # The loop's own writer under anyio's wrapper, whose `send` adds a checkpoint to every write.
+    # The loop's own writer under anyio's wrapper, whose `send` costs every write a trip through the loop.
     stdin: asyncio.StreamWriter = process._process.stdin  # type: ignore[attr-defined]
     # It stopped reading: the session must see the connection end.
     write_stream = ChildInput(stdin, on_broken=read_writer.close)
@@ -214,8 +239,7 @@ async def open_stdio_child(
                         message = _parse(line, name, garbage, redact)
                     if message is None:
                         continue
-                    intercept = output.intercept
-                    if intercept is None or not intercept(message):
+                    if not output.offer(message):
                         await read_writer.send(SessionMessage(message))
         if garbage.dropped:
             logger.warning("server %r: %d more stdout lines that are not JSON-RPC were ignored", name, garbage.dropped)
