@@ -17,6 +17,8 @@ Measured, as the proxy issue lists them:
   which waits for the downstream), vs a direct server's start;
 - fast-fail inside the proxy: from the request read off the proxy's input stream to the answer written to its
   output stream, for a call whose circuit is open, next to a forwarded call (in-process, memory streams);
+- the stdio downstream hop inside the proxy: a forwarded call's request written to the child, its answer read and
+  handed back, against a child that answers at once (a fresh process per round);
 - memory: the proxy's resident set growth for 1,000 idle HTTP sessions on one shared stdio downstream;
 - HTTP upstream: 20 clients x N calls at once, direct (the chaos server over HTTP) vs circuitbox with an HTTP and
   with a stdio downstream; every call's answer is checked, so nothing lost is counted too.
@@ -57,8 +59,10 @@ def _child_env() -> dict[str, str]:
 
 
 @asynccontextmanager
-async def connect(command: list[str]) -> AsyncIterator[ClientSession]:
-    params = StdioServerParameters(command=command[0], args=command[1:], env={**_child_env()} or None)
+async def connect(command: list[str], source: str | None = None) -> AsyncIterator[ClientSession]:
+    """`source`: the src folder of another circuitbox checkout the command runs from."""
+    env = {**_child_env(), **({"PYTHONPATH": source} if source else {})}
+    params = StdioServerParameters(command=command[0], args=command[1:], env=env or None)
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
         await session.list_tools()  # as agents do before calling: circuitbox then knows its one stdio client
@@ -175,21 +179,30 @@ def medians(rows: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, floa
     return {name: {m: statistics.median(v) for m, v in row.items()} for name, row in rows.items()}
 
 
-async def bench_stdio(folder: Path, rounds: int, calls: int) -> dict[str, dict[str, float]]:
+async def bench_stdio(
+    folder: Path, rounds: int, calls: int, baseline: str | None = None
+) -> dict[str, dict[str, float]]:
+    """`baseline`: the src folder of another circuitbox checkout, whose two circuitbox contenders run in the same
+    interleaved rounds as this one's (their downstream is this checkout's chaos server, as everyone's)."""
     config = write_config(folder, "echo", stdio_entry(CHAOS))
-    contenders = [
-        ("direct", CHAOS),
-        ("bare proxy", [sys.executable, __file__, "--bare-proxy", "--", *CHAOS]),
-        ("circuitbox", circuitbox_command(config)),
-        ("circuitbox, metrics off", circuitbox_command(config, "--no-metrics")),
+    contenders: list[tuple[str, list[str], str | None]] = [
+        ("direct", CHAOS, None),
+        ("bare proxy", [sys.executable, __file__, "--bare-proxy", "--", *CHAOS], None),
+        ("circuitbox", circuitbox_command(config), None),
+        ("circuitbox, metrics off", circuitbox_command(config, "--no-metrics"), None),
     ]
-    rows: dict[str, dict[str, list[float]]] = {name: {} for name, _ in contenders}
+    if baseline is not None:
+        contenders += [
+            ("baseline", circuitbox_command(config), baseline),
+            ("baseline, metrics off", circuitbox_command(config, "--no-metrics"), baseline),
+        ]
+    rows: dict[str, dict[str, list[float]]] = {name: {} for name, _, _ in contenders}
     async with AsyncExitStack() as stack:
-        sessions = {name: await stack.enter_async_context(connect(cmd)) for name, cmd in contenders}
+        sessions = {name: await stack.enter_async_context(connect(cmd, src)) for name, cmd, src in contenders}
         for session in sessions.values():  # warm-up: imports, caches, the first breaker
             await sequential(session, "echo", 20)
         for r in range(rounds):
-            for name, _ in rotate(contenders, r):
+            for name, _, _ in rotate(contenders, r):
                 session, row = sessions[name], rows[name]
                 latency, rate = await sequential(session, "echo", calls)
                 row.setdefault("latency", []).append(latency)
@@ -197,6 +210,62 @@ async def bench_stdio(folder: Path, rounds: int, calls: int) -> dict[str, dict[s
                 for n in (8, 64):
                     row.setdefault(f"tput{n}", []).append(await throughput(session, "echo", calls * 2, n))
     return medians(rows)
+
+
+# A downstream that answers every request line at once: the hop's own cost, not a server's.
+ECHO_CHILD = (
+    "import json, sys\n"
+    "for line in sys.stdin:\n"
+    "    answer = {'jsonrpc': '2.0', 'id': json.loads(line)['id'], 'result': {'content': []}}\n"
+    "    sys.stdout.write(json.dumps(answer) + '\\n')\n"
+    "    sys.stdout.flush()\n"
+)
+
+
+async def bench_downstream_hop(calls: int, rounds: int, baseline: str | None = None) -> dict[str, float]:
+    """The stdio downstream hop inside the proxy (`--downstream-hop-here`), a fresh process per round, interleaved
+    with the checkout at `baseline` when given; the median over rounds of each round's median call."""
+    contenders: list[tuple[str, str | None]] = [("circuitbox", None)]
+    if baseline is not None:
+        contenders.append(("baseline", baseline))
+    rows: dict[str, list[float]] = {name: [] for name, _ in contenders}
+    for r in range(rounds):
+        for name, source in rotate(contenders, r):
+            env = {**os.environ, **({"PYTHONPATH": source} if source else {})}
+            command = [sys.executable, __file__, "--downstream-hop-here", str(calls)]
+            done = await anyio.run_process(command, env=env, stderr=None)
+            rows[name].append(json.loads(done.stdout))
+    return {name: statistics.median(row) for name, row in rows.items()}
+
+
+async def downstream_hop_here(calls: int) -> float:
+    """Median seconds of `DirectCalls.call` on a stdio child that answers at once, wired as `Downstream` wires it
+    (the child's streams, the session's reading task; the reader's hook where the checkout has one): the request
+    written to the child's stdin, its answer read, parsed and handed to the waiting call."""
+    from circuitbox.server._streams import WatchedStream
+    from circuitbox.server.direct_calls import DirectCalls
+    from circuitbox.server.stdio_child import open_stdio_child
+
+    async with open_stdio_child("echo", sys.executable, ["-c", ECHO_CHILD], {}) as (read, write):
+        direct = DirectCalls(WatchedStream(read, anyio.Event()), write)
+        if hasattr(read, "intercept"):  # a checkout before the hook has none
+            read.intercept = direct.intercept
+        async with anyio.create_task_group() as tg:
+
+            async def session_reader() -> None:
+                async for _ in direct:
+                    pass
+
+            tg.start_soon(session_reader)
+            for _ in range(200):  # warm-up
+                await direct.call({"name": "echo"})
+            times = []
+            for _ in range(calls):
+                began = time.perf_counter()
+                await direct.call({"name": "echo"})
+                times.append(time.perf_counter() - began)
+            tg.cancel_scope.cancel()
+    return statistics.median(times)
 
 
 async def bench_listing(folder: Path, rounds: int) -> dict[str, float]:
@@ -515,10 +584,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     http_rounds = args.http_rounds or (2 if quick else 5)
     data: dict[str, Any] = {"rounds": rounds, "calls": calls, "http_calls": http_calls, "http_rounds": http_rounds}
     parts = {
-        "stdio": lambda: bench_stdio(folder, rounds, calls),
+        "stdio": lambda: bench_stdio(folder, rounds, calls, args.baseline),
         "listing": lambda: bench_listing(folder, rounds),
         "initialize": lambda: bench_initialize(folder, rounds),
         "fast_fail": lambda: bench_fast_fail(calls * 4, 3 if quick else rounds, args.baseline),
+        "downstream_hop": lambda: bench_downstream_hop(calls * 10, 3 if quick else rounds, args.baseline),
         "sessions": lambda: bench_sessions(folder, 1000),
         "http": lambda: bench_http(folder, http_rounds, 20, http_calls, args.baseline),
     }
@@ -564,6 +634,10 @@ def report(data: dict[str, Any]) -> str:
                   "call (us) |", "|---|---:|---:|"]  # fmt: skip
         for k, v in data["fast_fail"].items():
             lines.append(f"| {k} | {v['rejected'] * 1e6:.0f} | {v['forwarded'] * 1e6:.0f} |")
+    if "downstream_hop" in data:
+        lines += ["", "| inside the proxy, stdio downstream tools/call round trip to a child that answers at once "
+                  "| us |", "|---|---:|"]  # fmt: skip
+        lines += [f"| {k} | {v * 1e6:.0f} |" for k, v in data["downstream_hop"].items()]
     if "sessions" in data:
         sessions = data["sessions"]
         lines += [
@@ -595,10 +669,12 @@ def main() -> None:
     parser.add_argument(
         "--baseline",
         metavar="SRC",
-        help="the src folder of another circuitbox checkout: its HTTP and fast-fail contenders join the same rounds",
+        help="the src folder of another circuitbox checkout: its stdio, downstream hop, HTTP and fast-fail contenders "
+        "join the same rounds",
     )
     parser.add_argument("--bare-proxy", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--fast-fail-here", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--downstream-hop-here", type=int, help=argparse.SUPPRESS)
     parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_proxy:
@@ -606,6 +682,9 @@ def main() -> None:
         return
     if args.fast_fail_here:
         print(json.dumps(anyio.run(fast_fail_here, args.fast_fail_here)))
+        return
+    if args.downstream_hop_here:
+        print(json.dumps(anyio.run(downstream_hop_here, args.downstream_hop_here)))
         return
     data = anyio.run(bench, args)
     print(report(data))
