@@ -304,3 +304,14 @@ async def test_the_output_hook_takes_what_it_returns_true_for_and_a_failing_hook
         assert sorted(seen) == [2, 3]  # 1 taken by the hook, 2 passed on despite its failure
     assert taken == [1, 3]
     assert any("hook" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_off_asyncio_a_stdio_child_is_refused_before_anything_is_spawned() -> None:
+    """Its stdin is written through the asyncio loop's pipe transport: on trio it says so instead of leaving a
+    child it cannot write to."""
+    before = groups_led_by_our_children()
+    with pytest.raises(RuntimeError, match="asyncio"):
+        async with open_stdio_child("cat", "cat", [], {}):
+            pass
+    assert groups_led_by_our_children() == before
