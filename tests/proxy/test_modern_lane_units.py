@@ -27,6 +27,7 @@ from circuitbox.server.modern_lane import (
     StdioModernLane,
     open_modern_lane,
 )
+from circuitbox.server.modern_stdio import StdioWire
 from tests.net import free_port
 
 pytestmark = pytest.mark.anyio
@@ -227,6 +228,42 @@ async def test_a_stdio_downstream_that_does_not_speak_the_era_is_found_out_once_
         with anyio.fail_after(30):
             assert not await found.available()
             assert not await found.available()  # known now: no second child
+
+
+# A 2026-era server that answers one call (with its process id) and exits.
+ONE_CALL_THEN_EXIT = (
+    "import json, os, sys\n"
+    "for line in sys.stdin:\n"
+    "    sent = json.loads(line)\n"
+    "    info = {'supportedVersions': ['2026-07-28'], 'capabilities': {}}\n"
+    "    info['serverInfo'] = {'name': 's', 'version': '1'}\n"
+    "    called = sent['method'] == 'tools/call'\n"
+    "    result = {'content': [{'type': 'text', 'text': str(os.getpid())}]} if called else info\n"
+    "    print(json.dumps({'jsonrpc': '2.0', 'id': sent['id'], 'result': result}), flush=True)\n"
+    "    if called:\n"
+    "        break\n"
+)
+
+
+async def test_a_stdio_downstream_that_speaks_the_era_gets_a_child_of_its_own_started_again_after_it_ends() -> None:
+    server = _server({"command": sys.executable, "args": ["-c", ONE_CALL_THEN_EXIT]})
+    async with open_modern_lane(server) as found:
+        assert isinstance(found, StdioModernLane)
+        with pytest.raises(MCPError) as unopened:  # no child yet: nothing is sent anywhere
+            await found.request(CALL, types.CallToolResult, None, CLIENT)
+        assert unopened.value.error.code == types.CONNECTION_CLOSED
+        pids: list[str] = []
+        with anyio.fail_after(30):
+            for _ in range(2):
+                assert await found.available()
+                wire = found._wire
+                result = await found.request(CALL, types.CallToolResult, None, CLIENT)
+                assert isinstance(result, types.CallToolResult) and isinstance(result.content[0], types.TextContent)
+                pids.append(result.content[0].text)
+                assert isinstance(wire, StdioWire)
+                await wire.closed.wait()  # it exited after its call
+                await anyio.wait_all_tasks_blocked()
+    assert pids[0] != pids[1]  # the next request started another
 
 
 async def test_a_downstream_log_message_reaches_its_2026_era_client_prefixed_at_the_level_it_asked_for() -> None:

@@ -130,3 +130,10 @@ async def test_when_the_child_ends_every_request_waiting_and_every_later_one_is_
             await peer.wire.closed.wait()
     await call()
     assert [answer["error"]["code"] for answer in answers] == [types.CONNECTION_CLOSED, types.CONNECTION_CLOSED]
+
+
+async def test_a_child_that_stopped_reading_its_stdin_is_a_closed_connection_at_once(peer: Peer) -> None:
+    peer.from_wire.close()
+    with anyio.fail_after(5):
+        answer = await peer.wire.send("tools/call", {"name": "t"}, "2026-07-28", None, None)
+    assert answer["error"]["code"] == types.CONNECTION_CLOSED

@@ -367,35 +367,39 @@ class StdioModernLane(ModernLane):
         return bool(self._speaks)
 
     async def run(self) -> None:
-        """Open the child when a request wants it and serve until it ends, again and again; once it does not speak
+        """Open the child when a request wants it and serve until it ends, again and again; once one does not speak
         2026-07-28 (or cannot be started), never again on this connection."""
         try:
-            while self._speaks is not False:
+            while True:
                 await self._wanted.wait()
+                spoke = False
                 try:
-                    await self._serve_child()
+                    spoke = await self._serve_child()
                 except Exception as exc:  # its failure stays here: the requests waiting on it learn it below
                     logger.warning("server %r: its 2026-era child failed: %s", self.server, exc)
-                if self._speaks is None:
-                    self._decide(False)
-                elif self._speaks:
-                    self._speaks, self._wanted, self._known = None, anyio.Event(), anyio.Event()
-        finally:  # the connection ends: nobody may wait on a child that will not come
+                if not spoke:
+                    return
+        finally:  # no child will come: nobody may wait on one
             if self._speaks is None:
                 self._decide(False)
 
-    async def _serve_child(self) -> None:
+    async def _serve_child(self) -> bool:
+        """Whether it spoke the era, once it has ended."""
         async with open_stdio_wire(self._config, self._max_message_bytes) as wire:
             self._wire = wire
             try:
                 with anyio.move_on_after(self._config.startup_timeout):
                     self._decide(await self.discover())
-                if self._speaks:
-                    logger.info("server %r: 2026-era requests go to a child of their own", self.server)
-                    await wire.closed.wait()
-                    logger.warning("server %r: the child serving 2026-era requests ended", self.server)
+                if not self._speaks:
+                    return False
+                logger.info("server %r: 2026-era requests go to a child of their own", self.server)
+                await wire.closed.wait()
+                logger.warning("server %r: the child serving 2026-era requests ended", self.server)
+                return True
             finally:
                 self._wire = _NO_WIRE
+                if self._speaks:  # the requests from now on wait for the next child
+                    self._speaks, self._wanted, self._known = None, anyio.Event(), anyio.Event()
 
     def _decide(self, speaks: bool) -> None:
         self._speaks = speaks
