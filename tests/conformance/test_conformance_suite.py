@@ -81,20 +81,25 @@ async def test_every_scenario_that_passes_directly_passes_through_circuitbox(
     assert passed(direct), "no scenario passed even directly: the run proves nothing"
 
 
-async def test_every_2026_scenario_that_passes_directly_passes_through_circuitbox_to_an_http_downstream(
-    tmp_path: Path,
+@pytest.mark.parametrize("downstream", ["stdio", "http"])
+async def test_every_2026_scenario_that_passes_directly_passes_through_circuitbox(
+    tmp_path: Path, downstream: str
 ) -> None:
-    """Spec 2026-07-28 (stateless requests, input-required results): the SDK's server speaks it over HTTP, so
-    circuitbox reaches it in that era for the requests that can need input (modern_lane.py). A stdio downstream is
-    reached in the handshake era only, where a server cannot answer input-required: not run here."""
+    """Spec 2026-07-28 (stateless requests, input-required results): the SDK's server speaks it over HTTP and over
+    stdio, so circuitbox reaches it in that era for the requests that can need input (modern_lane.py; over stdio on
+    a child of their own, modern_stdio.py)."""
     server_port, proxy_port = free_port(), free_port()
     async with direct_server("sdk-everything", server_port):
         direct = await run_suite(f"http://127.0.0.1:{server_port}/mcp", tmp_path / "direct", SPEC_2026)
-        entry = {"type": "http", "url": f"http://127.0.0.1:{server_port}/mcp", "namespace": ""}
-        config = write_config(tmp_path, {"mcpServers": {"sdk-everything": entry}})
+        if downstream == "http":
+            entry: dict[str, Any] = {"type": "http", "url": f"http://127.0.0.1:{server_port}/mcp"}
+        else:
+            command, *args = SERVERS["sdk-everything"]("stdio")
+            entry = {"command": command, "args": args, "cwd": str(REPO), "env": {"PYTHONPATH": _import_path()}}
+        config = write_config(tmp_path, {"mcpServers": {"sdk-everything": {**entry, "namespace": ""}}})
         async with running_process(serve(config, proxy_port), port=proxy_port):
             through = await run_suite(f"http://127.0.0.1:{proxy_port}/mcp", tmp_path / "through", SPEC_2026)
-    print(report(f"spec {SPEC_2026}, sdk-everything as an HTTP downstream", direct, through))
+    print(report(f"spec {SPEC_2026}, sdk-everything as a {downstream} downstream", direct, through))
     lost = passed(direct) - passed(through)
     assert not lost, f"pass directly, fail through circuitbox: {sorted(lost)}\n{report('sdk', direct, through)}"
     assert {"input-required-result-multi-round", "server-stateless"} <= passed(direct), "the run proves nothing"

@@ -89,14 +89,17 @@ async def test_every_request_needs_the_token_and_the_right_one_gets_through(tmp_
 async def test_a_2026_era_client_is_served_too(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"mcpServers": {"c": chaos("echo=healthy")}})
     port = free_port()
-    async with running_process(serve_args(config, port), port=port), Client(f"http://127.0.0.1:{port}/mcp") as client:
+    url = f"http://127.0.0.1:{port}/mcp"
+    async with running_process(serve_args(config, port), port=port), Client(url) as client:
         tools = await client.list_tools()
         assert "c__echo" in {tool.name for tool in tools.tools}
         result = await client.call_tool("c__echo", {"message": "modern era"})
         assert not result.is_error
-        # A downstream's list change reaches a 2026-era client on its subscriptions/listen stream.
-        async with client.listen(tools_list_changed=True) as subscription:
-            await client.call_tool("c__chaos_control", {"action": "add_tool", "tool": "fresh"})
+        # A downstream's list change reaches a 2026-era client on its subscriptions/listen stream. The change is
+        # made on the connection the lists come from: a 2026-era client's calls go to a child of their own, whose
+        # in-memory state is its own (modern_stdio.py).
+        async with client.listen(tools_list_changed=True) as subscription, Client(url, mode="legacy") as legacy:
+            await legacy.call_tool("c__chaos_control", {"action": "add_tool", "tool": "fresh"})
             with anyio.fail_after(10):
                 event = await anext(aiter(subscription))
         assert isinstance(event, ToolsListChanged)

@@ -15,9 +15,9 @@ import mcp_types as types
 import pytest
 from mcp import Client, MCPError
 
-from tests.conformance.test_conformance_suite import direct_server
+from tests.conformance.test_conformance_suite import _import_path, direct_server, sdk_everything
 from tests.net import free_port
-from tests.proxy.harness import running_process, write_config
+from tests.proxy.harness import REPO, running_process, write_config
 from tests.proxy.test_http_front_end import serve_args
 
 pytestmark = pytest.mark.anyio
@@ -123,3 +123,53 @@ async def _post(
     response = await http.post(url, content=json.dumps(body), headers=headers)
     answer: dict[str, Any] = response.json()
     return answer
+
+
+@pytest.mark.parametrize("downstream", ["stdio", "http"])
+async def test_a_2026_era_client_gets_its_calls_questions_refusals_and_log_messages_from_either_downstream(
+    tmp_path: Path, downstream: str
+) -> None:
+    """Over stdio the server is reached in its own era on a child of its own (a stdio connection serves one era),
+    still through the tool's breaker; its log messages during a call reach the client that asked for that level."""
+    server_port, port = free_port(), free_port()
+    if downstream == "http":
+        entry: dict[str, Any] = {"type": "http", "url": f"http://127.0.0.1:{server_port}/mcp"}
+    else:
+        command, *args = sdk_everything("stdio")
+        entry = {"command": command, "args": args, "cwd": str(REPO), "env": {"PYTHONPATH": _import_path()}}
+    config = write_config(tmp_path, {"mcpServers": {"sdk": {**entry, "startup_timeout": 60}}})
+    logged: list[types.LoggingMessageNotificationParams] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logged.append(params)
+
+    async def elicitation(_: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        return types.ElicitResult(action="accept", content={"name": "Ada"})
+
+    url = f"http://127.0.0.1:{port}/mcp"
+    async with (
+        direct_server("sdk-everything", server_port),
+        running_process(serve_args(config, port), port=port),
+        Client(url, mode=ERA, elicitation_callback=elicitation, logging_callback=on_log, log_level="info") as client,
+        Client(url, mode=ERA, logging_callback=on_log) as quiet,
+    ):
+        with anyio.fail_after(120):
+            elicited = await client.call_tool("sdk__test_input_required_result_elicitation", {})
+            assert not elicited.is_error and "Hello, Ada!" in str(elicited.content), elicited
+            assert not (await quiet.call_tool("sdk__test_tool_with_logging", {})).is_error
+            assert logged == []  # it asked for no log level: the era's opt-in
+            assert not (await client.call_tool("sdk__test_tool_with_logging", {})).is_error
+            with pytest.raises(MCPError) as refused:  # its own capabilities reached the server
+                await quiet.call_tool("sdk__test_missing_capability", {})
+            status = await client.call_tool("circuit_status", {"server": "sdk"})
+    assert [(entry.level, entry.logger, entry.data) for entry in logged] == [
+        ("info", "sdk", "Tool execution started"),
+        ("info", "sdk", "Tool processing data"),
+        ("info", "sdk", "Tool execution completed"),
+    ]
+    assert refused.value.error.code == types.MISSING_REQUIRED_CLIENT_CAPABILITY
+    assert status.structured_content is not None
+    breakers = {b["tool"]: b for b in status.structured_content["breakers"]}
+    assert breakers["test_input_required_result_elicitation"]["successes"] == 2  # both rounds, through its breaker
+    assert breakers["test_tool_with_logging"]["successes"] == 2
+    assert breakers["test_missing_capability"]["failures"] == 0  # the client's shortcoming, not the server's

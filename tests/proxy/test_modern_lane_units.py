@@ -4,19 +4,30 @@ and the seal on the requestState it hands out. The real round trip is in test_mo
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+import anyio
 import httpx2
 import mcp_types as types
 import pytest
 from mcp import MCPError
+from mcp.server.context import ServerRequestContext
 
 from circuitbox.breakers.testing import FakeClock
 from circuitbox.config.load import ServerConfig, parse_config
 from circuitbox.server import modern_lane
 from circuitbox.server.downstream import Downstream, Listing
-from circuitbox.server.modern_lane import ModernLane, ModernRequest, StateSeal, open_modern_lane
+from circuitbox.server.modern_lane import (
+    HttpWire,
+    ModernLane,
+    ModernRequest,
+    StateSeal,
+    StdioModernLane,
+    open_modern_lane,
+)
+from circuitbox.server.modern_stdio import StdioWire
 from tests.net import free_port
 
 pytestmark = pytest.mark.anyio
@@ -28,7 +39,7 @@ SCHEMA = {"type": "object", "properties": {"region": {"type": "string", "x-mcp-h
 
 def lane(answer: Callable[[httpx2.Request], httpx2.Response]) -> ModernLane:
     client = httpx2.AsyncClient(transport=httpx2.MockTransport(answer))
-    return ModernLane("srv", "http://127.0.0.1:1/mcp", client, 1 << 20)
+    return ModernLane("srv", HttpWire("srv", "http://127.0.0.1:1/mcp", client, 1 << 20))
 
 
 def events(*messages: Any) -> httpx2.Response:
@@ -36,7 +47,7 @@ def events(*messages: Any) -> httpx2.Response:
     return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body)
 
 
-async def test_an_event_stream_answer_relays_its_progress_and_skips_what_it_does_not_relay() -> None:
+async def test_an_event_stream_answer_relays_its_progress_and_log_messages_and_skips_what_it_does_not_relay() -> None:
     seen: list[httpx2.Request] = []
 
     def answer(request: httpx2.Request) -> httpx2.Response:
@@ -52,13 +63,18 @@ async def test_an_event_stream_answer_relays_its_progress_and_skips_what_it_does
         )
 
     progress: list[float] = []
+    logged: list[dict[str, Any]] = []
 
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
         progress.append(value)
 
-    result = await lane(answer).request(CALL, types.CallToolResult, on_progress, CLIENT, SCHEMA)
+    async def on_log(params: dict[str, Any]) -> None:
+        logged.append(params)
+
+    result = await lane(answer).request(CALL, types.CallToolResult, on_progress, CLIENT, SCHEMA, on_log)
     assert isinstance(result, types.CallToolResult) and "eu" in str(result.content)
     assert progress == [1]
+    assert logged == [{"level": "info", "data": "x"}]  # the request's log messages, for its client
     (request,) = seen
     assert request.headers["mcp-name"] == "region" and request.headers["mcp-param-region"] == "eu"
     assert request.headers["mcp-protocol-version"] == "2026-07-28" and request.headers["mcp-method"] == "tools/call"
@@ -182,12 +198,106 @@ async def test_a_requeststate_is_good_for_its_lifetime_and_refused_after_it(monk
     assert late.value.error.code == types.INVALID_PARAMS and len(sent) == 1
 
 
-async def test_only_an_http_downstream_that_speaks_the_era_gets_a_lane() -> None:
-    async with open_modern_lane(_server({"command": "x"})) as found:
+async def test_an_http_downstream_gets_a_lane_only_when_it_speaks_the_era_and_an_sse_one_never() -> None:
+    async with open_modern_lane(_server({"type": "sse", "url": "http://127.0.0.1:1/sse"})) as found:
         assert found is None
     refused = _server({"type": "http", "url": f"http://127.0.0.1:{free_port()}/mcp"})
     async with open_modern_lane(refused) as found:  # nothing listens there
         assert found is None
+
+
+# A handshake-era server's answer to anything before `initialize`: an error (as TypeScript servers answer it).
+REFUSES_ALL = (
+    "import json, sys\n"
+    "for line in sys.stdin:\n"
+    "    error = {'code': -32601, 'message': 'Method not found'}\n"
+    "    print(json.dumps({'jsonrpc': '2.0', 'id': json.loads(line)['id'], 'error': error}), flush=True)\n"
+)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [{"command": sys.executable, "args": ["-c", REFUSES_ALL]}, {"command": "/nonexistent/server"}],
+    ids=["handshake era only", "cannot be started"],
+)
+async def test_a_stdio_downstream_that_does_not_speak_the_era_is_found_out_once_and_keeps_its_session(
+    entry: dict[str, Any],
+) -> None:
+    async with open_modern_lane(_server(entry)) as found:
+        assert isinstance(found, StdioModernLane)
+        with anyio.fail_after(30):
+            assert not await found.available()
+            assert not await found.available()  # known now: no second child
+
+
+# A 2026-era server that answers one call (with its process id) and exits.
+ONE_CALL_THEN_EXIT = (
+    "import json, os, sys\n"
+    "for line in sys.stdin:\n"
+    "    sent = json.loads(line)\n"
+    "    info = {'supportedVersions': ['2026-07-28'], 'capabilities': {}}\n"
+    "    info['serverInfo'] = {'name': 's', 'version': '1'}\n"
+    "    called = sent['method'] == 'tools/call'\n"
+    "    result = {'content': [{'type': 'text', 'text': str(os.getpid())}]} if called else info\n"
+    "    print(json.dumps({'jsonrpc': '2.0', 'id': sent['id'], 'result': result}), flush=True)\n"
+    "    if called:\n"
+    "        break\n"
+)
+
+
+async def test_a_stdio_downstream_that_speaks_the_era_gets_a_child_of_its_own_started_again_after_it_ends() -> None:
+    server = _server({"command": sys.executable, "args": ["-c", ONE_CALL_THEN_EXIT]})
+    async with open_modern_lane(server) as found:
+        assert isinstance(found, StdioModernLane)
+        with pytest.raises(MCPError) as unopened:  # no child yet: nothing is sent anywhere
+            await found.request(CALL, types.CallToolResult, None, CLIENT)
+        assert unopened.value.error.code == types.CONNECTION_CLOSED
+        pids: list[str] = []
+        with anyio.fail_after(30):
+            for _ in range(2):
+                assert await found.available()
+                wire = found._wire
+                result = await found.request(CALL, types.CallToolResult, None, CLIENT)
+                assert isinstance(result, types.CallToolResult) and isinstance(result.content[0], types.TextContent)
+                pids.append(result.content[0].text)
+                assert isinstance(wire, StdioWire)
+                await wire.closed.wait()  # it exited after its call
+                await anyio.wait_all_tasks_blocked()
+    assert pids[0] != pids[1]  # the next request started another
+
+
+async def test_a_downstream_log_message_reaches_its_2026_era_client_prefixed_at_the_level_it_asked_for() -> None:
+    sent: list[tuple[types.ServerNotification, Any]] = []
+
+    class Session:
+        async def send_notification(self, note: types.ServerNotification, related_request_id: Any = None) -> None:
+            sent.append((note, related_request_id))
+
+    def ctx(level: str | None) -> Any:
+        meta = {types.PROTOCOL_VERSION_META_KEY: "2026-07-28"} | ({types.LOG_LEVEL_META_KEY: level} if level else {})
+        return ServerRequestContext(
+            session=cast(Any, Session()),
+            lifespan_context={},
+            protocol_version="2026-07-28",
+            method="tools/call",
+            params={"name": "t", "_meta": meta},
+            request_id=7,
+        )
+
+    async def relay(context: Any) -> None:
+        with modern_lane.serving(context.params, modern_lane._log_relay(context)):
+            client = modern_lane.current()
+            assert client is not None and client.log is not None
+            for level in ("debug", "warning"):
+                await client.log("srv", {"level": level, "logger": "db", "data": level})
+            await client.log("", {"level": "error", "data": "unprefixed"})
+
+    await relay(ctx("warning"))
+    await relay(ctx(None))  # the era's opt-in: a request that asked for no level gets no log message
+    assert [(note.params.model_dump(exclude_none=True), to) for note, to in sent] == [  # type: ignore[union-attr]
+        ({"level": "warning", "logger": "srv__db", "data": "warning"}, 7),
+        ({"level": "error", "data": "unprefixed"}, 7),
+    ]
 
 
 async def test_a_downstream_without_a_lane_or_outside_a_modern_request_uses_its_session() -> None:

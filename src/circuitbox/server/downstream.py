@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -477,11 +478,20 @@ class Downstream:
         self.in_flight += 1
         self._idle = anyio.Event() if self.in_flight == 1 else self._idle
         try:
-            return await lane.request(request, result_type, progress, client, self._input_schema(request))
+            if not await lane.available():
+                return await self.request(request, result_type, progress)
+            log = None if client.log is None else partial(client.log, self.config.namespace)
+            return await lane.request(request, result_type, progress, client, self._input_schema(request), log)
         finally:
             self.in_flight -= 1
             if not self.in_flight:
                 self._idle.set()
+
+    async def speaks_modern(self) -> bool:
+        """Whether a 2026-era client's requests reach this server in its own era (a stdio server's first such request
+        finds out, bounded by its `startup_timeout`)."""
+        lane = self.modern
+        return lane is not None and await lane.available()
 
     def _input_schema(self, request: Any) -> Any:
         """The listed input schema of the tool a `tools/call` names (its `x-mcp-header` arguments go in headers)."""

@@ -2,11 +2,13 @@
 
 A 2026-era server asks for input by ending `tools/call`, `prompts/get` or `resources/read` with an input-required
 result (`inputRequests`, `requestState`); the client retries with `inputResponses` and the `requestState` echoed. Over
-the handshake-era connection circuitbox keeps to every downstream no such result exists, so an HTTP downstream that
-answers `server/discover` for 2026-07-28 is also reached, for those three methods, in its own era: one stateless
-POST per request carrying the client's own envelope (`_meta` protocol version, client info and capabilities, as the
-client sent them), so the downstream sees what the client declared and answers as it would directly; its
-input-required result goes back to the client, and the retry to the downstream.
+the handshake-era connection circuitbox keeps to every downstream no such result exists, so a downstream that
+answers `server/discover` for 2026-07-28 is also reached, for those three methods, in its own era: each request
+carrying the client's own envelope (`_meta` protocol version, client info, capabilities and log level, as the client
+sent them), so the downstream sees what the client declared and answers as it would directly; its input-required
+result goes back to the client, and the retry to the downstream. The wire: over HTTP one stateless POST per
+request; over stdio a child process of its own, started by the first request that needs it (modern_stdio.py). The
+downstream's log messages meanwhile go to the client, as the handshake era's relay sends them.
 
 `requestState` comes back from the client, so it is attacker-controlled: the downstream's own state is handed out
 sealed (HMAC, a per-process key) together with the server, the method and the name it was issued for, and when; a
@@ -27,11 +29,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+import anyio
 import httpx2
 import mcp_types as types
 from mcp import MCPError
+from mcp.server.connection import allowed_log_levels
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.inbound import (
     MCP_METHOD_HEADER,
@@ -49,12 +53,14 @@ from pydantic import BaseModel
 from circuitbox import __version__
 from circuitbox.config.load import ServerConfig
 from circuitbox.config.model import MAX_MESSAGE_BYTES
+from circuitbox.server.modern_stdio import Log, Progress, open_stdio_wire
+from circuitbox.server.relay import prefixed
 from circuitbox.server.transports import http_client
 
 logger = logging.getLogger("circuitbox.modern_lane")
 
 T = TypeVar("T", bound=BaseModel)
-Progress = Callable[[float, float | None, str | None], Awaitable[None]]
+NamespacedLog = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 _PER_HOP_META = frozenset({"progressToken", "progress_token"})  # each hop has its own progress token
 
@@ -69,6 +75,8 @@ class ModernRequest:
     """`inputResponses` as sent (absent: None), for the downstream to judge."""
     request_state: str | None
     """`requestState` as sent: sealed by circuitbox when it issued it."""
+    log: NamespacedLog | None = None
+    """Relays a downstream's log message (its params, and the server's namespace) to this request's client."""
 
 
 _current: ContextVar[ModernRequest | None] = ContextVar("circuitbox_modern_request", default=None)
@@ -80,11 +88,11 @@ def current() -> ModernRequest | None:
 
 
 @contextmanager
-def serving(params: Mapping[str, Any] | None) -> Iterator[None]:
+def serving(params: Mapping[str, Any] | None, log: NamespacedLog | None = None) -> Iterator[None]:
     params = params or {}
     meta = {key: value for key, value in (params.get("_meta") or {}).items() if key not in _PER_HOP_META}
     state = params.get("requestState")
-    request = ModernRequest(meta, params.get("inputResponses"), state if isinstance(state, str) else None)
+    request = ModernRequest(meta, params.get("inputResponses"), state if isinstance(state, str) else None, log)
     token = _current.set(request)
     try:
         yield
@@ -96,9 +104,26 @@ async def capture_modern_requests(ctx: ServerRequestContext[Any, Any], call_next
     """`Server.middleware`: a 2026-era client's `tools/call`, `prompts/get` and `resources/read` are served with
     their raw params at hand (the typed params re-encode `inputResponses`, and a downstream must get them as sent)."""
     if ctx.method in INPUT_REQUIRED_METHODS and ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-        with serving(ctx.params):
+        with serving(ctx.params, _log_relay(ctx)):
             return await call_next(ctx)
     return await call_next(ctx)
+
+
+def _log_relay(ctx: ServerRequestContext[Any, Any]) -> NamespacedLog:
+    """A downstream's log message during the request, to its client as the handshake-era relay sends it (the logger
+    prefixed with the namespace), at the level the client asked for in this request's `_meta` (none: nothing)."""
+    levels = allowed_log_levels(ctx.protocol_version, (ctx.params or {}).get("_meta"))
+
+    async def relay(namespace: str, params: dict[str, Any]) -> None:
+        if params.get("level") not in levels:
+            return
+        note = types.LoggingMessageNotification(
+            params=types.LoggingMessageNotificationParams.model_validate(prefixed(namespace, params), by_name=False)
+        )
+        with anyio.move_on_after(1):  # a client that stopped reading must not hold up the call's answer
+            await ctx.session.send_notification(note, related_request_id=ctx.request_id)
+
+    return relay
 
 
 STATE_LIFETIME = 600.0
@@ -158,16 +183,32 @@ def _b64(data: bytes) -> str:
 SEAL = StateSeal()
 
 
-class ModernLane:
-    """Requests to one HTTP downstream in the 2026-07-28 era: each a stateless POST, answered in its body (JSON or
-    an event stream with progress before the answer). Cancelling a request closes its POST, the era's cancel."""
+class Wire(Protocol):
+    """How the lane's requests reach the downstream (HTTP: a POST each; stdio: a child of their own)."""
 
-    def __init__(self, server: str, url: str, client: httpx2.AsyncClient, max_event_bytes: int) -> None:
+    async def send(
+        self,
+        method: str,
+        params: dict[str, Any],
+        version: str,
+        headers: dict[str, str] | None,
+        progress: Progress | None,
+        log: Log | None = None,
+    ) -> Any:
+        """The downstream's JSON-RPC answer to one request (a dict with `result` or `error`, if it is JSON-RPC)."""
+        ...
+
+
+class ModernLane:
+    """Requests to one downstream in the 2026-07-28 era, each with its own envelope, on `wire`."""
+
+    def __init__(self, server: str, wire: Wire) -> None:
         self.server = server
-        self._url = url
-        self._client = client
-        self._max_event = max_event_bytes
-        self._ids = 0
+        self._wire = wire
+
+    async def available(self) -> bool:
+        """Whether the downstream is reached in its own era (it speaks 2026-07-28); never raises."""
+        return True
 
     async def discover(self) -> bool:
         """Whether the downstream speaks 2026-07-28 (its `server/discover` lists it). Never raises."""
@@ -190,8 +231,10 @@ class ModernLane:
         progress: Progress | None,
         client: ModernRequest,
         input_schema: Any = None,
+        log: Log | None = None,
     ) -> T | types.InputRequiredResult:
-        """Send one of the three interactive methods as the 2026-era `client` sent it, with circuitbox's names.
+        """Send one of the three interactive methods as the 2026-era `client` sent it, with circuitbox's names; the
+        downstream's log messages meanwhile go to `log`.
 
         Raises:
             MCPError: the downstream's error as it gave it, or -32602 for a `requestState` circuitbox did not seal
@@ -210,9 +253,8 @@ class ModernLane:
         headers = {MCP_NAME_HEADER: encode_header_value(target)}
         if method == "tools/call" and input_schema is not None:
             headers.update(mcp_param_headers(x_mcp_header_map(input_schema), params.get("arguments") or {}))
-        result = await self._send(
-            method, params, version if isinstance(version, str) else LATEST_MODERN_VERSION, headers, progress
-        )
+        version = version if isinstance(version, str) else LATEST_MODERN_VERSION
+        result = await self._send(method, params, version, headers, progress, log)
         if result.get("resultType") != "input_required":
             return result_type.model_validate(result, by_name=False)
         needed = types.InputRequiredResult.model_validate(result, by_name=False)
@@ -227,7 +269,37 @@ class ModernLane:
         version: str,
         headers: dict[str, str] | None,
         progress: Progress | None,
+        log: Log | None = None,
     ) -> dict[str, Any]:
+        answer = await self._wire.send(method, params, version, headers, progress, log)
+        if not isinstance(answer, dict) or not isinstance(answer.get("result", answer.get("error")), dict):
+            raise MCPError(code=types.INTERNAL_ERROR, message=f"server {self.server!r} sent no JSON-RPC answer")
+        if "error" in answer:
+            raise MCPError.from_error_data(types.ErrorData.model_validate(answer["error"]))
+        result: dict[str, Any] = answer["result"]
+        return result
+
+
+class HttpWire:
+    """Each request a stateless POST, answered in its body (JSON or an event stream with progress and log messages
+    before the answer). Cancelling a request closes its POST, the era's cancel."""
+
+    def __init__(self, server: str, url: str, client: httpx2.AsyncClient, max_event_bytes: int) -> None:
+        self.server = server
+        self._url = url
+        self._client = client
+        self._max_event = max_event_bytes
+        self._ids = 0
+
+    async def send(
+        self,
+        method: str,
+        params: dict[str, Any],
+        version: str,
+        headers: dict[str, str] | None,
+        progress: Progress | None,
+        log: Log | None = None,
+    ) -> Any:
         self._ids += 1
         request_id = self._ids
         if progress is not None:
@@ -244,49 +316,120 @@ class ModernLane:
             async with self._client.stream("POST", self._url, content=json.dumps(body), headers=sent) as response:
                 kind = response.headers.get("content-type", "")
                 if kind.startswith("text/event-stream"):
-                    answer = await self._answer_in_stream(response, request_id, progress)
-                elif kind.startswith("application/json"):
-                    answer = json.loads(await response.aread())
-                else:
-                    raise MCPError(
-                        code=types.INTERNAL_ERROR,
-                        message=f"server {self.server!r} answered HTTP {response.status_code}",
-                    )
+                    return await self._answer_in_stream(response, request_id, progress, log)
+                if kind.startswith("application/json"):
+                    return json.loads(await response.aread())
+                raise MCPError(
+                    code=types.INTERNAL_ERROR, message=f"server {self.server!r} answered HTTP {response.status_code}"
+                )
         except httpx2.TransportError as exc:  # the connection failed: a transport failure, as on the session
             raise MCPError(code=types.CONNECTION_CLOSED, message=f"{type(exc).__name__}: {exc}") from exc
-        if not isinstance(answer, dict) or not isinstance(answer.get("result", answer.get("error")), dict):
-            raise MCPError(code=types.INTERNAL_ERROR, message=f"server {self.server!r} sent no JSON-RPC answer")
-        if "error" in answer:
-            raise MCPError.from_error_data(types.ErrorData.model_validate(answer["error"]))
-        result: dict[str, Any] = answer["result"]
-        return result
 
-    async def _answer_in_stream(self, response: httpx2.Response, request_id: int, progress: Progress | None) -> Any:
+    async def _answer_in_stream(
+        self, response: httpx2.Response, request_id: int, progress: Progress | None, log: Log | None
+    ) -> Any:
         async for event in httpx2.EventSource(response, max_event_size=self._max_event):
             if not event.data:
                 continue  # a priming event
             message = json.loads(event.data)
             if isinstance(message, dict) and message.get("id") == request_id and "method" not in message:
                 return message
-            if isinstance(message, dict) and message.get("method") == "notifications/progress":
-                note = message.get("params") or {}
+            method = message.get("method") if isinstance(message, dict) else None
+            note = (message.get("params") or {}) if isinstance(message, dict) else {}
+            if method == "notifications/progress":
                 if progress is not None and note.get("progressToken") == request_id:
                     await progress(note.get("progress", 0), note.get("total"), note.get("message"))
-                continue
-            logger.debug("server %r: a %s on a 2026-era request's stream was not relayed", self.server,
-                         message.get("method") if isinstance(message, dict) else "message")  # fmt: skip
+            elif method == "notifications/message" and log is not None:
+                await log(dict(note))
+            else:
+                logger.debug("server %r: a %s on a 2026-era request's stream was not relayed", self.server,
+                             method or "message")  # fmt: skip
         raise MCPError(code=types.CONNECTION_CLOSED, message=f"server {self.server!r} ended the stream unanswered")
+
+
+class StdioModernLane(ModernLane):
+    """The lane to a stdio downstream, opened on the first request that needs it (modern_stdio.py): most clients
+    are of the handshake era, and a second child of every server for them would be waste. Its child ends with the
+    downstream's connection; one that dies is started again by the next request."""
+
+    def __init__(self, server: ServerConfig, max_message_bytes: int) -> None:
+        super().__init__(server.name, _NO_WIRE)
+        self._config = server
+        self._max_message_bytes = max_message_bytes
+        self._speaks: bool | None = None  # None: not known yet (no child running)
+        self._wanted = anyio.Event()
+        self._known = anyio.Event()
+
+    async def available(self) -> bool:
+        if self._speaks is None:
+            self._wanted.set()
+            await self._known.wait()
+        return bool(self._speaks)
+
+    async def run(self) -> None:
+        """Open the child when a request wants it and serve until it ends, again and again; once one does not speak
+        2026-07-28 (or cannot be started), never again on this connection."""
+        try:
+            while True:
+                await self._wanted.wait()
+                spoke = False
+                try:
+                    spoke = await self._serve_child()
+                except Exception as exc:  # its failure stays here: the requests waiting on it learn it below
+                    logger.warning("server %r: its 2026-era child failed: %s", self.server, exc)
+                if not spoke:
+                    return
+        finally:  # no child will come: nobody may wait on one
+            if self._speaks is None:
+                self._decide(False)
+
+    async def _serve_child(self) -> bool:
+        """Whether it spoke the era, once it has ended."""
+        async with open_stdio_wire(self._config, self._max_message_bytes) as wire:
+            self._wire = wire
+            try:
+                with anyio.move_on_after(self._config.startup_timeout):
+                    self._decide(await self.discover())
+                if not self._speaks:
+                    return False
+                logger.info("server %r: 2026-era requests go to a child of their own", self.server)
+                await wire.closed.wait()
+                logger.warning("server %r: the child serving 2026-era requests ended", self.server)
+                return True
+            finally:
+                self._wire = _NO_WIRE
+                if self._speaks:  # the requests from now on wait for the next child
+                    self._speaks, self._wanted, self._known = None, anyio.Event(), anyio.Event()
+
+    def _decide(self, speaks: bool) -> None:
+        self._speaks = speaks
+        self._known.set()
+
+
+class _NoWire:
+    async def send(self, *_: Any, **__: Any) -> Any:
+        return {"error": {"code": types.CONNECTION_CLOSED, "message": "no 2026-era connection is open"}}
+
+
+_NO_WIRE = _NoWire()
 
 
 @asynccontextmanager
 async def open_modern_lane(
     server: ServerConfig, max_message_bytes: int = MAX_MESSAGE_BYTES
 ) -> AsyncIterator[ModernLane | None]:
-    """The lane to an HTTP downstream that speaks 2026-07-28, for as long as its connection lives; None for any
-    other downstream."""
+    """The lane to a downstream that speaks 2026-07-28, for as long as its connection lives: an HTTP one's when its
+    `server/discover` lists that version, a stdio one's to be found out on first use; None for an SSE downstream."""
+    if server.transport == "stdio":
+        stdio = StdioModernLane(server, max_message_bytes)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stdio.run, name=f"{server.name}: 2026-era lane")
+            yield stdio
+            tg.cancel_scope.cancel()
+        return
     if server.transport != "http" or server.url is None:
         yield None
         return
     async with http_client(dict(server.headers), max_message_bytes) as client:
-        lane = ModernLane(server.name, server.url, client, max_message_bytes)
+        lane = ModernLane(server.name, HttpWire(server.name, server.url, client, max_message_bytes))
         yield lane if await lane.discover() else None

@@ -572,7 +572,7 @@ class Proxy:
         elif (
             ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
             and self._tg is not None
-            and self.downstreams[found[0].server].modern is None
+            and not await self.downstreams[found[0].server].speaks_modern()
         ):
             return await self._bridged_call(found[0].server, params, ctx)  # a downstream of the handshake era only
         else:

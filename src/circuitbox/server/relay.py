@@ -58,15 +58,12 @@ class Clients:
         `skip` names (clients with a connection of their own to that server hear only that one)."""
         level = params.get("level")
         rank = LEVELS.index(level) if level in LEVELS else len(LEVELS)
-        prefixed = dict(params)
-        if namespace:
-            source = params.get("logger")
-            prefixed["logger"] = f"{namespace}__{source}" if source else namespace
+        message = prefixed(namespace, params)
         for connection, state in list(self._states.items()):
             if skip(connection):
                 continue
             if state.level is None or rank >= LEVELS.index(state.level):
-                await send_to_client(connection, "notifications/message", prefixed)
+                await send_to_client(connection, "notifications/message", message)
 
     async def relay_updated(self, params: dict[str, Any]) -> None:
         """A resource changed: only the clients that subscribed to it hear of it."""
@@ -74,6 +71,14 @@ class Clients:
         for connection, state in list(self._states.items()):
             if uri in state.subscriptions:
                 await send_to_client(connection, "notifications/resources/updated", params)
+
+
+def prefixed(namespace: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A downstream's log message as its clients get it: the logger prefixed with the server's namespace."""
+    if not namespace:
+        return dict(params)
+    source = params.get("logger")
+    return {**params, "logger": f"{namespace}__{source}" if source else namespace}
 
 
 async def send_to_client(connection: Any, method: str, params: dict[str, Any] | None) -> None:

@@ -10,13 +10,15 @@ is ever dropped silently.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, cast
 
 import mcp_types as types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp_types.methods import SPEC_CLIENT_METHODS, SPEC_CLIENT_NOTIFICATION_METHODS
 from pydantic import BaseModel, ConfigDict
+
+from circuitbox.server import request_meta
 
 logger = logging.getLogger("circuitbox.unknown_methods")
 
@@ -72,11 +74,22 @@ class ForwardUnknownMethods:
             if session is None:
                 logger.warning("dropped the client's %s: no single connected server to send it to", ctx.method)
                 return None
-            message = types.Notification[Any, str](method=ctx.method, params=ctx.params)
+            message = types.Notification[Any, str](method=ctx.method, params=_for_the_connection(ctx.params))
             await session.send_notification(cast(Any, message))
             return None
         if target is None:
             return await call_next(ctx)  # the SDK's -32601: nowhere to route it
-        request = types.Request[Any, str](method=ctx.method, params=ctx.params)
+        request = types.Request[Any, str](method=ctx.method, params=_for_the_connection(ctx.params))
         result = await self._forward(target, request, ForwardedResult, ctx)
         return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+def _for_the_connection(params: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The params for circuitbox's handshake-era connection to the server: a 2026-era client's envelope (protocol
+    version, client info and capabilities in `_meta`) is its own hop's, and such a connection refuses any request
+    that carries it (-32600) where the server, asked directly, would answer for the method itself."""
+    if params is None or "_meta" not in params:
+        return None if params is None else dict(params)
+    kept = {key: value for key, value in params.items() if key != "_meta"}
+    meta = request_meta.forwarded(params["_meta"] if isinstance(params["_meta"], Mapping) else None)
+    return kept | ({"_meta": meta} if meta else {})
