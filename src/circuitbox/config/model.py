@@ -6,7 +6,6 @@ use that circuitbox has no use for are taken out before validation (`strip_clien
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -457,6 +456,8 @@ def problem(error: Mapping[str, Any], known: Sequence[str] = ()) -> str:
     """One pydantic error as a short phrase ("unknown key", "expected an integer, got a string", ...)."""
     kind = error["type"]
     if kind == "extra_forbidden":
+        import difflib  # only a bad config needs it: not imported on every start of serve
+
         close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
         return "unknown key" + (f" (did you mean {close[0]}?)" if close else "")
     if kind in _EXPECTED:
