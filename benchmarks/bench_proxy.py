@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -287,27 +288,62 @@ async def bench_listing(folder: Path, rounds: int) -> dict[str, float]:
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-async def bench_initialize(folder: Path, rounds: int) -> dict[str, float]:
-    """Spawn -> initialize answered, for each contender; circuitbox also to its first (complete) tools/list."""
+def _children() -> set[int]:
+    """PIDs of this process's children (Linux: each thread's list)."""
+    return {int(pid) for task in Path("/proc/self/task").iterdir() for pid in (task / "children").read_text().split()}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time `pid`'s threads have run so far (the scheduler's own count, in nanoseconds: no 10 ms ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that has just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+async def bench_initialize(folder: Path, rounds: int, baseline: str | None = None) -> dict[str, Any]:
+    """Spawn -> initialize answered, for each contender; circuitbox also to its first (complete) tools/list.
+    `baseline`: the src folder of another circuitbox checkout, whose `serve` joins the same interleaved rounds.
+
+    Also ("cpu") the CPU time the contender's own process had used when its answer arrived (not its downstream's):
+    on a busy machine the wall time mostly measures the neighbours, the CPU time what the start costs."""
+    import compileall
+
+    import circuitbox
+
+    # As an installed wheel has them: with no bytecode (PYTHONDONTWRITEBYTECODE, a fresh checkout) every start
+    # would compile circuitbox's sources again (+70 ms), which no user's start pays.
+    for source in [Path(circuitbox.__file__).parent, *([Path(baseline)] if baseline else [])]:
+        compileall.compile_dir(source, quiet=1)
     config = write_config(folder, "echo", stdio_entry(CHAOS))
-    contenders = [
-        ("direct", CHAOS),
-        ("bare proxy", [sys.executable, __file__, "--bare-proxy", "--", *CHAOS]),
-        ("circuitbox", circuitbox_command(config)),
+    contenders: list[tuple[str, list[str], str | None]] = [
+        ("direct", CHAOS, None),
+        ("bare proxy", [sys.executable, __file__, "--bare-proxy", "--", *CHAOS], None),
+        ("circuitbox", circuitbox_command(config), None),
     ]
-    times: dict[str, list[float]] = {name: [] for name, _ in contenders}
+    if baseline is not None:
+        contenders.append(("baseline", circuitbox_command(config), baseline))
+    times: dict[str, list[float]] = {name: [] for name, _, _ in contenders}
     times["circuitbox, first tools/list"] = []
+    cpu: dict[str, list[float]] = {name: [] for name, _, _ in contenders}
     for r in range(rounds):
-        for name, cmd in rotate(contenders, r):
-            params = StdioServerParameters(command=cmd[0], args=cmd[1:], env=_child_env() or None)
+        for name, cmd, source in rotate(contenders, r):
+            env = {"PYTHONPATH": source} if source else _child_env()
+            params = StdioServerParameters(command=cmd[0], args=cmd[1:], env=env or None)
+            before = _children()
             began = time.perf_counter()
             async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
                 await session.initialize()
                 times[name].append(time.perf_counter() - began)
+                (pid,) = _children() - before
+                cpu[name].append(_cpu_seconds(pid))
                 if name == "circuitbox":
                     assert any(t.name == "echo" for t in await all_tools(session))
                     times["circuitbox, first tools/list"].append(time.perf_counter() - began)
-    return {name: statistics.median(v) for name, v in times.items()}
+    result: dict[str, Any] = {name: statistics.median(v) for name, v in times.items()}
+    result["cpu"] = {name: statistics.median(v) for name, v in cpu.items()}
+    return result
 
 
 async def bench_fast_fail(calls: int, rounds: int, baseline: str | None = None) -> dict[str, Any]:
@@ -582,11 +618,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     http_calls = 20 if quick else 200
     folder = Path(tempfile.mkdtemp(prefix="circuitbox-bench-"))
     http_rounds = args.http_rounds or (2 if quick else 5)
+    init_rounds = args.init_rounds or rounds
     data: dict[str, Any] = {"rounds": rounds, "calls": calls, "http_calls": http_calls, "http_rounds": http_rounds}
+    data["init_rounds"] = init_rounds
     parts = {
         "stdio": lambda: bench_stdio(folder, rounds, calls, args.baseline),
         "listing": lambda: bench_listing(folder, rounds),
-        "initialize": lambda: bench_initialize(folder, rounds),
+        "initialize": lambda: bench_initialize(folder, init_rounds, args.baseline),
         "fast_fail": lambda: bench_fast_fail(calls * 4, 3 if quick else rounds, args.baseline),
         "downstream_hop": lambda: bench_downstream_hop(calls * 10, 3 if quick else rounds, args.baseline),
         "sessions": lambda: bench_sessions(folder, 1000),
@@ -626,9 +664,13 @@ def report(data: dict[str, Any]) -> str:
         lines += ["", "| tools/list of 1,000 tools | ms | vs direct |", "|---|---:|---:|"]
         lines += [f"| {k} | {v * 1e3:.1f} | {v / listing['direct']:.2f}x |" for k, v in listing.items()]
     if "initialize" in data:
-        init = data["initialize"]
-        lines += ["", "| spawn to initialize answered | ms | vs direct |", "|---|---:|---:|"]
-        lines += [f"| {k} | {v * 1e3:.0f} | {v / init['direct']:.2f}x |" for k, v in init.items()]
+        init = dict(data["initialize"])
+        cpu = init.pop("cpu")
+        head = f"| spawn to initialize answered, {data['init_rounds']} rounds | ms | vs direct | CPU ms | vs direct |"
+        lines += ["", head, "|---|---:|---:|---:|---:|"]
+        for k, v in init.items():
+            used = f"{cpu[k] * 1e3:.0f} | {cpu[k] / cpu['direct']:.2f}x" if k in cpu else " |"
+            lines.append(f"| {k} | {v * 1e3:.0f} | {v / init['direct']:.2f}x | {used} |")
     if "fast_fail" in data:
         lines += ["", "| inside the proxy, request line read to answer line written | open circuit (us) | forwarded "
                   "call (us) |", "|---|---:|---:|"]  # fmt: skip
@@ -666,11 +708,12 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the medians as JSON after the tables")
     parser.add_argument("--only", type=lambda s: s.split(","), help="comma-separated parts: stdio,listing,...")
     parser.add_argument("--http-rounds", type=int, help="interleaved rounds of the HTTP part (default 5)")
+    parser.add_argument("--init-rounds", type=int, help="interleaved rounds of the initialize part (default 7)")
     parser.add_argument(
         "--baseline",
         metavar="SRC",
-        help="the src folder of another circuitbox checkout: its stdio, downstream hop, HTTP and fast-fail contenders "
-        "join the same rounds",
+        help="the src folder of another circuitbox checkout: its stdio, downstream hop, HTTP, fast-fail and initialize "
+        "contenders join the same rounds",
     )
     parser.add_argument("--bare-proxy", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--fast-fail-here", type=int, help=argparse.SUPPRESS)

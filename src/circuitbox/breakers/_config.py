@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_COUNT = 100_000
 """Upper bound of every count (thresholds, probes, window calls, time-window buckets): a window holds this many
@@ -42,47 +42,81 @@ class CircuitBreakerConfig(BaseModel):
             an unknown key was given, or two fields contradict each other.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
-    name: str = "default"
-    """The breaker's name (the registry replaces it by the name it is registered under)."""
-    failure_threshold: int = 5
-    """Consecutive failures that open the circuit (1 to 100000, like every count)."""
-    success_threshold: int = 3
-    """Successful probes in half-open that close it (>= 1)."""
-    timeout: float = 60.0
-    """Seconds the circuit stays open before it lets probes through (> 0, at most a week, like every duration)."""
-    half_open_max_calls: int = 3
-    """Probes allowed in flight at once in half-open (>= 1); the rest are rejected at once."""
-    failure_rate_threshold: float = 0.5
-    """Failure fraction of the window that opens the circuit once `minimum_calls` are in it (0 < x <= 1)."""
-    minimum_calls: int = 10
-    """Calls in the window before the failure and slow rates count (>= 1)."""
-    sliding_window_size: int = 100
-    """Calls (count window) or seconds (time window) the rates are computed over (>= 1)."""
-    sliding_window_type: Literal["count", "time"] = "count"
-    """`count`: the last N calls; `time`: the calls of the last N seconds."""
-    window_bucket_seconds: float = 1.0
-    """Bucket width of a time window (> 0, <= sliding_window_size); calls age out one bucket at a time."""
-    slow_call_duration: float | None = None
-    """A call that takes at least this long is slow (> 0); None: no call is slow."""
-    slow_call_rate_threshold: float = 1.0
-    """Slow fraction of the window that opens the circuit (0 < x <= 1; 1.0: only when every call is slow)."""
-    timeout_multiplier: float = 2.0
-    """Factor the open period grows by each time a probe fails (1 to 100)."""
-    max_timeout: float = 300.0
-    """Cap of the open period (>= timeout)."""
-    jitter: float = 0.1
-    """The open period is drawn uniformly from [p * (1 - jitter), p] (0 <= x < 1), so probes do not align."""
-    half_open_timeout: float | None = None
-    """A probe that has not answered after this long counts as failed (> 0); None: `call_timeout`."""
-    call_timeout: float = 30.0
-    """Per-call deadline the proxy applies (> 0); also the default `half_open_timeout`."""
-    excluded_exceptions: tuple[type[BaseException], ...] = ()
-    """Exception types that count neither way (re-raised, recorded as ignored)."""
-    fallback: Callable[[], Any] | None = None
-    """Called instead of raising `CircuitOpenError` when a call is rejected: a sync callable, an async function,
-    or a sync callable that returns a coroutine (awaited)."""
+    name: str = Field(
+        "default",
+        description="The breaker's name (the registry replaces it by the name it is registered under).",
+    )
+    failure_threshold: int = Field(
+        5,
+        description="Consecutive failures that open the circuit (1 to 100000, like every count).",
+    )
+    success_threshold: int = Field(3, description="Successful probes in half-open that close it (>= 1).")
+    timeout: float = Field(
+        60.0,
+        description="Seconds the circuit stays open before it lets probes "
+        "through (> 0, at most a week, like every duration).",
+    )
+    half_open_max_calls: int = Field(
+        3,
+        description="Probes allowed in flight at once in half-open (>= 1); the rest are rejected at once.",
+    )
+    failure_rate_threshold: float = Field(
+        0.5,
+        description="Failure fraction of the window that opens the "
+        "circuit once `minimum_calls` are in it (0 < x <= 1).",
+    )
+    minimum_calls: int = Field(10, description="Calls in the window before the failure and slow rates count (>= 1).")
+    sliding_window_size: int = Field(
+        100,
+        description="Calls (count window) or seconds (time window) the rates are computed over (>= 1).",
+    )
+    sliding_window_type: Literal["count", "time"] = Field(
+        "count",
+        description="`count`: the last N calls; `time`: the calls of the last N seconds.",
+    )
+    window_bucket_seconds: float = Field(
+        1.0,
+        description="Bucket width of a time window (> 0, <= sliding_window_size); calls age out one bucket at a time.",
+    )
+    slow_call_duration: float | None = Field(
+        None,
+        description="A call that takes at least this long is slow (> 0); None: no call is slow.",
+    )
+    slow_call_rate_threshold: float = Field(
+        1.0,
+        description="Slow fraction of the window that opens the circuit "
+        "(0 < x <= 1; 1.0: only when every call is slow).",
+    )
+    timeout_multiplier: float = Field(
+        2.0,
+        description="Factor the open period grows by each time a probe fails (1 to 100).",
+    )
+    max_timeout: float = Field(300.0, description="Cap of the open period (>= timeout).")
+    jitter: float = Field(
+        0.1,
+        description="The open period is drawn uniformly from [p * (1 - "
+        "jitter), p] (0 <= x < 1), so probes do not align.",
+    )
+    half_open_timeout: float | None = Field(
+        None,
+        description="A probe that has not answered after this long counts as failed (> 0); None: `call_timeout`.",
+    )
+    call_timeout: float = Field(
+        30.0,
+        description="Per-call deadline the proxy applies (> 0); also the default `half_open_timeout`.",
+    )
+    excluded_exceptions: tuple[type[BaseException], ...] = Field(
+        (),
+        description="Exception types that count neither way (re-raised, recorded as ignored).",
+    )
+    fallback: Callable[[], Any] | None = Field(
+        None,
+        description="Called instead of raising `CircuitOpenError` when a "
+        "call is rejected: a sync callable, an async function,\n"
+        "or a sync callable that returns a coroutine (awaited).",
+    )
 
     @field_validator(
         "failure_threshold",

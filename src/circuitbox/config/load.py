@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,6 +226,8 @@ def load_config(path: Path, *, environment: str | None = None, env: Mapping[str,
         raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     data: Any
     if Path(path).suffix.lower() == ".toml":
+        import tomllib  # here, not at the top: most configs are JSON, and serve's start waits for every import
+
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

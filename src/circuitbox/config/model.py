@@ -6,7 +6,6 @@ use that circuitbox has no use for are taken out before validation (`strip_clien
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -87,208 +86,279 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
 class Retry(_Strict):
     """`retry`: how a read-only or idempotent tool's call is tried again after a timeout or a transport error."""
 
-    attempts: int = Field(3, ge=1, le=10)
-    """Attempts in all, the first included (1: no retry)."""
-    backoff: float = Field(0.1, ge=0, le=60)
-    """Base of the exponential backoff: attempt n waits a random time up to backoff x 2^(n-2) (full jitter)."""
-    max_backoff: float = Field(2.0, ge=0, le=600)
-    """Cap of one wait between attempts."""
-    budget: float = Field(0.2, ge=0, le=10)
-    """Retries allowed, as a fraction of the tool's calls in the last 10 s (plus 3 per 10 s whatever the traffic)."""
+    attempts: int = Field(3, ge=1, le=10, description="Attempts in all, the first included (1: no retry).")
+    backoff: float = Field(
+        0.1,
+        ge=0,
+        le=60,
+        description="Base of the exponential backoff: attempt n waits a "
+        "random time up to backoff x 2^(n-2) (full jitter).",
+    )
+    max_backoff: float = Field(2.0, ge=0, le=600, description="Cap of one wait between attempts.")
+    budget: float = Field(
+        0.2,
+        ge=0,
+        le=10,
+        description="Retries allowed, as a fraction of the tool's calls in "
+        "the last 10 s (plus 3 per 10 s whatever the traffic).",
+    )
 
 
 class RateLimit(_Strict):
     """A token bucket: `calls` per `per` seconds, up to `burst` at once."""
 
-    calls: int = Field(ge=1)
-    """Tokens added per `per` seconds."""
-    per: float = Field(1.0, gt=0, le=86400)
-    """Seconds in which `calls` tokens are added (default 1)."""
-    burst: int | None = Field(None, ge=1)
-    """Most tokens the bucket holds, i.e. calls allowed at once after a quiet spell (default: `calls`)."""
+    calls: int = Field(ge=1, description="Tokens added per `per` seconds.")
+    per: float = Field(1.0, gt=0, le=86400, description="Seconds in which `calls` tokens are added (default 1).")
+    burst: int | None = Field(
+        None,
+        ge=1,
+        description="Most tokens the bucket holds, i.e. calls allowed at once after a quiet spell (default: `calls`).",
+    )
 
 
 class Overrides(_Strict):
     """Policy values one layer sets (`defaults`, a server's `breaker`, a `tools` entry); ranges are checked by
     `CircuitBreakerConfig`, so only the types are declared here."""
 
-    failure_threshold: int | None = None
-    """Consecutive failures that open the circuit."""
-    success_threshold: int | None = None
-    """Successful probes in half-open that close it."""
-    timeout: float | None = None
-    """Seconds the circuit stays open before probes."""
-    half_open_max_calls: int | None = None
-    """Probes in flight at once in half-open."""
-    failure_rate_threshold: float | None = None
-    """Failure fraction that opens the circuit."""
-    minimum_calls: int | None = None
-    """Calls in the window before rates count."""
-    sliding_window_size: int | None = None
-    """Calls or seconds in the window."""
-    sliding_window_type: Literal["count", "time"] | None = None
-    """`count` or `time`."""
-    window_bucket_seconds: float | None = None
-    """Bucket width of a time window."""
-    slow_call_duration: float | None = None
-    """A call at least this long is slow; null: no call is slow."""
-    slow_call_rate_threshold: float | None = None
-    """Slow fraction that opens the circuit."""
-    timeout_multiplier: float | None = None
-    """Growth of the open period after a failed probe."""
-    max_timeout: float | None = None
-    """Cap of the open period."""
-    jitter: float | None = None
-    """Jitter fraction of the open period."""
-    half_open_timeout: float | None = None
-    """Deadline of a probe; null: `call_timeout`."""
-    call_timeout: float | None = None
-    """Per-call deadline in the proxy, counted from the call's start or its last progress notification."""
-    max_call_timeout: float | None = None
-    """However often a call reports progress, it is cancelled this long after its start; null: 10 x call_timeout."""
-    fallback: dict[str, Any] | None = None
-    """`{"text": ...}` or `{"tool": "namespace__tool"}`: the answer while the circuit rejects calls; or
-    `{"last_known_good": {"max_age": s}}` (read-only tools), optionally with a text or tool for when none is kept."""
-    tool_list: Literal["annotate", "hide", "static"] | None = None
-    """How the tool list shows an open circuit: `annotate` (default) marks the tool, `hide` removes it until its
-    open period ends, `static` never changes the list."""
-    retry: Retry | None = None
-    """Retries of a read-only or idempotent tool on timeouts and transport errors; null: none (default)."""
-    idempotent: bool | None = None
-    """True: the tool may be retried although its annotations do not say readOnlyHint or idempotentHint."""
-    tool_errors: Literal["classified", "failure", "ignore"] | None = None
-    """Which `isError` results count as failures: `classified` (default) those reporting the server's distress,
-    `failure` all of them, `ignore` none."""
-    ignore_errors: list[str] | None = None
-    """Regexes: an `isError` text matching one is ignored (even under `tool_errors = "failure"`)."""
-    failure_errors: list[str] | None = None
-    """Regexes: an `isError` text matching one is a failure (even under `tool_errors = "ignore"`)."""
-    max_concurrent: int | None = Field(None, ge=1)
-    """Calls of one tool in flight at once; null: no cap."""
-    rate_limit: RateLimit | None = None
-    """`{"calls": N, "per": s, "burst": M}`: a token bucket per tool; null: no limit."""
-    queue_timeout: float | None = Field(None, ge=0, le=3600)
-    """Seconds a call waits for a concurrency slot or a token before it is answered busy / rate limited."""
+    failure_threshold: int | None = Field(None, description="Consecutive failures that open the circuit.")
+    success_threshold: int | None = Field(None, description="Successful probes in half-open that close it.")
+    timeout: float | None = Field(None, description="Seconds the circuit stays open before probes.")
+    half_open_max_calls: int | None = Field(None, description="Probes in flight at once in half-open.")
+    failure_rate_threshold: float | None = Field(None, description="Failure fraction that opens the circuit.")
+    minimum_calls: int | None = Field(None, description="Calls in the window before rates count.")
+    sliding_window_size: int | None = Field(None, description="Calls or seconds in the window.")
+    sliding_window_type: Literal["count", "time"] | None = Field(None, description="`count` or `time`.")
+    window_bucket_seconds: float | None = Field(None, description="Bucket width of a time window.")
+    slow_call_duration: float | None = Field(
+        None,
+        description="A call at least this long is slow; null: no call is slow.",
+    )
+    slow_call_rate_threshold: float | None = Field(None, description="Slow fraction that opens the circuit.")
+    timeout_multiplier: float | None = Field(None, description="Growth of the open period after a failed probe.")
+    max_timeout: float | None = Field(None, description="Cap of the open period.")
+    jitter: float | None = Field(None, description="Jitter fraction of the open period.")
+    half_open_timeout: float | None = Field(None, description="Deadline of a probe; null: `call_timeout`.")
+    call_timeout: float | None = Field(
+        None,
+        description="Per-call deadline in the proxy, counted from the call's start or its last progress notification.",
+    )
+    max_call_timeout: float | None = Field(
+        None,
+        description="However often a call reports progress, it is cancelled "
+        "this long after its start; null: 10 x call_timeout.",
+    )
+    fallback: dict[str, Any] | None = Field(
+        None,
+        description='`{"text": ...}` or `{"tool": "namespace__tool"}`: '
+        "the answer while the circuit rejects calls; or\n"
+        '`{"last_known_good": {"max_age": s}}` (read-only tools), '
+        "optionally with a text or tool for when none is kept.",
+    )
+    tool_list: Literal["annotate", "hide", "static"] | None = Field(
+        None,
+        description="How the tool list shows an open circuit: `annotate` "
+        "(default) marks the tool, `hide` removes it until its\n"
+        "open period ends, `static` never changes the list.",
+    )
+    retry: Retry | None = Field(
+        None,
+        description="Retries of a read-only or idempotent tool on timeouts and transport errors; null: none (default).",
+    )
+    idempotent: bool | None = Field(
+        None,
+        description="True: the tool may be retried although its annotations do not say readOnlyHint or idempotentHint.",
+    )
+    tool_errors: Literal["classified", "failure", "ignore"] | None = Field(
+        None,
+        description="Which `isError` results count as failures: `classified` "
+        "(default) those reporting the server's distress,\n"
+        "`failure` all of them, `ignore` none.",
+    )
+    ignore_errors: list[str] | None = Field(
+        None,
+        description='Regexes: an `isError` text matching one is ignored (even under `tool_errors = "failure"`).',
+    )
+    failure_errors: list[str] | None = Field(
+        None,
+        description='Regexes: an `isError` text matching one is a failure (even under `tool_errors = "ignore"`).',
+    )
+    max_concurrent: int | None = Field(None, ge=1, description="Calls of one tool in flight at once; null: no cap.")
+    rate_limit: RateLimit | None = Field(
+        None,
+        description='`{"calls": N, "per": s, "burst": M}`: a token bucket per tool; null: no limit.',
+    )
+    queue_timeout: float | None = Field(
+        None,
+        ge=0,
+        le=3600,
+        description="Seconds a call waits for a concurrency slot or a token before it is answered busy / rate limited.",
+    )
 
 
 class ServerEntry(_Strict):
     """One downstream, in the agent clients' shape plus circuitbox's own keys."""
 
-    command: str | None = None
-    """Executable of a stdio server."""
-    args: list[str] = []
-    """Its arguments."""
-    env: dict[str, str] = {}
-    """Extra environment of the child process (never shown anywhere)."""
-    cwd: str | None = None
-    """Working directory of the child process."""
-    type: Literal["stdio", "http", "streamable-http", "sse"] | None = None
-    """Transport; default stdio with a command, http with a url."""
-    url: str | None = None
-    """Endpoint of an HTTP or SSE server."""
-    headers: dict[str, str] = {}
-    """HTTP headers (never shown anywhere)."""
-    enabled: bool | None = None
-    """False keeps the entry but does not start it (default true)."""
-    disabled: bool | None = None
-    """Cline's spelling of `enabled: false`."""
-    namespace: str | None = None
-    """Prefix of the published tool names (default: the server's key; "" publishes names as they are)."""
-    preset: str | None = None
-    """A service preset, or "none"; inferred from the name, command, args and url when absent."""
-    breaker: Overrides | None = None
-    """Overrides for every tool of this server."""
-    tools: dict[str, Overrides] = {}
-    """Overrides per exact tool name or glob."""
-    startup_timeout: float = Field(30.0, gt=0)
-    """Seconds the server gets to connect and list its tools."""
-    session: Literal["auto", "shared", "per_client"] = "auto"
-    """How the HTTP upstream's clients reach it: one connection for all (`shared`), one of its own for each upstream
-    session (`per_client`), or `auto`: per client for a stdio server when the client declares sampling, elicitation
-    or roots, else shared."""
-    max_sessions: int = Field(64, ge=1)
-    """Per-client connections open at once to this server; past it a new client's requests get a clear error."""
-    tool_errors: Literal["classified", "failure", "ignore"] | None = None
-    """Server-wide `tool_errors` (same as in `breaker`)."""
-    ignore_errors: list[str] | None = None
-    """Server-wide `ignore_errors`."""
-    failure_errors: list[str] | None = None
-    """Server-wide `failure_errors`."""
-    server_max_concurrent: int | None = Field(None, ge=1)
-    """Calls of all this server's tools in flight at once; null: no cap."""
-    include: list[str] | None = None
-    """Globs over the downstream's tool names: only the tools matching one are published (default: all)."""
-    exclude: list[str] = []
-    """Globs over the downstream's tool names: tools matching one are neither listed nor callable."""
-    rename: dict[str, str] = {}
-    """`{"downstream_name": "new_name"}`: publish a tool as `namespace__new_name`."""
-    crash_loop_restarts: int = Field(5, ge=1, le=10_000)
-    """A stdio server that dies this many times within `crash_loop_window` is reported as a crash loop."""
-    crash_loop_window: float = Field(60.0, gt=0, le=86400)
-    """Seconds over which deaths are counted for `crash_loop_restarts`."""
+    command: str | None = Field(None, description="Executable of a stdio server.")
+    args: list[str] = Field([], description="Its arguments.")
+    env: dict[str, str] = Field({}, description="Extra environment of the child process (never shown anywhere).")
+    cwd: str | None = Field(None, description="Working directory of the child process.")
+    type: Literal["stdio", "http", "streamable-http", "sse"] | None = Field(
+        None,
+        description="Transport; default stdio with a command, http with a url.",
+    )
+    url: str | None = Field(None, description="Endpoint of an HTTP or SSE server.")
+    headers: dict[str, str] = Field({}, description="HTTP headers (never shown anywhere).")
+    enabled: bool | None = Field(None, description="False keeps the entry but does not start it (default true).")
+    disabled: bool | None = Field(None, description="Cline's spelling of `enabled: false`.")
+    namespace: str | None = Field(
+        None,
+        description='Prefix of the published tool names (default: the server\'s key; "" publishes names as they are).',
+    )
+    preset: str | None = Field(
+        None,
+        description='A service preset, or "none"; inferred from the name, command, args and url when absent.',
+    )
+    breaker: Overrides | None = Field(None, description="Overrides for every tool of this server.")
+    tools: dict[str, Overrides] = Field({}, description="Overrides per exact tool name or glob.")
+    startup_timeout: float = Field(30.0, gt=0, description="Seconds the server gets to connect and list its tools.")
+    session: Literal["auto", "shared", "per_client"] = Field(
+        "auto",
+        description="How the HTTP upstream's clients reach it: one connection "
+        "for all (`shared`), one of its own for each upstream\n"
+        "session (`per_client`), or `auto`: per client for a stdio "
+        "server when the client declares sampling, elicitation\n"
+        "or roots, else shared.",
+    )
+    max_sessions: int = Field(
+        64,
+        ge=1,
+        description="Per-client connections open at once to this server; "
+        "past it a new client's requests get a clear error.",
+    )
+    tool_errors: Literal["classified", "failure", "ignore"] | None = Field(
+        None,
+        description="Server-wide `tool_errors` (same as in `breaker`).",
+    )
+    ignore_errors: list[str] | None = Field(None, description="Server-wide `ignore_errors`.")
+    failure_errors: list[str] | None = Field(None, description="Server-wide `failure_errors`.")
+    server_max_concurrent: int | None = Field(
+        None,
+        ge=1,
+        description="Calls of all this server's tools in flight at once; null: no cap.",
+    )
+    include: list[str] | None = Field(
+        None,
+        description="Globs over the downstream's tool names: only the tools matching one are published (default: all).",
+    )
+    exclude: list[str] = Field(
+        [],
+        description="Globs over the downstream's tool names: tools matching one are neither listed nor callable.",
+    )
+    rename: dict[str, str] = Field(
+        {},
+        description='`{"downstream_name": "new_name"}`: publish a tool as `namespace__new_name`.',
+    )
+    crash_loop_restarts: int = Field(
+        5,
+        ge=1,
+        le=10_000,
+        description="A stdio server that dies this many times within `crash_loop_window` is reported as a crash loop.",
+    )
+    crash_loop_window: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="Seconds over which deaths are counted for `crash_loop_restarts`.",
+    )
 
 
 class Admin(_Strict):
-    enabled: bool = False
-    """Publish `circuit_reset`, `circuit_force` and `circuit_configure`."""
+    enabled: bool = Field(False, description="Publish `circuit_reset`, `circuit_force` and `circuit_configure`.")
 
 
 class Metrics(_Strict):
-    port: int | None = Field(None, ge=1, le=65535)
-    """Port of `/metrics` in stdio mode; none: no port is opened."""
-    host: str = "127.0.0.1"
-    """Address the metrics port binds to."""
+    port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port of `/metrics` in stdio mode; none: no port is opened.",
+    )
+    host: str = Field("127.0.0.1", description="Address the metrics port binds to.")
 
 
 class Http(_Strict):
-    max_sessions: int = Field(1000, ge=1)
-    """Upstream HTTP sessions open at once; past it the longest-idle session is closed to admit a new client (503
-    only while every session has a request or stream open)."""
-    session_idle_timeout: float = Field(600, gt=0)
-    """Seconds without a request after which an upstream HTTP session is closed."""
+    max_sessions: int = Field(
+        1000,
+        ge=1,
+        description="Upstream HTTP sessions open at once; past it the "
+        "longest-idle session is closed to admit a new client (503\n"
+        "only while every session has a request or stream open).",
+    )
+    session_idle_timeout: float = Field(
+        600,
+        gt=0,
+        description="Seconds without a request after which an upstream HTTP session is closed.",
+    )
 
 
 class Cluster(_Strict):
-    redis_url: str
-    """The Redis every replica of the group shares its breakers through (`${VAR}` expands; needs
-    `circuitbox[redis]`)."""
-    group: str = "default"
-    """Replicas with the same group share each (server, tool) breaker; other groups on the same Redis do not."""
+    redis_url: str = Field(
+        description="The Redis every replica of the group shares its breakers through (`${VAR}` expands; needs\n"
+        "`circuitbox[redis]`).",
+    )
+    group: str = Field(
+        "default",
+        description="Replicas with the same group share each (server, "
+        "tool) breaker; other groups on the same Redis do not.",
+    )
 
 
 class ConfigFile(_Strict):
     """The whole file."""
 
-    environment: str | None = None
-    """development, staging, production or testing."""
-    defaults: Overrides | None = None
-    """Overrides for every server."""
-    admin: Admin = Admin()
-    """Operator tools."""
-    metrics: Metrics = Metrics()
-    """Prometheus endpoint."""
-    http: Http = Http()
-    """The HTTP upstream's sessions."""
-    cluster: Cluster | None = None
-    """Scale-out: breaker state shared with the other replicas of a group through Redis."""
-    shutdown_timeout: float = Field(10.0, ge=0, le=3600)
-    """Seconds that calls in flight get to finish on SIGTERM / SIGINT before they are answered with an error."""
-    max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=64 * 1024, le=1 << 30)
-    """The largest message any hop takes (an upstream line or HTTP body, a downstream line, response or SSE
-    event); a larger one is refused with a logged error, never buffered and parsed."""
-    list_changed_interval: float = Field(2.0, ge=0, le=3600)
-    """Seconds between two tools/list_changed notifications that breaker state causes (the last of a burst is
-    always sent)."""
-    mcpServers: dict[str, ServerEntry] | None = None
-    """Downstreams (Claude Desktop, Cursor, Claude Code shape)."""
-    servers: dict[str, ServerEntry] | None = None
-    """Downstreams (VS Code shape)."""
+    environment: str | None = Field(None, description="development, staging, production or testing.")
+    defaults: Overrides | None = Field(None, description="Overrides for every server.")
+    admin: Admin = Field(Admin(), description="Operator tools.")
+    metrics: Metrics = Field(Metrics(), description="Prometheus endpoint.")
+    http: Http = Field(Http(), description="The HTTP upstream's sessions.")
+    cluster: Cluster | None = Field(
+        None,
+        description="Scale-out: breaker state shared with the other replicas of a group through Redis.",
+    )
+    shutdown_timeout: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="Seconds that calls in flight get to finish on SIGTERM "
+        "/ SIGINT before they are answered with an error.",
+    )
+    max_message_bytes: int = Field(
+        MAX_MESSAGE_BYTES,
+        ge=64 * 1024,
+        le=1 << 30,
+        description="The largest message any hop takes (an upstream line "
+        "or HTTP body, a downstream line, response or SSE\n"
+        "event); a larger one is refused with a logged error, never buffered and parsed.",
+    )
+    list_changed_interval: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="Seconds between two tools/list_changed notifications "
+        "that breaker state causes (the last of a burst is\n"
+        "always sent).",
+    )
+    mcpServers: dict[str, ServerEntry] | None = Field(
+        None,
+        description="Downstreams (Claude Desktop, Cursor, Claude Code shape).",
+    )
+    servers: dict[str, ServerEntry] | None = Field(None, description="Downstreams (VS Code shape).")
 
 
 def strip_client_keys(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -386,6 +456,8 @@ def problem(error: Mapping[str, Any], known: Sequence[str] = ()) -> str:
     """One pydantic error as a short phrase ("unknown key", "expected an integer, got a string", ...)."""
     kind = error["type"]
     if kind == "extra_forbidden":
+        import difflib  # only a bad config needs it: not imported on every start of serve
+
         close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
         return "unknown key" + (f" (did you mean {close[0]}?)" if close else "")
     if kind in _EXPECTED:

@@ -10,28 +10,19 @@ from typing import Any
 
 import anyio
 import anyio.abc
-from mcp.server.transport_security import TransportSecuritySettings
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
 from circuitbox.cluster import ClusterStore
 from circuitbox.config.load import ConfigError, ProxyConfig
-from circuitbox.observability._asgi_server import serve_asgi
-from circuitbox.observability.access import AccessGuard, is_loopback
 from circuitbox.observability.cluster import bind_cluster_gauges
 from circuitbox.observability.collector import MetricsCollector
-from circuitbox.observability.http import metrics_app
 from circuitbox.observability.limits import LimitsCollector
 from circuitbox.observability.logging import TransitionLogger
-from circuitbox.observability.status_page import PATHS as STATUS_PATHS
-from circuitbox.observability.status_page import StatusApp
 from circuitbox.server._pipes import stdio_pipes
 from circuitbox.server._streams import AnswerMalformed
-from circuitbox.server.http_lane import HTTPLane
-from circuitbox.server.http_sessions import mcp_http_app
 from circuitbox.server.lane import fast_lane
-from circuitbox.server.malformed import AnswerMalformedHTTP
 from circuitbox.server.proxy import Proxy
 from circuitbox.server.stdio_child import signal_every_group
 
@@ -96,6 +87,10 @@ def _lifespan_of(inner: Starlette) -> Callable[[Starlette], AbstractAsyncContext
 def observability_routes(proxy: Proxy, collector: MetricsCollector | None) -> list[Route | Mount]:
     """/metrics (when metrics are collected) and the status routes: the same on the HTTP listener and on stdio
     mode's metrics port."""
+    from circuitbox.observability.http import metrics_app
+    from circuitbox.observability.status_page import PATHS as STATUS_PATHS
+    from circuitbox.observability.status_page import StatusApp
+
     routes: list[Route | Mount] = []
     if collector is not None:
         routes.append(Route("/metrics", metrics_app(collector.registry)))
@@ -112,6 +107,13 @@ def http_app(
     extra_hosts: Sequence[str] = (),
     port: int = 8765,
 ) -> ASGIApp:
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    from circuitbox.observability.access import AccessGuard
+    from circuitbox.server.http_lane import HTTPLane
+    from circuitbox.server.http_sessions import mcp_http_app
+    from circuitbox.server.malformed import AnswerMalformedHTTP
+
     server = proxy.build_server()
     # DNS-rebinding protection stays on whatever the bind address: the Host header must name this listener.
     allowed = {f"{host}:*", "127.0.0.1:*", "localhost:*", "[::1]:*", *(f"{h}:*" for h in extra_hosts)}
@@ -226,6 +228,9 @@ async def _serve_metrics(
 ) -> None:
     """stdio mode's metrics port: /metrics, the status page, /healthz and /readyz, behind the same guard as the HTTP
     listener. A busy port (two agents sharing one config, say) costs these endpoints, never the proxy."""
+    from circuitbox.observability._asgi_server import serve_asgi
+    from circuitbox.observability.access import AccessGuard, is_loopback
+
     if not is_loopback(host) and not token:
         logger.error(
             "metrics endpoint disabled: it would listen on %s without a token; set --auth-token-file, "
