@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Any
 
 import anyio
+import httpx2
+from mcp.client import streamable_http
+from mcp.shared import _httpx_utils
 
 
 def client_connection(session: Any) -> Any | None:
@@ -84,3 +87,19 @@ def session_transport(manager: Any, session_id: str, requestor: Any) -> Any | No
     if transport is None or requestor != manager._session_owners.get(session_id):
         return None
     return transport
+
+
+def post_within_origin(
+    client: httpx2.AsyncClient, url: str, body: bytes, headers: dict[str, str]
+) -> AbstractAsyncContextManager[httpx2.Response]:
+    """A streamed POST of one message as the SDK's streamable HTTP client sends it: a redirect is followed only
+    within the endpoint's origin and with the method kept (`mcp.shared._httpx_utils.stream_within_origin`); any other
+    comes back as the response."""
+    return _httpx_utils.stream_within_origin(client, "POST", url, content=body, headers=headers)
+
+
+def unfollowed_redirect(response: httpx2.Response) -> str | None:
+    """The SDK's message for a redirect its client left unfollowed (None when `response` is not one), which it
+    answers the request with (-32600)."""
+    message: str | None = streamable_http._unfollowed_redirect(response)
+    return message
