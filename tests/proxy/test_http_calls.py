@@ -11,11 +11,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import httpx2
 import mcp_types as types
 import pytest
 from mcp import MCPError
 
 from circuitbox.config.load import parse_config
+from circuitbox.server import http_calls
 from circuitbox.server.downstream import Backoff, Connection, Downstream, DownstreamUnavailableError
 from circuitbox.server.http_calls import HttpCalls
 from tests.net import free_port, import_path_env, wait_for_port
@@ -185,3 +187,43 @@ async def test_a_downstream_that_dies_mid_call_fails_as_a_closed_connection_and_
     assert died.value.error.code == types.CONNECTION_CLOSED
     if isinstance(refused.value, MCPError):
         assert refused.value.error.code == types.CONNECTION_CLOSED, refused.value.error
+
+
+class _HeldOpen(httpx2.AsyncByteStream):
+    """An event stream that answers and then stays open, as a server may (the spec says SHOULD close)."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.answer
+        await anyio.sleep_forever()
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_answered_streams_a_server_holds_open_are_waited_for_a_bounded_time_then_closed_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http_calls, "DRAIN_LIMIT", 0.01)
+    streams: list[_HeldOpen] = []
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        sent = json.loads(request.content)
+        event = {"jsonrpc": "2.0", "id": sent["id"], "result": {"content": [], "n": len(streams)}}
+        streams.append(_HeldOpen(f"data: {json.dumps(event)}\n\n".encode()))
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, stream=streams[-1])
+
+    into, merged = anyio.create_memory_object_stream[Any](1)
+    write, sent = anyio.create_memory_object_stream[Any](1)
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(answer)) as client:
+        link = http_calls.HttpLink(client, "http://127.0.0.1:1/mcp", 1 << 20, into)
+        calls = HttpCalls(merged, write, link)
+        with anyio.fail_after(10):
+            results = [await calls.call({"name": "t"}) for _ in range(http_calls.DRAIN_STRIKES + 2)]
+    assert [r["n"] for r in results] == list(range(http_calls.DRAIN_STRIKES + 2))
+    assert link.held == http_calls.DRAIN_STRIKES and all(s.closed for s in streams)
+    for stream in (into, merged, write, sent):
+        stream.close()

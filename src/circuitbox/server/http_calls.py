@@ -44,7 +44,8 @@ from circuitbox.server.direct_calls import CANCEL_WRITE_LIMIT, ProgressFn
 logger = logging.getLogger("circuitbox.downstream")
 
 MCP_SESSION_ID = "mcp-session-id"
-DRAIN_LIMIT = 0.05  # how long an answered event stream may take to end before its connection is given up
+DRAIN_LIMIT = 0.5  # how long an answered event stream may take to end before its connection is given up
+DRAIN_STRIKES = 3  # answered streams in a row held open past it before none is waited for any more
 _POST_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 Envelope = tuple[contextvars.Context | None, Any]  # the sender's context travels with a message, as in the SDK
@@ -61,7 +62,7 @@ class HttpLink:
         self.session_id: str | None = None
         self.closed = False
         self.failure: Exception | None = None
-        self.drains = True  # cleared when a server holds answered streams open: then they are closed, as the SDK does
+        self.held = 0  # answered streams in a row the server held open: past DRAIN_STRIKES, closed as the SDK does
         self._into = into
         self._calls: set[anyio.CancelScope] = set()
 
@@ -329,15 +330,24 @@ class HttpCalls(_ReadStreamWrapper):
         return None
 
     async def _drain(self, events: AsyncIterator[httpx2.ServerSentEvent]) -> None:
-        """Reads an answered stream to its end (nothing more should come), so its connection can be reused."""
+        """Reads an answered stream to its end (nothing more should come), so its connection can be reused.
+
+        Shielded: the answer is in hand, and a cancel must not lose it; an SDK server ends the stream at once."""
         link = self._link
-        if not link.drains:
+        if link.held >= DRAIN_STRIKES:
             return
-        with anyio.move_on_after(DRAIN_LIMIT) as waited, suppress(httpx2.TransportError):
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(DRAIN_LIMIT) as waited,
+            suppress(httpx2.TransportError),
+        ):
             async for _ in events:
                 pass
-        if waited.cancelled_caught:
-            link.drains = False
+        if not waited.cancelled_caught:
+            link.held = 0
+            return
+        link.held += 1
+        if link.held == DRAIN_STRIKES:
             logger.debug("a downstream holds its answered event streams open: they are closed from now on")
 
     async def _cancel(self, request_id: str) -> None:
