@@ -21,9 +21,9 @@ from circuitbox.server._sdk_private import (
     client_connection,
     later_revision_fields,
     post_headers_pass,
-    post_within_origin,
     request_in_flight,
     session_transport,
+    stream_within_origin,
     unfollowed_redirect,
 )
 from circuitbox.server.direct_calls import DirectCalls
@@ -145,9 +145,9 @@ async def test_the_http_lane_keeps_a_session_s_idle_countdown_as_its_transport_d
 
 
 async def test_http_calls_post_and_redirect_as_the_sdk_s_streamable_http_client_does() -> None:
-    """http_calls.py POSTs with `post_within_origin` (the SDK's `stream_within_origin`): a same-origin 307 is
-    followed with its body, a redirect off the origin is handed back unfollowed, and `unfollowed_redirect` words it
-    as the SDK's client does when it answers the request with -32600."""
+    """http_calls.py POSTs (and resumes event streams) with `stream_within_origin`, the SDK's own: a same-origin 307
+    is followed with its body, a redirect off the origin is handed back unfollowed, and `unfollowed_redirect` words
+    it as the SDK's client does when it answers the request with -32600."""
     seen: list[tuple[str, bytes]] = []
 
     def answer(request: httpx2.Request) -> httpx2.Response:
@@ -159,10 +159,10 @@ async def test_http_calls_post_and_redirect_as_the_sdk_s_streamable_http_client_
         return httpx2.Response(200, json={"jsonrpc": "2.0", "id": 1, "result": {}})
 
     async with httpx2.AsyncClient(transport=httpx2.MockTransport(answer)) as client:
-        async with post_within_origin(client, "http://127.0.0.1:1/mcp", b"{}", {"x": "y"}) as followed:
+        async with stream_within_origin(client, "POST", "http://127.0.0.1:1/mcp", content=b"{}") as followed:
             assert followed.status_code == 200 and unfollowed_redirect(followed) is None
         assert seen == [("http://127.0.0.1:1/mcp", b"{}"), ("http://127.0.0.1:1/mcp/", b"{}")]
-        async with post_within_origin(client, "http://127.0.0.1:1/away", b"{}", {}) as refused:
+        async with stream_within_origin(client, "POST", "http://127.0.0.1:1/away", content=b"{}") as refused:
             assert refused.status_code == 307
             message = unfollowed_redirect(refused)
     assert message is not None and "http://elsewhere.example/mcp" in message and "not followed" in message

@@ -89,13 +89,13 @@ def session_transport(manager: Any, session_id: str, requestor: Any) -> Any | No
     return transport
 
 
-def post_within_origin(
-    client: httpx2.AsyncClient, url: str, body: bytes, headers: dict[str, str]
+def stream_within_origin(
+    client: httpx2.AsyncClient, method: str, url: str, **kwargs: Any
 ) -> AbstractAsyncContextManager[httpx2.Response]:
-    """A streamed POST of one message as the SDK's streamable HTTP client sends it: a redirect is followed only
-    within the endpoint's origin and with the method kept (`mcp.shared._httpx_utils.stream_within_origin`); any other
-    comes back as the response."""
-    return _httpx_utils.stream_within_origin(client, "POST", url, content=body, headers=headers)
+    """A streamed request as the SDK's streamable HTTP client sends one: a redirect is followed only within the
+    endpoint's origin and with the method kept (`mcp.shared._httpx_utils.stream_within_origin`); any other comes
+    back as the response."""
+    return _httpx_utils.stream_within_origin(client, method, url, **kwargs)
 
 
 def unfollowed_redirect(response: httpx2.Response) -> str | None:

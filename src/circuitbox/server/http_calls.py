@@ -13,8 +13,8 @@ connection goes back to the pool.
 Errors read as on the SDK's client: a request that fails before its answer began (the server is gone) ends the
 whole transport, so the owner reconnects, and the call fails as "Connection closed"; a broken event stream fails
 only its call; HTTP statuses and bodies become the JSON-RPC errors the SDK makes of them. A cancelled call sends
-`notifications/cancelled` through the SDK's transport, as `DirectCalls` does. Not done: resuming a broken event
-stream from its last event id (the SDK's client does, for servers with an event store): the call fails instead.
+`notifications/cancelled` through the SDK's transport, as `DirectCalls` does. An event stream that ends unanswered
+after events with ids is resumed from the last one, as the SDK's client resumes it.
 
 Only for handshake-era sessions while traces are off, as `DirectCalls`.
 """
@@ -26,6 +26,7 @@ import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager, suppress
+from dataclasses import dataclass
 from typing import Any, Self, cast
 
 import anyio
@@ -37,7 +38,7 @@ from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
-from circuitbox.server._sdk_private import later_revision_fields, post_within_origin, unfollowed_redirect
+from circuitbox.server._sdk_private import later_revision_fields, stream_within_origin, unfollowed_redirect
 from circuitbox.server._streams import _ReadStreamWrapper
 from circuitbox.server.direct_calls import CANCEL_WRITE_LIMIT, ProgressFn
 
@@ -48,7 +49,25 @@ DRAIN_LIMIT = 0.5  # how long an answered event stream may take to end before it
 DRAIN_STRIKES = 3  # answered streams in a row held open past it before none is waited for any more
 _POST_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
+LAST_EVENT_ID = "last-event-id"
+RESUME_FAILURES = 2  # failed attempts in a row to resume an event stream before its call fails (the SDK's count)
+RESUME_DELAY_MS = 1000  # before a resumption, when the server named no retry interval (the SDK's default)
+
 Envelope = tuple[contextvars.Context | None, Any]  # the sender's context travels with a message, as in the SDK
+
+
+@dataclass(frozen=True, slots=True)
+class _Resume:
+    """Where an event stream resumes: the last event id it carried and the server's retry interval."""
+
+    last_id: str | None = None
+    retry_ms: int = RESUME_DELAY_MS
+
+    def after(self, event: httpx2.ServerSentEvent) -> _Resume:
+        if not event.id and event.retry is None:
+            return self
+        retry = self.retry_ms if event.retry is None else event.retry
+        return _Resume(event.id or self.last_id, retry)
 
 
 class HttpLink:
@@ -211,11 +230,7 @@ class HttpCalls(_ReadStreamWrapper):
         meta = dict(params.get("_meta") or {})
         meta["progressToken"] = request_id  # always asked: progress extends the call's deadline
         message = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {**params, "_meta": meta}}
-        headers = dict(_POST_HEADERS)
-        if link.session_id is not None:
-            headers[MCP_SESSION_ID] = link.session_id
-        if self._version:
-            headers[MCP_PROTOCOL_VERSION_HEADER] = self._version
+        headers = {**_POST_HEADERS, **self._session_headers()}
         if on_progress is not None:
             self._progress[request_id] = on_progress
         scope = anyio.CancelScope()
@@ -244,7 +259,7 @@ class HttpCalls(_ReadStreamWrapper):
     ) -> dict[str, Any] | types.ErrorData:
         link = self._link
         try:
-            async with post_within_origin(link.client, link.url, body, headers) as response:
+            async with stream_within_origin(link.client, "POST", link.url, content=body, headers=headers) as response:
                 refusal = await self._refusal(response)
                 if refusal is not None:
                     return refusal
@@ -286,24 +301,60 @@ class HttpCalls(_ReadStreamWrapper):
     async def _events(
         self, response: httpx2.Response, request_id: str, on_progress: ProgressFn | None
     ) -> dict[str, Any] | types.ErrorData:
+        """The answer off an event stream; a stream that ends unanswered after an event with an id is resumed from
+        it with GETs (`Last-Event-ID`), after the server's retry interval, as the SDK's client resumes it."""
+        outcome, resume = await self._read(response, request_id, on_progress, _Resume())
+        failures = 0
+        while outcome is None and resume.last_id is not None and failures < RESUME_FAILURES:
+            await anyio.sleep(resume.retry_ms / 1000)
+            headers = {"accept": "text/event-stream", "cache-control": "no-store", LAST_EVENT_ID: resume.last_id}
+            headers.update(self._session_headers())
+            try:
+                async with stream_within_origin(self._link.client, "GET", self._link.url, headers=headers) as again:
+                    again.raise_for_status()
+                    failures = 0
+                    outcome, resume = await self._read(again, request_id, on_progress, resume)
+            except httpx2.SSEError as exc:
+                return types.ErrorData(code=types.CONNECTION_CLOSED, message=f"SSE stream failed: {exc}")
+            except (httpx2.TransportError, httpx2.HTTPStatusError):
+                failures += 1
+        if outcome is None and resume.last_id is not None:
+            message = "SSE stream ended and reconnection attempts were exhausted"
+            return types.ErrorData(code=types.CONNECTION_CLOSED, message=message)
+        if outcome is None:
+            return types.ErrorData(code=types.CONNECTION_CLOSED, message="SSE stream ended without a response")
+        return outcome
+
+    async def _read(
+        self, response: httpx2.Response, request_id: str, on_progress: ProgressFn | None, resume: _Resume
+    ) -> tuple[dict[str, Any] | types.ErrorData | None, _Resume]:
+        """The outcome when the stream carried it (None when it ended first), and where to resume it."""
         source = httpx2.EventSource(response, max_event_size=self._link.max_event_size)
         events = cast(AsyncGenerator[httpx2.ServerSentEvent], aiter(source))
         outcome: dict[str, Any] | types.ErrorData | None = None
         async with aclosing(events):
             try:
                 async for event in events:
+                    resume = resume.after(event)
                     if event.event == "message" and event.data:  # an empty one primes resumption
                         outcome = await self._event(event.data, request_id, on_progress)
                         if outcome is not None:
                             break
             except httpx2.SSEError as exc:  # an event over max_message_bytes, or a stream that is no event stream
-                return types.ErrorData(code=types.CONNECTION_CLOSED, message=f"SSE stream failed: {exc}")
+                return types.ErrorData(code=types.CONNECTION_CLOSED, message=f"SSE stream failed: {exc}"), resume
             except httpx2.TransportError:  # the server went away mid-answer
-                outcome = None
-            if outcome is None:
-                return types.ErrorData(code=types.CONNECTION_CLOSED, message="SSE stream ended without a response")
-            await self._drain(events)
-        return outcome
+                return None, resume
+            if outcome is not None:
+                await self._drain(events)
+        return outcome, resume
+
+    def _session_headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self._link.session_id is not None:
+            headers[MCP_SESSION_ID] = self._link.session_id
+        if self._version:
+            headers[MCP_PROTOCOL_VERSION_HEADER] = self._version
+        return headers
 
     async def _event(
         self, data: str, request_id: str, on_progress: ProgressFn | None
