@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import anyio
+import httpx2
 import mcp_types as types
 import pytest
 from mcp import Client, ClientSession
@@ -24,6 +25,8 @@ from circuitbox.server._sdk_private import (
     post_headers_pass,
     request_in_flight,
     session_transport,
+    stream_within_origin,
+    unfollowed_redirect,
 )
 from circuitbox.server.direct_calls import DirectCalls
 
@@ -191,3 +194,27 @@ async def test_a_task_offering_session_declares_tasks_and_gets_the_servers_task_
     assert answers[3]["content"]["text"] == "plain"
     assert handled == [("tasks/get", {"taskId": "t"}), ("sampling/createMessage", {"messages": [], "maxTokens": 1,
                                                                                    "task": {}})]  # fmt: skip
+
+
+async def test_http_calls_post_and_redirect_as_the_sdk_s_streamable_http_client_does() -> None:
+    """http_calls.py POSTs (and resumes event streams) with `stream_within_origin`, the SDK's own: a same-origin 307
+    is followed with its body, a redirect off the origin is handed back unfollowed, and `unfollowed_redirect` words
+    it as the SDK's client does when it answers the request with -32600."""
+    seen: list[tuple[str, bytes]] = []
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        seen.append((str(request.url), request.content))
+        if request.url.path == "/mcp":
+            return httpx2.Response(307, headers={"location": "/mcp/"})
+        if request.url.path == "/away":
+            return httpx2.Response(307, headers={"location": "http://elsewhere.example/mcp"})
+        return httpx2.Response(200, json={"jsonrpc": "2.0", "id": 1, "result": {}})
+
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(answer)) as client:
+        async with stream_within_origin(client, "POST", "http://127.0.0.1:1/mcp", content=b"{}") as followed:
+            assert followed.status_code == 200 and unfollowed_redirect(followed) is None
+        assert seen == [("http://127.0.0.1:1/mcp", b"{}"), ("http://127.0.0.1:1/mcp/", b"{}")]
+        async with stream_within_origin(client, "POST", "http://127.0.0.1:1/away", content=b"{}") as refused:
+            assert refused.status_code == 307
+            message = unfollowed_redirect(refused)
+    assert message is not None and "http://elsewhere.example/mcp" in message and "not followed" in message

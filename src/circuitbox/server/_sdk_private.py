@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Any
 
 import anyio
+import httpx2
 import mcp_types as types
 from mcp import ClientSession
+from mcp.client import streamable_http
+from mcp.shared import _httpx_utils
 
 
 def client_connection(session: Any) -> Any | None:
@@ -114,3 +117,19 @@ class TaskOfferingSession(ClientSession):
             return await self._on_task_request(method, dict(params or {}))
         answer: dict[str, Any] = await super()._on_request(dctx, method, params)
         return answer
+
+
+def stream_within_origin(
+    client: httpx2.AsyncClient, method: str, url: str, **kwargs: Any
+) -> AbstractAsyncContextManager[httpx2.Response]:
+    """A streamed request as the SDK's streamable HTTP client sends one: a redirect is followed only within the
+    endpoint's origin and with the method kept (`mcp.shared._httpx_utils.stream_within_origin`); any other comes
+    back as the response."""
+    return _httpx_utils.stream_within_origin(client, method, url, **kwargs)
+
+
+def unfollowed_redirect(response: httpx2.Response) -> str | None:
+    """The SDK's message for a redirect its client left unfollowed (None when `response` is not one), which it
+    answers the request with (-32600)."""
+    message: str | None = streamable_http._unfollowed_redirect(response)
+    return message

@@ -34,6 +34,7 @@ from circuitbox.server import modern_lane
 from circuitbox.server._sdk_private import TaskOfferingSession, send_unvalidated
 from circuitbox.server._streams import WatchedStream
 from circuitbox.server.direct_calls import DirectCalls
+from circuitbox.server.http_calls import HttpCalls, http_link
 from circuitbox.server.stdio_child import BurstLog, ChildOutput
 from circuitbox.server.transports import open_transport
 
@@ -129,7 +130,8 @@ class Downstream:
         self.last_error: str | None = None
         self.listing = Listing()
         self.session: ClientSession | None = None
-        self._direct: DirectCalls | None = None  # tools/call past the SDK's typed session, when it can be used
+        # tools/call past the SDK's typed session (and over HTTP past its client), when it can be used
+        self._direct: DirectCalls | HttpCalls | None = None
         self.modern: modern_lane.ModernLane | None = None
         """While connected, the lane to it in the 2026-07-28 era when it speaks that too (modern_lane.py)."""
         self._schemas: tuple[tuple[types.Tool, ...], dict[str, Any]] = ((), {})
@@ -224,7 +226,8 @@ class Downstream:
                 self.modern = lane
                 if self._offer_source is not None:
                     self._offer = await self._offer_source()
-                direct = DirectCalls(WatchedStream(read, closed), write)
+                watched, link = WatchedStream(read, closed), http_link(read)
+                direct = DirectCalls(watched, write) if link is None else HttpCalls(watched, write, link)
                 if isinstance(read, ChildOutput):  # a stdio child's reader completes our calls itself
                     read.intercept = direct.intercept
                 async with self._session(

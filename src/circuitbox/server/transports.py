@@ -15,6 +15,7 @@ from mcp.client.streamable_http import streamable_http_client
 from circuitbox.config.load import ServerConfig
 from circuitbox.config.model import MAX_MESSAGE_BYTES
 from circuitbox.config.secrets import mask
+from circuitbox.server.http_calls import open_http_link
 from circuitbox.server.stdio_child import open_stdio_child
 
 logger = logging.getLogger("circuitbox.downstream")
@@ -121,5 +122,6 @@ async def _http(url: str, headers: dict[str, str], limit: int) -> AsyncIterator[
     async with (
         http_client(headers, limit) as client,
         streamable_http_client(url, http_client=client, max_sse_event_size=limit) as streams,
+        open_http_link(client, url, streams, limit) as (read, write),  # tools/call past the SDK's client
     ):
-        yield streams[0], streams[1]
+        yield read, write
