@@ -165,7 +165,8 @@ async def test_one_dead_downstream_at_start_does_not_delay_the_other_two(tmp_pat
             assert not (await session.call_tool("a__echo", {"message": "x"})).is_error
             assert not (await session.call_tool("b__echo", {"message": "x"})).is_error
         servers = {row["server"]: row for row in (await status(session))["servers"]}
-        assert servers["dead"]["connection"] in ("restarting", "starting")
+        # It exits at once: by now (a loaded machine is slow to get here) it may have restarted into its crash loop.
+        assert servers["dead"]["connection"] in ("restarting", "starting", "crash_loop")
         assert servers["missing"]["last_error"]
 
 
