@@ -48,17 +48,11 @@ class _Pending:
         self.queued = 0  # progress notes the hook let by that `receive` has not delivered yet
 
 
-class DirectCalls(_ReadStreamWrapper):
-    """Wraps a downstream transport's read stream (the one the SDK session reads) and sends calls on `write`."""
+class SessionCalls(_ReadStreamWrapper):
+    """What every past-the-session call path keeps of its session: the negotiated version, which the SDK's session
+    sets here after initialize, and the `tools/call` fields later revisions added, left out for an older one."""
 
-    def __init__(self, inner: Any, write: Any, protocol_version: str = "") -> None:
-        super().__init__(inner)
-        self._write = write
-        self._pending: dict[str, _Pending] = {}
-        self._next = 0
-        self._closed = False
-        self._foreign: frozenset[str] = frozenset()
-        self.protocol_version = protocol_version
+    _foreign: frozenset[str] = frozenset()
 
     @property
     def protocol_version(self) -> str:
@@ -69,6 +63,18 @@ class DirectCalls(_ReadStreamWrapper):
     def protocol_version(self, version: str) -> None:
         self._version = version
         self._foreign = later_revision_fields("tools/call", version) if version else frozenset()
+
+
+class DirectCalls(SessionCalls):
+    """Wraps a downstream transport's read stream (the one the SDK session reads) and sends calls on `write`."""
+
+    def __init__(self, inner: Any, write: Any, protocol_version: str = "") -> None:
+        super().__init__(inner)
+        self._write = write
+        self._pending: dict[str, _Pending] = {}
+        self._next = 0
+        self._closed = False
+        self.protocol_version = protocol_version
 
     async def receive(self) -> Any:
         while True:

@@ -27,7 +27,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Self, cast
+from typing import Any, cast
 
 import anyio
 import httpx2
@@ -38,9 +38,9 @@ from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
-from circuitbox.server._sdk_private import later_revision_fields, stream_within_origin, unfollowed_redirect
+from circuitbox.server._sdk_private import stream_within_origin, unfollowed_redirect
 from circuitbox.server._streams import _ReadStreamWrapper
-from circuitbox.server.direct_calls import CANCEL_WRITE_LIMIT, ProgressFn
+from circuitbox.server.direct_calls import CANCEL_WRITE_LIMIT, ProgressFn, SessionCalls
 
 logger = logging.getLogger("circuitbox.downstream")
 
@@ -109,35 +109,17 @@ class HttpLink:
             scope.cancel()
 
 
-class HttpRead:
+class HttpRead(_ReadStreamWrapper):
     """What the session reads: the SDK transport's messages and those a call's own POST carried for the session."""
 
     def __init__(self, inner: MemoryObjectReceiveStream[Envelope], link: HttpLink) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.link = link
         self.last_context: contextvars.Context | None = None  # read by the SDK's dispatcher, as on its own streams
 
     async def receive(self) -> Any:
         self.last_context, item = await self._inner.receive()
         return item
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 def http_link(read: Any) -> HttpLink | None:
@@ -179,7 +161,7 @@ async def open_http_link(
         raise link.failure
 
 
-class HttpCalls(_ReadStreamWrapper):
+class HttpCalls(SessionCalls):
     """Wraps the read stream the session reads (progress for a call that arrives there is taken, as `DirectCalls`
     takes it) and sends calls as POSTs of their own on `link`."""
 
@@ -190,16 +172,6 @@ class HttpCalls(_ReadStreamWrapper):
         self._next = 0
         self._progress: dict[str, ProgressFn] = {}
         self.protocol_version = protocol_version
-
-    @property
-    def protocol_version(self) -> str:
-        """The session's negotiated version: sent as a header, as the SDK's session does."""
-        return self._version
-
-    @protocol_version.setter
-    def protocol_version(self, version: str) -> None:
-        self._version = version
-        self._foreign = later_revision_fields("tools/call", version) if version else frozenset()
 
     async def receive(self) -> Any:
         while True:
