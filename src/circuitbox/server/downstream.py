@@ -35,6 +35,7 @@ from circuitbox.server._sdk_private import TaskOfferingSession, send_unvalidated
 from circuitbox.server._streams import WatchedStream
 from circuitbox.server.direct_calls import DirectCalls
 from circuitbox.server.http_calls import HttpCalls, http_link
+from circuitbox.server.modern_stdio import ChildRecord
 from circuitbox.server.stdio_child import BurstLog, ChildOutput
 from circuitbox.server.transports import open_transport
 
@@ -157,7 +158,10 @@ class Downstream:
         """Connection attempts after the first (each one a restart of a stdio server's process)."""
         self._deaths: deque[float] = deque()  # when a stdio connection ended, within crash_loop_window
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
-        """A stdio server's last stderr lines (secrets masked), across restarts."""
+        """A stdio server's last stderr lines (secrets masked), across restarts, its 2026-era children's too."""
+        self.modern_child = ChildRecord(config, self._backoff, self.stderr_tail)
+        """A stdio server's 2026-era children (modern_stdio.py): restarts and crash loop of their own, since the main
+        connection serves every handshake-era client meanwhile; across connections, as `restarts`."""
 
     # -- the owner task -------------------------------------------------------------------------------------------
 
@@ -221,7 +225,7 @@ class Downstream:
         with startup:
             async with (
                 self._transport() as (read, write),
-                modern_lane.open_modern_lane(self.config, self.max_message_bytes) as lane,
+                modern_lane.open_modern_lane(self.config, self.max_message_bytes, self.modern_child) as lane,
             ):
                 self.modern = lane
                 if self._offer_source is not None:

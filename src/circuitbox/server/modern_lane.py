@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 import httpx2
@@ -53,9 +53,12 @@ from pydantic import BaseModel
 from circuitbox import __version__
 from circuitbox.config.load import ServerConfig
 from circuitbox.config.model import MAX_MESSAGE_BYTES
-from circuitbox.server.modern_stdio import Log, Progress, open_stdio_wire
+from circuitbox.server.modern_stdio import ChildRecord, Log, Progress, open_stdio_wire
 from circuitbox.server.relay import prefixed
 from circuitbox.server.transports import http_client
+
+if TYPE_CHECKING:
+    from circuitbox.server.downstream import Backoff
 
 logger = logging.getLogger("circuitbox.modern_lane")
 
@@ -350,12 +353,14 @@ class HttpWire:
 class StdioModernLane(ModernLane):
     """The lane to a stdio downstream, opened on the first request that needs it (modern_stdio.py): most clients
     are of the handshake era, and a second child of every server for them would be waste. Its child ends with the
-    downstream's connection; one that dies is started again by the next request."""
+    downstream's connection; one that dies is started again by the next request, once its backoff is over. What its
+    children do is counted on `record` (its Downstream's, which outlives the connection)."""
 
-    def __init__(self, server: ServerConfig, max_message_bytes: int) -> None:
+    def __init__(self, server: ServerConfig, max_message_bytes: int, record: ChildRecord | None = None) -> None:
         super().__init__(server.name, _NO_WIRE)
         self._config = server
         self._max_message_bytes = max_message_bytes
+        self.record = record if record is not None else ChildRecord(server, _backoff())
         self._speaks: bool | None = None  # None: not known yet (no child running)
         self._wanted = anyio.Event()
         self._known = anyio.Event()
@@ -367,16 +372,19 @@ class StdioModernLane(ModernLane):
         return bool(self._speaks)
 
     async def run(self) -> None:
-        """Open the child when a request wants it and serve until it ends, again and again; once one does not speak
-        2026-07-28 (or cannot be started), never again on this connection."""
+        """Open the child when a request wants it and serve until it ends, again and again (each one after a death
+        waits out its backoff, the requests with it); once one does not speak 2026-07-28 (or cannot be started),
+        never again on this connection."""
         try:
             while True:
                 await self._wanted.wait()
+                await self.record.backoff()
                 spoke = False
                 try:
                     spoke = await self._serve_child()
                 except Exception as exc:  # its failure stays here: the requests waiting on it learn it below
                     logger.warning("server %r: its 2026-era child failed: %s", self.server, exc)
+                    self.record.stopped(self._config.redact(f"{type(exc).__name__}: {exc}"))
                 if not spoke:
                     return
         finally:  # no child will come: nobody may wait on one
@@ -384,26 +392,44 @@ class StdioModernLane(ModernLane):
                 self._decide(False)
 
     async def _serve_child(self) -> bool:
-        """Whether it spoke the era, once it has ended."""
-        async with open_stdio_wire(self._config, self._max_message_bytes) as wire:
+        """Whether it spoke the era, once it has died."""
+        record = self.record
+        record.starting()
+        async with open_stdio_wire(self._config, self._max_message_bytes, record.stderr_tail) as wire:
             self._wire = wire
             try:
                 with anyio.move_on_after(self._config.startup_timeout):
                     self._decide(await self.discover())
                 if not self._speaks:
+                    if wire.closed.is_set():  # it died before it could answer: counted, and not tried again here
+                        record.died("it exited before answering server/discover")
+                        record.stopped()
+                    else:
+                        record.stopped(f"it does not speak {LATEST_MODERN_VERSION}")
                     return False
+                record.running()
                 logger.info("server %r: 2026-era requests go to a child of their own", self.server)
                 await wire.closed.wait()
-                logger.warning("server %r: the child serving 2026-era requests ended", self.server)
+                record.died("its stdout ended")
                 return True
             finally:
                 self._wire = _NO_WIRE
+                if record.state in ("starting", "running"):  # ended with the connection, not dead
+                    record.stopped()
                 if self._speaks:  # the requests from now on wait for the next child
                     self._speaks, self._wanted, self._known = None, anyio.Event(), anyio.Event()
 
     def _decide(self, speaks: bool) -> None:
         self._speaks = speaks
         self._known.set()
+
+
+def _backoff() -> Backoff:
+    """The main connection's default backoff, for a lane opened without a Downstream (downstream.py imports this
+    module, so its Backoff is imported here only when needed)."""
+    from circuitbox.server.downstream import Backoff
+
+    return Backoff()
 
 
 class _NoWire:
@@ -416,12 +442,13 @@ _NO_WIRE = _NoWire()
 
 @asynccontextmanager
 async def open_modern_lane(
-    server: ServerConfig, max_message_bytes: int = MAX_MESSAGE_BYTES
+    server: ServerConfig, max_message_bytes: int = MAX_MESSAGE_BYTES, record: ChildRecord | None = None
 ) -> AsyncIterator[ModernLane | None]:
     """The lane to a downstream that speaks 2026-07-28, for as long as its connection lives: an HTTP one's when its
-    `server/discover` lists that version, a stdio one's to be found out on first use; None for an SSE downstream."""
+    `server/discover` lists that version, a stdio one's to be found out on first use (its children counted on
+    `record`); None for an SSE downstream."""
     if server.transport == "stdio":
-        stdio = StdioModernLane(server, max_message_bytes)
+        stdio = StdioModernLane(server, max_message_bytes, record)
         async with anyio.create_task_group() as tg:
             tg.start_soon(stdio.run, name=f"{server.name}: 2026-era lane")
             yield stdio

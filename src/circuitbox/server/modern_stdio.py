@@ -8,16 +8,21 @@ JSON-RPC over its pipes, answers matched by id. A request's progress (its token)
 reach that request's waiting task, which relays them; a pipe carries no request id on a notification, so a log
 message goes to every request in flight on the child (a shared connection's log reaches every client the same way).
 The era forbids the server to ask anything of its client: such a request is answered -32601 at once.
+
+Those children are the server's processes too: `ChildRecord` counts their restarts and deaths (a crash loop of their
+own, apart from the main connection's, which serves every handshake-era client meanwhile), holds back the next start
+for a backoff after a death, and their stderr joins the server's own last lines.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableSequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import mcp_types as types
@@ -25,6 +30,9 @@ from mcp.shared.message import SessionMessage
 
 from circuitbox.config.load import ServerConfig
 from circuitbox.server.transports import open_transport
+
+if TYPE_CHECKING:
+    from circuitbox.server.downstream import Backoff
 
 logger = logging.getLogger("circuitbox.modern_lane")
 
@@ -159,10 +167,82 @@ def _closed(server: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": None, "error": error}
 
 
+class ChildRecord:
+    """What the 2026-era children of one stdio server have done, across its connections (its Downstream keeps the
+    record; each connection's lane starts children of its own): how often one was started again, the deaths within
+    `crash_loop_window` that make a crash loop, and when the next one may start (`backoff`, as the main connection's:
+    a child that dies at once is not started again in a tight loop by the requests that keep coming)."""
+
+    def __init__(self, server: ServerConfig, backoff: Backoff, stderr_tail: MutableSequence[str] | None = None) -> None:
+        self.server = server.name
+        self._limit = server.crash_loop_restarts
+        self._window = server.crash_loop_window
+        self._backoff = backoff
+        self.stderr_tail = stderr_tail
+        """Where its stderr lines go (masked): the server's own tail, so a crash loop shows its last words."""
+        self.state: str | None = None
+        """None until a child is first started; then starting, running, restarting, crash_loop or stopped."""
+        self.restarts = 0
+        """Children started after the first."""
+        self.last_error: str | None = None
+        self._deaths: deque[float] = deque()
+        self._failures = 0  # deaths in a row of children that did not stay up for `stable_after`
+        self._began = 0.0
+        self._retry_at = -math.inf
+
+    def starting(self) -> None:
+        if self.state is not None:
+            self.restarts += 1
+        self.state, self._began = "starting", anyio.current_time()
+
+    def running(self) -> None:
+        self.state, self.last_error = "running", None
+
+    def stopped(self, why: str | None = None) -> None:
+        """No child runs and none will on this connection (it ended, or its child did not speak the era)."""
+        self.state = "stopped"
+        self.last_error = why or self.last_error
+
+    def died(self, why: str) -> None:
+        """A child's stdout ended while it was ours: a death, counted in the crash-loop window."""
+        now = anyio.current_time()
+        self._deaths.append(now)
+        while self._deaths[0] < now - self._window:
+            self._deaths.popleft()
+        stable = now - self._began - self._backoff.initial >= self._backoff.stable_after
+        self._failures = 1 if stable else self._failures + 1
+        delay = self._backoff.delay(self._failures)
+        self._retry_at = now + delay
+        self.state = "crash_loop" if len(self._deaths) >= self._limit else "restarting"
+        self.last_error = why
+        logger.warning("server %r: the child serving 2026-era requests died (%s); another may start in %.1fs",
+                       self.server, why, delay)  # fmt: skip
+        if self.state == "crash_loop":
+            logger.error(
+                "server %r: its 2026-era child is in a crash loop: %d deaths within %gs, %d restarts so far; its "
+                "stderr ended with: %s", self.server, len(self._deaths), self._window, self.restarts,
+                self.stderr_tail[-1] if self.stderr_tail else "(nothing)",
+            )  # fmt: skip
+
+    async def backoff(self) -> None:
+        """Until the next child may start: at once unless the last one died less than its backoff ago."""
+        await anyio.sleep(max(0.0, self._retry_at - anyio.current_time()))
+
+    def status(self) -> dict[str, Any] | None:
+        """What `server_status` shows of it (None before any child was started)."""
+        if self.state is None:
+            return None
+        return {"state": self.state, "restarts": self.restarts, "last_error": self.last_error}
+
+
 @asynccontextmanager
-async def open_stdio_wire(server: ServerConfig, max_message_bytes: int) -> AsyncIterator[StdioWire]:
-    """A child of `server`'s command and the wire to it, its answers read in a task; the child ends on exit."""
-    async with open_transport(server, redact=server.redact, max_message_bytes=max_message_bytes) as (read, write):
+async def open_stdio_wire(
+    server: ServerConfig, max_message_bytes: int, stderr_tail: MutableSequence[str] | None = None
+) -> AsyncIterator[StdioWire]:
+    """A child of `server`'s command and the wire to it, its answers read in a task; the child ends on exit. Its
+    stderr is logged as the server's, each line (masked) also onto `stderr_tail`."""
+    opened = open_transport(server, redact=server.redact, max_message_bytes=max_message_bytes, stderr_tail=stderr_tail)
+    async with opened as (read, write):
         wire = StdioWire(server.name, read, write)
         async with anyio.create_task_group() as tg:
             tg.start_soon(wire.run, name=f"{server.name}: 2026-era answers")

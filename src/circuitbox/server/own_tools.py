@@ -68,10 +68,20 @@ _SERVER = {
         "tools": {"type": "integer"},
         "last_error": {"type": ["string", "null"]},
         "restarts": {"type": "integer", "description": "connection attempts after the first"},
+        "modern_child": {
+            "type": "object",
+            "description": "a stdio server's child serving 2026-era requests, once one was started",
+            "properties": {
+                "state": {"enum": ["starting", "running", "restarting", "crash_loop", "stopped"]},
+                "restarts": {"type": "integer", "description": "children started after the first"},
+                "last_error": {"type": ["string", "null"]},
+            },
+        },
         "stderr_tail": {
             "type": "array",
             "items": {"type": "string"},
-            "description": "in a crash loop: the last lines of its stderr, secrets masked",
+            "description": "in a crash loop (its own or its 2026-era child's): the last lines of its stderr, secrets "
+            "masked",
         },
     },
     "required": ["server", "connection", "tools"],
@@ -266,12 +276,18 @@ async def circuit_status(proxy: ProxyView, args: dict[str, Any]) -> types.CallTo
 
 
 def crash_loop_note(server: Mapping[str, Any]) -> str:
-    """What a crash-looping server's status line adds: its restarts and the last line of its stderr."""
-    if server.get("connection") != "crash_loop":
+    """What a crash-looping server's status line adds (or one whose 2026-era child crash-loops): its restarts and
+    the last line of its stderr."""
+    child = server.get("modern_child") or {}
+    if server.get("connection") == "crash_loop":
+        looping, restarts = "crash loop", server.get("restarts", 0)
+    elif child.get("state") == "crash_loop":
+        looping, restarts = "its 2026-era child in a crash loop", child.get("restarts", 0)
+    else:
         return ""
     tail = server.get("stderr_tail") or []
     last = f"; its stderr ended with: {tail[-1]}" if tail else "; it wrote nothing to stderr"
-    return f"; crash loop: restarted {count(server.get('restarts', 0), 'time')}{last}"
+    return f"; {looping}: restarted {count(restarts, 'time')}{last}"
 
 
 def _healthy(row: dict[str, Any]) -> bool:

@@ -467,6 +467,8 @@ class Proxy:
 
     def server_status(self, name: str) -> dict[str, Any]:
         downstream = self.downstreams[name]
+        child = downstream.modern_child.status()  # its 2026-era children, once one was started
+        crash_loop = downstream.state is Connection.CRASH_LOOP or (child or {}).get("state") == "crash_loop"
         return {
             "server": name,
             "connection": downstream.state.value,
@@ -476,7 +478,8 @@ class Proxy:
             "connects": downstream.connects,
             "transport": downstream.config.transport,
             "restarts": downstream.restarts,
-            **({"stderr_tail": list(downstream.stderr_tail)} if downstream.state is Connection.CRASH_LOOP else {}),
+            **({"modern_child": child} if child is not None else {}),
+            **({"stderr_tail": list(downstream.stderr_tail)} if crash_loop else {}),
         }
 
     def audit(self, action: str, server: str, tool: str, before: str, after: str) -> None:
