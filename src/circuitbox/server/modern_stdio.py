@@ -6,7 +6,9 @@ connection was opened with `server/discover`: each request carries its own envel
 
 JSON-RPC over its pipes, answers matched by id. A request's progress (its token) and the server's log messages
 reach that request's waiting task, which relays them; a pipe carries no request id on a notification, so a log
-message goes to every request in flight on the child (a shared connection's log reaches every client the same way).
+message goes to every request in flight on the child (a shared connection's log reaches every client the same way):
+2026-07-28 has no key that relates a notification to its request, its stdio transport correlating only those of a
+subscription (`io.modelcontextprotocol/subscriptionId`, the one key of a notification's `_meta` in its schema).
 The era forbids the server to ask anything of its client: such a request is answered -32601 at once.
 
 Those children are the server's processes too: `ChildRecord` counts their restarts and deaths (a crash loop of their
