@@ -1,6 +1,7 @@
 """`circuitbox serve` over stdio answers initialize only after its imports: what the stdio path never uses (TOML,
 the config error hints, the HTTP front end, the status page, the dashboard and alert rules) must stay unimported,
-or every agent's start pays for it (the proxy issue's initialize goal)."""
+and prometheus_client too until something is scraped (its registry is made then), or every agent's start pays for
+it (the proxy issue's initialize goal)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ NOT_ON_THE_STDIO_PATH = (
     "circuitbox.observability._asgi_server",
     "circuitbox.server.http_lane",
     "circuitbox.server.http_sessions",
+    "prometheus_client",
 )
 
 # Runs serve as the console script does; the modules loaded are read when it has ended (a superset of those loaded

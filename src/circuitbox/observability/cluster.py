@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Gauge
+from typing import TYPE_CHECKING
 
 from circuitbox.cluster import ClusterStore
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 
 def bind_cluster_gauges(registry: CollectorRegistry, store: ClusterStore) -> None:
     """`circuitbox_cluster_connected` (1 / 0) and `circuitbox_cluster_replicas`, read from `store` at scrape."""
+    from prometheus_client import Gauge  # a registry exists, so prometheus_client is loaded already
+
     connected = Gauge(
         "circuitbox_cluster_connected",
         "1 while this replica shares breaker state through the cluster's Redis, 0 while it goes on alone",

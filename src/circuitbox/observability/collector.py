@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
-
-from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Any
 
 from circuitbox.breakers import (
     BreakerEvent,
@@ -32,8 +28,11 @@ from circuitbox.breakers import (
     StateTransition,
 )
 
-from ._families import Families
 from ._series import Series, failure_type
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
 
 # States in which the circuit does not pass calls normally: the "open for too long" clock runs through them.
 _UNAVAILABLE = frozenset({"open", "forced_open", "half_open"})
@@ -43,17 +42,23 @@ FORGOTTEN_CAP = 4096
 """Names of forgotten breakers kept to ignore their late events; tools come and go, so the set is capped."""
 
 
-class MetricsCollector(Collector):
+class MetricsCollector:
     """All circuit_breaker_* families for the breakers it hears about, registered on `registry`.
 
     Feed it with `attach(breaker_registry_or_breaker)` (or `add_listener(collector.on_event)` yourself,
     which gives everything but the health gauge). Label a breaker with `bind(name, server=..., tool=...)`;
     an unbound breaker named X is `server="X", tool=""`. `forget(name)` drops every series of a breaker
     that is gone.
+
+    Without a `registry`, one of its own is made when first asked for (the first scrape): counting needs no
+    prometheus_client, and importing it is a good part of a stdio proxy's start.
     """
 
-    def __init__(self, registry: CollectorRegistry, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.registry = registry
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._registry = registry
+        self._on_registry: list[Callable[[CollectorRegistry], object]] = []
         self._clock = clock
         self._series: dict[str, Series] = {}
         self._bindings: dict[str, tuple[str, str]] = {}
@@ -62,7 +67,27 @@ class MetricsCollector(Collector):
         self._forgotten: dict[str, None] = {}  # an ordered set, capped at FORGOTTEN_CAP (oldest dropped)
         self._registries: list[BreakerRegistry] = []
         self._breakers: dict[str, CircuitBreaker] = {}
-        registry.register(self)
+        if registry is not None:
+            registry.register(self)
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The Prometheus registry it is on (made, with prometheus_client imported, on first use)."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+
+            self._registry = CollectorRegistry()
+            self._registry.register(self)
+            for register in self._on_registry:
+                register(self._registry)
+        return self._registry
+
+    def on_registry(self, register: Callable[[CollectorRegistry], object]) -> None:
+        """Put other collectors on the same registry: `register(registry)` once it exists (at once if it does)."""
+        if self._registry is None:
+            self._on_registry.append(register)
+        else:
+            register(self._registry)
 
     # -- feeding --
 
@@ -196,9 +221,13 @@ class MetricsCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         # Family names without samples: lets the registry refuse a second collector with the same names.
+        from ._families import Families  # prometheus_client's families: once a registry exists, not before
+
         yield from Families()
 
     def collect(self) -> Iterator[Metric]:
+        from ._families import Families
+
         families = Families()
         now = self._clock()
         for name, s in list(self._series.items()):

@@ -7,16 +7,17 @@ this collector only turns them into families when scraped, so the hot path pays 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 # (server, tool, calls in flight, {reason: refusals}) for every (server, tool) the proxy guards.
 LimitRows = Callable[[], Iterable[tuple[str, str, int, Mapping[str, int]]]]
 
 
-class LimitsCollector(Collector):
+class LimitsCollector:
     """The two limit families for the rows `source` gives, registered on `registry`."""
 
     def __init__(self, registry: CollectorRegistry, source: LimitRows) -> None:
@@ -24,6 +25,9 @@ class LimitsCollector(Collector):
         registry.register(self)
 
     def _families(self) -> tuple[GaugeMetricFamily, CounterMetricFamily]:
+        # Here, not at the top: this module is imported by every proxy, prometheus_client only once it is scraped.
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
         return (
             GaugeMetricFamily(
                 "circuit_breaker_inflight",

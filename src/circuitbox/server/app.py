@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
 import anyio.abc
-from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
@@ -41,7 +40,7 @@ def build_proxy(config: ProxyConfig, *, metrics: bool = True, **kwargs: Any) -> 
         store.on_configure = lambda server, pattern, settings: _configure_here(proxy, server, pattern, settings)
         proxy.registry.set_store(store)
         if collector is not None:
-            bind_cluster_gauges(collector.registry, store)
+            collector.on_registry(lambda registry: bind_cluster_gauges(registry, store))
     return proxy, collector
 
 
@@ -55,7 +54,7 @@ def _build_proxy(config: ProxyConfig, *, metrics: bool, **kwargs: Any) -> tuple[
         proxy = Proxy(config, **kwargs)
         proxy.registry.add_listener(TransitionLogger(proxy.guard.labels_for))
         return proxy, None
-    collector = MetricsCollector(CollectorRegistry())
+    collector = MetricsCollector()  # its registry (and prometheus_client) made on the first scrape, not at start
     proxy = Proxy(
         config,
         on_new_breaker=lambda breaker, server, tool: collector.bind(breaker.name, server=server, tool=tool),
@@ -66,9 +65,11 @@ def _build_proxy(config: ProxyConfig, *, metrics: bool, **kwargs: Any) -> tuple[
     )
     collector.attach(proxy.registry)
     guard = proxy.guard
-    LimitsCollector(
-        collector.registry, lambda: [(s, t, lim.inflight, lim.limited) for s, t, lim in guard.limit_stats()]
-    )
+
+    def limit_rows() -> list[tuple[str, str, int, Mapping[str, int]]]:
+        return [(s, t, lim.inflight, lim.limited) for s, t, lim in guard.limit_stats()]
+
+    collector.on_registry(lambda registry: LimitsCollector(registry, limit_rows))
     proxy.registry.add_listener(TransitionLogger(proxy.guard.labels_for))
     return proxy, collector
 
@@ -84,16 +85,31 @@ def _lifespan_of(inner: Starlette) -> Callable[[Starlette], AbstractAsyncContext
     return lifespan
 
 
+class _FirstScrape:
+    """/metrics: the collector's registry, made (prometheus_client imported) when first scraped, not when the
+    routes are: stdio mode's metrics port opens beside the proxy's start."""
+
+    def __init__(self, collector: MetricsCollector) -> None:
+        self._collector = collector
+        self._app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if self._app is None:
+            from circuitbox.observability.http import metrics_app
+
+            self._app = metrics_app(self._collector.registry)
+        await self._app(scope, receive, send)
+
+
 def observability_routes(proxy: Proxy, collector: MetricsCollector | None) -> list[Route | Mount]:
     """/metrics (when metrics are collected) and the status routes: the same on the HTTP listener and on stdio
     mode's metrics port."""
-    from circuitbox.observability.http import metrics_app
     from circuitbox.observability.status_page import PATHS as STATUS_PATHS
     from circuitbox.observability.status_page import StatusApp
 
     routes: list[Route | Mount] = []
     if collector is not None:
-        routes.append(Route("/metrics", metrics_app(collector.registry)))
+        routes.append(Route("/metrics", _FirstScrape(collector)))
     status = StatusApp(proxy)
     routes += [Route(path, status) for path in STATUS_PATHS]  # StatusApp answers 405 itself
     return routes
