@@ -211,13 +211,13 @@ class ChildRecord:
         self._deaths.append(now)
         while self._deaths[0] < now - self._window:
             self._deaths.popleft()
-        stable = now - self._began - self._backoff.initial >= self._backoff.stable_after
+        stable = now - self._began >= self._backoff.stable_after  # it had been up long enough: a fresh start
         self._failures = 1 if stable else self._failures + 1
         delay = self._backoff.delay(self._failures)
         self._retry_at = now + delay
         self.state = "crash_loop" if len(self._deaths) >= self._limit else "restarting"
         self.last_error = why
-        logger.warning("server %r: the child serving 2026-era requests died (%s); another may start in %.1fs",
+        logger.warning("server %r: the child serving 2026-era requests died (%s); a next one waits %.1fs",
                        self.server, why, delay)  # fmt: skip
         if self.state == "crash_loop":
             logger.error(
