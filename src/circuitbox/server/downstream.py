@@ -155,8 +155,7 @@ class Downstream:
         self._relayed = anyio.Event()
         self._closed = anyio.Event()
         self.in_flight = 0
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._idle: anyio.Event | None = None  # made only when someone waits for in_flight to reach 0
         self.restarts = 0
         """Connection attempts after the first (each one a restart of a stdio server's process)."""
         self._deaths: deque[float] = deque()  # when a stdio connection ended, within crash_loop_window
@@ -462,7 +461,6 @@ class Downstream:
         session = self.connected_session()
         direct = self._direct
         self.in_flight += 1
-        self._idle = anyio.Event() if self.in_flight == 1 else self._idle
         try:
             if direct is not None and isinstance(request, types.CallToolRequest) and not traces.active():
                 params = request.params.model_dump(by_alias=True, mode="json", exclude_none=True)
@@ -472,9 +470,7 @@ class Downstream:
                 return result_type.model_validate(raw, by_name=False)
             return await session.send_request(request, result_type, progress_callback=progress)
         finally:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self._idle.set()
+            self._ended()
 
     def direct_path(self) -> DirectCalls | HttpCalls | None:
         """Where a `tools/call` of the request being served goes past the SDK's session (`call_direct`), or None
@@ -493,16 +489,13 @@ class Downstream:
             mcp.MCPError: the downstream answered with an error or the connection closed.
         """
         self.in_flight += 1
-        self._idle = anyio.Event() if self.in_flight == 1 else self._idle
         try:
             raw = await direct.call(params, progress)
             if self._notes_relayed < self._notes_queued:
                 await self._after_notes()
             return raw
         finally:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self._idle.set()
+            self._ended()
 
     async def request_unvalidated(
         self, data: dict[str, Any], progress: ProgressCallback | None = None
@@ -515,13 +508,10 @@ class Downstream:
         """
         session = self.connected_session()
         self.in_flight += 1
-        self._idle = anyio.Event() if self.in_flight == 1 else self._idle
         try:
             return await send_unvalidated(session, data, progress)
         finally:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self._idle.set()
+            self._ended()
 
     async def request_or_input(
         self, request: Any, result_type: type[T], progress: ProgressCallback | None = None
@@ -538,16 +528,13 @@ class Downstream:
             return await self.request(request, result_type, progress)
         self.connected_session()
         self.in_flight += 1
-        self._idle = anyio.Event() if self.in_flight == 1 else self._idle
         try:
             if not await lane.available():
                 return await self.request(request, result_type, progress)
             log = None if client.log is None else partial(client.log, self.config.namespace)
             return await lane.request(request, result_type, progress, client, self._input_schema(request), log)
         finally:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self._idle.set()
+            self._ended()
 
     async def speaks_modern(self) -> bool:
         """Whether a 2026-era client's requests reach this server in its own era (a stdio server's first such request
@@ -567,7 +554,17 @@ class Downstream:
 
     async def wait_idle(self) -> None:
         """Until no request is in flight (used to retire a downstream replaced by a reload without dropping calls)."""
-        await self._idle.wait()
+        if self.in_flight:
+            if self._idle is None:
+                self._idle = anyio.Event()
+            await self._idle.wait()
+
+    def _ended(self) -> None:
+        """A request has ended: the last one in flight wakes `wait_idle`."""
+        self.in_flight -= 1
+        if not self.in_flight and self._idle is not None:
+            self._idle.set()
+            self._idle = None
 
 
 async def paginate(session: ClientSession, request_type: Any, result_type: Any, attr: str) -> tuple[Any, ...]:

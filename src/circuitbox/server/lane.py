@@ -135,8 +135,7 @@ class Lane(_ReadStreamWrapper):
         self._version: str | None = None  # negotiated, once the client has initialized
         self._requested: str | None = None
         self._calls: dict[str, _Call] = {}
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._idle: anyio.Event | None = None  # made when the client's input ends with calls still running
         self.taken = 0  # calls answered here (for tests and benchmarks)
 
     async def receive(self) -> Any:
@@ -202,7 +201,7 @@ class Lane(_ReadStreamWrapper):
             return False
         name, arguments, meta = taken
         proxy = self._proxy
-        if not published(proxy, name) or len(proxy.clients.connections()) != 1:
+        if not published(proxy, name) or proxy.clients.count() != 1:
             return False
         token = meta.get("progressToken") if meta else None
         if token is not None and type(token) not in (str, int):  # the SDK's validation answers that
@@ -221,7 +220,6 @@ class Lane(_ReadStreamWrapper):
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return True  # the agent has gone: nobody to answer
         call = self._calls[key] = _Call()
-        self._idle = anyio.Event() if len(self._calls) == 1 else self._idle
         self._tg.start_soon(self._serve, request_id, key, call, name, arguments, meta, token, answer)
         return True
 
@@ -272,7 +270,7 @@ class Lane(_ReadStreamWrapper):
                     await self._write.send(SessionMessage(answer))
         finally:
             del self._calls[key]
-            if not self._calls:
+            if not self._calls and self._idle is not None:
                 self._idle.set()
 
     def _written(self, answer: types.JSONRPCResponse | types.JSONRPCError) -> bool:
@@ -303,8 +301,10 @@ class Lane(_ReadStreamWrapper):
         error answers written before the server, seeing the end, closes the write stream."""
         for call in self._calls.values():
             call.scope.cancel()
-        with anyio.move_on_after(CLOSING_WRITE_LIMIT):
-            await self._idle.wait()
+        if self._calls:
+            self._idle = anyio.Event()
+            with anyio.move_on_after(CLOSING_WRITE_LIMIT):
+                await self._idle.wait()
 
 
 @asynccontextmanager
