@@ -10,7 +10,9 @@ circuitbox owns this transport rather than using the SDK's `stdio_client` for wh
 
 The streams it yields are the ones the SDK's `ClientSession` takes: `SessionMessage`s in both directions. Neither
 costs a call a task switch of its own: `ChildInput` writes a request to the child's stdin from the task that sends
-it, and the reader hands each parsed message to `ChildOutput.intercept` (DirectCalls' answers) before the stream.
+it (`send_data`: a request as JSON-RPC has it, with no typed message), and the reader offers each raw line to
+`ChildOutput.intercept_line`, then each parsed message to `ChildOutput.intercept` (DirectCalls' answers and log
+messages), before the stream.
 """
 
 from __future__ import annotations
