@@ -10,8 +10,8 @@ Python MCP proxy pays. Rounds are interleaved (each round runs every contender o
 figure is a median over rounds, so a noisy neighbour hurts all contenders alike; ratios are ratios of medians.
 
 Measured, as the proxy issue lists them:
-- stdio: sequential echo latency and the latency each proxy adds to direct, sequential throughput, throughput with
-  8 and 64 calls in flight;
+- stdio: sequential echo latency and the latency each proxy adds to direct, the proxy process's own CPU time per
+  sequential call, sequential throughput, throughput with 8 and 64 calls in flight;
 - tools/list of 1,000 downstream tools;
 - initialize: from spawning the process to its initialize answer (and, for circuitbox, to its first tools/list,
   which waits for the downstream), vs a direct server's start;
@@ -198,14 +198,23 @@ async def bench_stdio(
             ("baseline, metrics off", circuitbox_command(config, "--no-metrics"), baseline),
         ]
     rows: dict[str, dict[str, list[float]]] = {name: {} for name, _, _ in contenders}
+    sessions: dict[str, ClientSession] = {}
+    middle: dict[str, int] = {}  # the proxy process of each contender that has one (our child; direct's is the server)
     async with AsyncExitStack() as stack:
-        sessions = {name: await stack.enter_async_context(connect(cmd, src)) for name, cmd, src in contenders}
+        for name, cmd, src in contenders:
+            before = _children()
+            sessions[name] = await stack.enter_async_context(connect(cmd, src))
+            if name != "direct":
+                (middle[name],) = _children() - before
         for session in sessions.values():  # warm-up: imports, caches, the first breaker
             await sequential(session, "echo", 20)
         for r in range(rounds):
             for name, _, _ in rotate(contenders, r):
                 session, row = sessions[name], rows[name]
+                used = _cpu_seconds(middle[name]) if name in middle else 0.0
                 latency, rate = await sequential(session, "echo", calls)
+                if name in middle:  # what the proxy itself spends on a call: a figure the machine's noise barely moves
+                    row.setdefault("cpu", []).append((_cpu_seconds(middle[name]) - used) / calls)
                 row.setdefault("latency", []).append(latency)
                 row.setdefault("sequential", []).append(rate)
                 for n in (8, 64):
@@ -646,15 +655,16 @@ def report(data: dict[str, Any]) -> str:
         bare_added = bare["latency"] - direct["latency"]
         lines += [
             "",
-            "| stdio | echo latency (ms) | added (ms) | vs bare's added | sequential calls/s | vs direct "
-            "| 8 in flight | vs direct | 64 in flight | vs direct |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| stdio | echo latency (ms) | added (ms) | vs bare's added | proxy CPU/call (us) | sequential calls/s "
+            "| vs direct | 8 in flight | vs direct | 64 in flight | vs direct |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, row in res.items():
             added = row["latency"] - direct["latency"]
+            cpu = f"{row['cpu'] * 1e6:.0f}" if "cpu" in row else ""
             lines.append(
                 f"| {name} | {row['latency'] * 1e3:.2f} | {added * 1e3:+.2f} | "
-                f"{(added / bare_added if bare_added > 0 else float('nan')):.2f}x | "
+                f"{(added / bare_added if bare_added > 0 else float('nan')):.2f}x | {cpu} | "
                 f"{row['sequential']:.0f} | {row['sequential'] / direct['sequential']:.2f}x | "
                 f"{row['tput8']:.0f} | {row['tput8'] / direct['tput8']:.2f}x | "
                 f"{row['tput64']:.0f} | {row['tput64'] / direct['tput64']:.2f}x |"

@@ -3,6 +3,7 @@ transport; the downstream's side is driven by hand so every message is visible).
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,10 +12,16 @@ import anyio
 import mcp_types as types
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mcp import MCPError
 from mcp.shared.message import SessionMessage
+from mcp_types.methods import serialize_server_result
+from pydantic import ValidationError
 
-from circuitbox.server.direct_calls import DirectCalls
+from circuitbox.server.direct_calls import DirectCalls, plain_result
+from circuitbox.server.guard import wire_params
+from circuitbox.server.lane import WIRE_VERSIONS
 
 pytestmark = pytest.mark.anyio
 
@@ -308,3 +315,164 @@ async def test_an_answer_behind_its_call_s_progress_note_waits_until_the_note_is
         tg.cancel_scope.cancel()
     assert events == ["progress 1", "answered"]
     assert passed == []  # both were ours
+
+
+# -- the wire form: answers taken as raw lines, results judged as the SDK's round trip would give them ------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+ODD = st.none() | st.booleans() | st.integers() | st.text(max_size=3) | st.lists(JSON, max_size=2)
+TEXT_ITEM = st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "text", "image"]), "text": st.text(max_size=8) | ODD},
+    optional={
+        "_meta": st.dictionaries(st.text(max_size=5), JSON, max_size=2) | ODD,
+        "annotations": st.just({"priority": 0.5}),
+        "mimeType": st.just("text/plain"),
+    },
+)
+RESULT = st.fixed_dictionaries(
+    {"content": st.lists(TEXT_ITEM | ODD, max_size=3) | ODD},
+    optional={
+        "isError": st.booleans() | ODD,
+        "structuredContent": st.dictionaries(st.text(max_size=5), JSON, max_size=3) | ODD,
+        "_meta": st.dictionaries(st.text(max_size=5), JSON, max_size=2) | ODD,
+        "resultType": st.just("complete"),
+        "extra": JSON,
+    },
+)
+
+
+def sdk_round_trip(raw: dict[str, Any], version: str) -> str | None:
+    """What the SDK's server sends a handshake-era client for `raw` (the JSON text, key order and all), or None
+    when the typed path refuses it."""
+    try:
+        result = types.CallToolResult.model_validate(raw, by_name=False)
+    except ValidationError:
+        return None
+    data = serialize_server_result(
+        "tools/call", version, result.model_dump(by_alias=True, mode="json", exclude_none=True)
+    )
+    return json.dumps(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(RESULT)
+def test_a_plain_result_is_exactly_the_sdk_s_round_trip_of_it_in_every_handshake_era_version(
+    raw: dict[str, Any],
+) -> None:
+    plain = plain_result(raw)
+    if plain is None:
+        return
+    assert plain["isError"] is False  # only successes are plain
+    for version in WIRE_VERSIONS:
+        assert json.dumps(plain) == sdk_round_trip(raw, version)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {
+            "content": [{"type": "text", "text": "hi"}],
+            "structuredContent": {"a": None, "b": [1, 2.5]},
+            "isError": False,
+        },
+        {"content": [], "_meta": {"x": {"y": None}}},
+        {"isError": False, "content": [{"text": "é", "type": "text", "_meta": {"k": 1}}, {"type": "text", "text": ""}]},
+    ],
+)
+def test_common_successes_are_plain(raw: dict[str, Any]) -> None:
+    plain = plain_result(raw)
+    assert plain is not None
+    assert all(json.dumps(plain) == sdk_round_trip(raw, version) for version in WIRE_VERSIONS)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"content": [{"type": "text", "text": "down"}], "isError": True},  # classified by the guard, typed
+        {"content": [{"type": "image", "data": "AA==", "mimeType": "image/png"}]},
+        {"content": [{"type": "text", "text": "x", "annotations": {"priority": 1}}]},
+        {"content": [{"type": "text", "text": "x"}], "structuredContent": None},
+        {"content": [{"type": "text", "text": "x"}], "isError": 0},
+        {"content": [], "resultType": "complete"},
+        {"structuredContent": {}},
+    ],
+)
+def test_anything_else_takes_the_typed_path(raw: dict[str, Any]) -> None:
+    assert plain_result(raw) is None
+
+
+@pytest.mark.parametrize(
+    ("arguments", "meta"),
+    [
+        (None, None),
+        ({"a": None, "b": {"c": None}, "é": [1, 2.5]}, None),
+        ({}, {"traceparent": "00-ab-cd-01", "x": {"y": None}}),
+        (None, {"k": [None]}),
+    ],
+)
+def test_wire_params_are_the_typed_request_s_params_as_the_downstream_path_dumps_them(
+    arguments: dict[str, Any] | None, meta: dict[str, Any] | None
+) -> None:
+    typed = types.CallToolRequestParams(name="t", arguments=arguments, _meta=meta)
+    dumped = typed.model_dump(by_alias=True, mode="json", exclude_none=True)
+    assert json.dumps(wire_params("t", arguments, meta)) == json.dumps(dumped)
+
+
+def test_a_meta_with_a_none_the_typed_dump_would_drop_takes_the_typed_path() -> None:
+    assert wire_params("t", {}, {"k": None}) is None
+
+
+async def test_a_raw_answer_line_of_the_common_shape_completes_its_call_without_a_typed_message() -> None:
+    outcome: list[Any] = []
+
+    async def call(calls: DirectCalls) -> None:
+        outcome.append(await calls.call({"name": "echo"}))
+
+    async with hooked() as (calls, _say, sent, _passed), anyio.create_task_group() as tg:
+        tg.start_soon(call, calls)
+        with anyio.fail_after(10):
+            request_id = (await sent.receive()).message.id
+            others = [
+                {"jsonrpc": "2.0", "id": request_id, "error": {"code": -32603, "message": "no"}},
+                {"jsonrpc": "2.0", "id": request_id, "result": {}, "extra": 1},
+                {"jsonrpc": "1.0", "id": request_id, "result": {}},
+                {"jsonrpc": "2.0", "id": request_id, "result": []},
+                {"jsonrpc": "2.0", "id": "cb-999", "result": {}},
+                {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": request_id}},
+            ]
+            for other in others:  # the reader parses these into typed messages, as before
+                assert not calls.intercept_line(json.dumps(other).encode())
+            assert not calls.intercept_line(b'{"jsonrpc": "2.0", "id": "cb-1", "result": {')  # not JSON
+            answer = {"jsonrpc": "2.0", "id": request_id, "result": {"content": [], "x": None}}
+            assert calls.intercept_line(json.dumps(answer).encode())
+    assert outcome == [{"content": [], "x": None}]
+
+
+async def test_a_raw_answer_behind_its_call_s_progress_note_is_left_to_the_typed_path() -> None:
+    async with hooked() as (calls, say, sent, _passed), anyio.create_task_group() as tg:
+        tg.start_soon(calls.call, {"name": "slow"})
+        with anyio.fail_after(10):
+            request_id = (await sent.receive()).message.id
+            note = {"progressToken": request_id, "progress": 1}
+            tg.start_soon(say, {"jsonrpc": "2.0", "method": "notifications/progress", "params": note})
+            await anyio.wait_all_tasks_blocked()  # the note waits on the session's path
+            answer = {"jsonrpc": "2.0", "id": request_id, "result": {"content": []}}
+            assert not calls.intercept_line(json.dumps(answer).encode())
+        tg.cancel_scope.cancel()
+
+
+async def test_a_log_message_goes_to_on_log_in_the_reader_s_task_and_an_invalid_one_to_the_session() -> None:
+    logged: list[Any] = []
+    async with hooked() as (calls, say, _sent, _passed):
+        calls.on_log = logged.append
+        await say({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "x"}})
+        assert [note.params.data for note in logged] == ["x"]
+        assert not calls.intercept(
+            types.jsonrpc_message_adapter.validate_python(
+                {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "loud", "data": "x"}}
+            )
+        )

@@ -16,8 +16,10 @@ import pytest
 from mcp.shared.message import SessionMessage
 
 from circuitbox.config.load import parse_config
+from circuitbox.server import guard as guard_module
 from circuitbox.server import lane as lane_module
 from circuitbox.server.app import build_proxy
+from circuitbox.server.direct_calls import plain_result
 from circuitbox.server.lane import Lane, fast_lane
 from circuitbox.server.proxy import Proxy
 from tests.proxy.harness import chaos
@@ -276,3 +278,28 @@ async def test_the_lane_passes_the_call_s_meta_keys_on_to_the_downstream_but_the
         seen = json.loads(answer["result"]["content"][0]["text"])
         assert {k: v for k, v in seen.items() if k != "progress_token"} == meta
         assert seen["progress_token"] != "p"  # the downstream hop has a token of its own
+
+
+async def test_a_call_whose_policy_may_retry_or_fall_back_keeps_the_typed_path_in_the_lane(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    judged: list[Any] = []
+
+    def spy(raw: dict[str, Any]) -> Any:
+        judged.append(raw)
+        return plain_result(raw)
+
+    monkeypatch.setattr(guard_module, "plain_result", spy)
+    server = {
+        **chaos("echo=healthy", "kept=healthy"),
+        "tools": {"kept": {"idempotent": True, "retry": {"attempts": 2}}},
+    }
+    async with lane_proxy(server=server) as wire:
+        await wire.handshake()
+        kept = await wire.call(1, "kept", {"message": "typed"})
+        assert wire.taken == 1 and judged == []  # taken by the lane, answered from the typed result
+        plain = await wire.call(2, "echo", {"message": "wire"})
+        assert wire.taken == 2 and len(judged) == 1  # the plain one in wire form
+    assert kept["result"]["structuredContent"]["arguments"] == {"message": "typed"}
+    assert plain["result"]["structuredContent"]["arguments"] == {"message": "wire"}
+    assert kept["result"]["content"] == [{"type": "text", "text": "typed"}]

@@ -12,10 +12,12 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
+import trio
+import trio.testing
 
 from circuitbox.config.load import ProxyConfig, parse_config
 from circuitbox.server import stdio_child
-from circuitbox.server.downstream import Connection, Downstream, DownstreamUnavailableError
+from circuitbox.server.downstream import NOTE_ORDER_WAIT, Connection, Downstream, DownstreamUnavailableError
 from circuitbox.server.guard import SERVER_META_KEY, Guard
 from circuitbox.server.proxy import Proxy
 from circuitbox.server.shutdown import Drain
@@ -185,3 +187,35 @@ def test_every_policy_and_outcome_kind_is_classified() -> None:
     assert kind(types.CONNECTION_CLOSED) == (Verdict.FAILURE, "transport")
     assert kind(types.REQUEST_TIMEOUT) == (Verdict.FAILURE, "timeout")
     assert kind(types.INTERNAL_ERROR) == (Verdict.FAILURE, "protocol")
+
+
+def test_an_answer_waits_for_the_log_messages_ahead_of_it_to_be_relayed_but_never_past_its_bound() -> None:
+    downstream = Proxy(cfg({"d": {"command": "unused"}})).downstreams["d"]
+    relayed: list[tuple[str, float]] = []
+
+    async def relay(_: Downstream, note: Any) -> None:
+        if note.params.data == "stuck":
+            await trio.sleep_forever()  # a client that stopped reading
+        await trio.sleep(0.25)
+        relayed.append((note.params.data, trio.current_time()))
+
+    def log(data: str) -> None:
+        params = types.LoggingMessageNotificationParams(level="info", data=data)
+        downstream._log_in_order(types.LoggingMessageNotification(params=params))
+
+    async def main() -> list[float]:
+        waited = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(downstream._relay_loop, relay)
+            for data in ("first", "stuck"):
+                log(data)  # read off the child before the answer
+                began = trio.current_time()
+                await downstream._after_notes()  # what the answer's call does before it returns
+                waited.append(trio.current_time() - began)
+            nursery.cancel_scope.cancel()
+        return waited
+
+    downstream._on_notification = relay
+    waited = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert relayed == [("first", 0.25)]
+    assert waited == [0.25, NOTE_ORDER_WAIT]  # after the note; at most the bound behind a stuck one

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +22,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from circuitbox.breakers import CircuitState, Rejection
 from circuitbox.config.load import parse_config
+from circuitbox.server import lane as lane_module
 from circuitbox.server._pipes import PipeWriter, TappedStream, pipe_streams
 from circuitbox.server._streams import AnswerMalformed
 from circuitbox.server.app import build_proxy
@@ -216,15 +218,17 @@ async def test_a_refusal_the_pipe_cannot_take_at_once_is_written_by_a_task_with_
 async def test_a_lane_that_fails_on_a_message_leaves_it_to_the_sdk_s_server(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(self: TappedStream, item: SessionMessage) -> bool:
+    def broken(self: TappedStream, item: SessionMessage | bytes) -> bool:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(Lane, "intercept", broken)
+    monkeypatch.setattr(Lane, "intercept_line", broken)  # the raw line's hook fails: the parsed message's is offered
+    monkeypatch.setattr(Lane, "intercept", broken)  # which fails too: the server answers
     async with piped_proxy(monkeypatch, "echo=healthy") as pipes:
         await pipes.handshake()
         answer = await pipes.call(1, "echo", {"message": "still"})
         assert answer["result"]["structuredContent"]["arguments"]["message"] == "still"
         assert "tools/call" in _methods(pipes.received)  # it went on to the server's side
+        assert "the fast lane failed on a line" in caplog.text
         assert "the fast lane failed on a message" in caplog.text
 
 
@@ -260,3 +264,66 @@ def test_the_refusal_on_the_wire_is_the_sdk_s_dump_of_the_guard_s_rejection_resu
         "tools/call", version, model.model_dump(by_alias=True, mode="json", exclude_none=True)
     )
     assert rejection_wire("d", "boom", "d__boom", rejection) == dumped
+
+
+async def test_log_messages_a_child_writes_before_its_answer_reach_the_client_before_that_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with piped_proxy(monkeypatch, "noisy=flood:5:10") as pipes:
+        await pipes.handshake()
+        for n in range(1, 6):  # each call: five notifications/message, then the answer, from the child in that order
+            pipes.write({"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": {"name": "noisy"}})
+            seen: list[str] = []
+            with anyio.fail_after(60):
+                while not seen or seen[-1] != "answer":
+                    data = json.loads(await pipes._in.readline())
+                    seen.append("answer" if data.get("id") == n else data.get("method", "?"))
+            assert seen == ["notifications/message"] * 5 + ["answer"], f"call {n}: {seen}"
+
+
+ODD_CALLS = [
+    b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "hi"}}}',
+    json.dumps({"jsonrpc": "2.0", "id": "s-2", "method": "tools/call", "params": {
+        "name": "echo", "arguments": {"n": None, "\u00e9": [1, 2.5, {"x": None}], "big": 2**70}, "_meta": {"k": "v"}}},
+        ensure_ascii=False).encode(),
+    b'{"id": 3, "method": "tools/call", "params": {"name": "echo", "arguments": {}}, "jsonrpc": "2.0"}',
+    b'{"jsonrpc": "2.0", "id": 4.0, "method": "tools/call", "params": {"name": "echo", "arguments": {}}}',
+    b'{"jsonrpc": "2.0", "id": true, "method": "tools/call", "params": {"name": "echo", "arguments": {}}}',
+    b'{"jsonrpc": "1.0", "id": 6, "method": "tools/call", "params": {"name": "echo", "arguments": {}}}',
+    b'{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "echo", "arguments": {}}, "x": 1}',
+    b'{"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": ["echo"]}',
+    b'{"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "boom", "arguments": {}}}',
+    b'{"jsonrpc": "2.0", "id": 10, "method": "tools/call", "params": {"name": "nope", "arguments": {}}}',
+    b'{"jsonrpc": "2.0", "id": 1180591620717411303424, "method": "tools/call", "params": {"name": "echo"}}',
+    b'{"jsonrpc": "2.0", "id": 12, "method": "tools/call", "params": {"name": "echo", "arguments": {}, "x": 1}}',
+]  # fmt: skip
+
+
+async def _answer_lines(pipes: Pipes) -> list[str]:
+    """The answer line to each of `ODD_CALLS`, as written (the echo's call counter aside)."""
+    lines = []
+    for line in ODD_CALLS:
+        pipes._out.write(line + b"\n")
+        with anyio.fail_after(60):
+            while True:
+                raw = await pipes._in.readline()
+                if b'"id"' in raw:
+                    break
+        lines.append(re.sub(rb'"call": ?\d+', b'"call":N', raw).decode())
+    return lines
+
+
+async def test_calls_in_wire_form_are_answered_byte_for_byte_as_on_the_typed_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with piped_proxy(monkeypatch, "echo=healthy", "boom=error") as pipes:
+        await pipes.handshake()
+        wire = await _answer_lines(pipes)
+        assert pipes.lane is not None and pipes.lane.taken >= 4
+    monkeypatch.setattr(Lane, "intercept_line", lambda self, line: False)
+    monkeypatch.setattr(lane_module, "WIRE_VERSIONS", ())
+    async with piped_proxy(monkeypatch, "echo=healthy", "boom=error") as pipes:
+        await pipes.handshake()
+        typed = await _answer_lines(pipes)
+    assert wire == typed
+    assert '"result":{"content":[{"text":"hi","type":"text"}],"isError":false,' in wire[0]

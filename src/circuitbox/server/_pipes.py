@@ -133,6 +133,18 @@ class TappedStream(_ReadStreamWrapper):
     task saved per call is a task switch saved, the largest cost of a call after the pipe writes themselves."""
 
     intercept: Callable[[SessionMessage], bool] | None = None
+    intercept_line: Callable[[bytes], bool] | None = None  # the same for a raw line, before it is parsed
+
+    def offer_line(self, line: bytes) -> bool:
+        """Whether `intercept_line` took `line` (then it is never parsed into a typed message); as `offer`."""
+        intercept = self.intercept_line
+        if intercept is None:
+            return False
+        try:
+            return intercept(line)
+        except Exception:
+            logger.exception("stdio: the fast lane failed on a line; the server answers it")
+            return False
 
     def offer(self, item: SessionMessage | Exception) -> bool:
         """Whether `intercept` took `item`. Its failure is logged and the message goes to the server as usual."""
@@ -193,7 +205,7 @@ async def _read_lines(
             if skipping:  # the end of the line that was too long
                 skipping = False
                 item: SessionMessage | Exception = judge_oversized(head, (tail + line.rstrip(b"\r\n"))[-_KEEP:], limit)
-            elif not line.strip():
+            elif not line.strip() or (tap is not None and tap.offer_line(line)):
                 continue
             else:
                 item = parse_line(line)  # a malformed line is handed on as its refusal: AnswerMalformed answers it

@@ -50,6 +50,7 @@ ProgressCallback = ProgressFnT
 
 
 NOTE_BUFFER = 1000  # notifications of one downstream waiting for their relay; past it they are dropped, counted
+NOTE_ORDER_WAIT = 1.0  # how long an answer may wait for the notes its server wrote before it to be relayed
 DOWN_AFTER = 5  # consecutive failed connection attempts before a server is reported "down" rather than "restarting"
 STDERR_TAIL = 20  # stderr lines of a stdio server kept for circuit_status (its last words when it crash-loops)
 
@@ -150,10 +151,12 @@ class Downstream:
         self._notes: deque[types.ServerNotification] = deque()
         self._noted = anyio.Event()
         self._notes_dropped = BurstLog()
+        # Notes queued so far and, of those, relayed: a call's answer waits for the notes ahead of it.
+        self._notes_queued = self._notes_relayed = 0
+        self._relayed = anyio.Event()
         self._closed = anyio.Event()
         self.in_flight = 0
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._idle: anyio.Event | None = None  # made only when someone waits for in_flight to reach 0
         self.restarts = 0
         """Connection attempts after the first (each one a restart of a stdio server's process)."""
         self._deaths: deque[float] = deque()  # when a stdio connection ended, within crash_loop_window
@@ -234,6 +237,9 @@ class Downstream:
                 direct = DirectCalls(watched, write) if link is None else HttpCalls(watched, write, link)
                 if isinstance(read, ChildOutput):  # a stdio child's reader completes our calls itself
                     read.intercept = direct.intercept
+                    if isinstance(direct, DirectCalls):
+                        read.intercept_line = direct.intercept_line
+                        direct.on_log = self._log_in_order
                 async with self._session(
                     direct,
                     write,
@@ -368,7 +374,25 @@ class Downstream:
                                self.name, dropped + 1, " (since the last warning)" if dropped else "")  # fmt: skip
             return
         self._notes.append(message)
+        self._notes_queued += 1
         self._noted.set()
+
+    def _log_in_order(self, message: types.LoggingMessageNotification) -> None:
+        """A log message as the child's reader read it, queued before any answer behind it completes its call
+        (the session's path would queue it from a task of its own, after that answer)."""
+        if self._on_notification is not None:
+            self._queue_note(self._related(message))
+
+    async def _after_notes(self) -> None:
+        """Until the notes queued so far have been relayed, so that an answer never reaches its client before a log
+        message the server wrote before it; at most `NOTE_ORDER_WAIT`: a client slow to take notes must not hold
+        up another's answers."""
+        mark = self._notes_queued
+        with anyio.move_on_after(NOTE_ORDER_WAIT):
+            while self._notes_relayed < mark:
+                if self._relayed.is_set():
+                    self._relayed = anyio.Event()
+                await self._relayed.wait()
 
     async def _relay_loop(self, relay: Callable[[Downstream, types.ServerNotification], Awaitable[None]]) -> None:
         while True:
@@ -379,6 +403,9 @@ class Downstream:
                 await relay(self, self._notes.popleft())
             except Exception as exc:  # a client that went away costs its notification, never the relay
                 logger.debug("server %r: relaying a notification failed: %s", self.name, exc)
+            finally:
+                self._notes_relayed += 1
+                self._relayed.set()
 
     async def _refresh_loop(self, session: ClientSession) -> None:
         while True:
@@ -438,16 +465,41 @@ class Downstream:
         session = self.connected_session()
         direct = self._direct
         self.in_flight += 1
-        self._idle = anyio.Event() if self.in_flight == 1 else self._idle
         try:
             if direct is not None and isinstance(request, types.CallToolRequest) and not traces.active():
                 params = request.params.model_dump(by_alias=True, mode="json", exclude_none=True)
-                return result_type.model_validate(await direct.call(params, progress), by_name=False)
+                raw = await direct.call(params, progress)
+                if self._notes_relayed < self._notes_queued:
+                    await self._after_notes()
+                return result_type.model_validate(raw, by_name=False)
             return await session.send_request(request, result_type, progress_callback=progress)
         finally:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self._idle.set()
+            self._ended()
+
+    def direct_path(self) -> DirectCalls | HttpCalls | None:
+        """Where a `tools/call` of the request being served goes past the SDK's session (`call_direct`), or None
+        for `request_or_input`: not connected, traces on, a 2026-era session, or a 2026-era client's call to a
+        server with a lane of that era."""
+        if self.session is None or traces.active() or (self.modern is not None and modern_lane.current() is not None):
+            return None
+        return self._direct
+
+    async def call_direct(
+        self, direct: DirectCalls | HttpCalls, params: dict[str, Any], progress: ProgressCallback | None = None
+    ) -> dict[str, Any]:
+        """`request` of a `tools/call` with `params` as the wire has them, on `direct_path()`: the raw result.
+
+        Raises:
+            mcp.MCPError: the downstream answered with an error or the connection closed.
+        """
+        self.in_flight += 1
+        try:
+            raw = await direct.call(params, progress)
+            if self._notes_relayed < self._notes_queued:
+                await self._after_notes()
+            return raw
+        finally:
+            self._ended()
 
     async def request_unvalidated(
         self, data: dict[str, Any], progress: ProgressCallback | None = None
@@ -460,13 +512,10 @@ class Downstream:
         """
         session = self.connected_session()
         self.in_flight += 1
-        self._idle = anyio.Event() if self.in_flight == 1 else self._idle
         try:
             return await send_unvalidated(session, data, progress)
         finally:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self._idle.set()
+            self._ended()
 
     async def request_or_input(
         self, request: Any, result_type: type[T], progress: ProgressCallback | None = None
@@ -483,16 +532,13 @@ class Downstream:
             return await self.request(request, result_type, progress)
         self.connected_session()
         self.in_flight += 1
-        self._idle = anyio.Event() if self.in_flight == 1 else self._idle
         try:
             if not await lane.available():
                 return await self.request(request, result_type, progress)
             log = None if client.log is None else partial(client.log, self.config.namespace)
             return await lane.request(request, result_type, progress, client, self._input_schema(request), log)
         finally:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self._idle.set()
+            self._ended()
 
     async def speaks_modern(self) -> bool:
         """Whether a 2026-era client's requests reach this server in its own era (a stdio server's first such request
@@ -512,7 +558,17 @@ class Downstream:
 
     async def wait_idle(self) -> None:
         """Until no request is in flight (used to retire a downstream replaced by a reload without dropping calls)."""
-        await self._idle.wait()
+        if self.in_flight:
+            if self._idle is None:
+                self._idle = anyio.Event()
+            await self._idle.wait()
+
+    def _ended(self) -> None:
+        """A request has ended: the last one in flight wakes `wait_idle`."""
+        self.in_flight -= 1
+        if not self.in_flight and self._idle is not None:
+            self._idle.set()
+            self._idle = None
 
 
 async def paginate(session: ClientSession, request_type: Any, result_type: Any, attr: str) -> tuple[Any, ...]:

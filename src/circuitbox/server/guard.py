@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import anyio
 import mcp_types as types
@@ -25,6 +25,7 @@ from circuitbox.config.policy import LastKnownGood, RetryPolicy, TextFallback, T
 from circuitbox.observability import traces
 from circuitbox.server import request_meta, tasks
 from circuitbox.server.classify import CALLER_MISTAKES, SUCCESS, Outcome, Verdict, classify_error, classify_result
+from circuitbox.server.direct_calls import WireResult, plain_result
 from circuitbox.server.downstream import Downstream, DownstreamUnavailableError, ProgressCallback
 from circuitbox.server.limits import BUSY, RATE_LIMITED, Clock, Slots, TokenBucket, ToolLimits
 from circuitbox.server.retry import RETRYABLE, RetryBudget, backoff, is_read_only, may_retry
@@ -65,7 +66,7 @@ class Failed:
 
 
 # One attempt's outcome: the downstream's result, a counted failure, or the breaker's rejection.
-Answer = types.CallToolResult | types.InputRequiredResult | Failed | Rejection
+Answer = types.CallToolResult | types.InputRequiredResult | WireResult | Failed | Rejection
 
 
 class Guard:
@@ -289,6 +290,7 @@ class Guard:
             if self._on_forget is not None:
                 self._on_forget(name)
 
+    @overload
     async def call(
         self,
         downstream: Downstream,
@@ -299,13 +301,44 @@ class Guard:
         published: str,
         resolve: Resolver | None = None,
         definition: types.Tool | None = None,
-    ) -> types.CallToolResult | types.InputRequiredResult:
+        wire: Literal[False] = False,
+    ) -> types.CallToolResult | types.InputRequiredResult: ...
+
+    @overload
+    async def call(
+        self,
+        downstream: Downstream,
+        tool: str,
+        arguments: dict[str, Any] | None,
+        progress: ProgressCallback | None = None,
+        *,
+        published: str,
+        resolve: Resolver | None = None,
+        definition: types.Tool | None = None,
+        wire: bool,
+    ) -> types.CallToolResult | types.InputRequiredResult | WireResult: ...
+
+    async def call(
+        self,
+        downstream: Downstream,
+        tool: str,
+        arguments: dict[str, Any] | None,
+        progress: ProgressCallback | None = None,
+        *,
+        published: str,
+        resolve: Resolver | None = None,
+        definition: types.Tool | None = None,
+        wire: bool = False,
+    ) -> types.CallToolResult | types.InputRequiredResult | WireResult:
         """One guarded call, answered: the downstream's result (a 2026-era server's may be input-required), a
         failure as an `isError` result, or, when the circuit rejects it, the fallback (text, or another tool
         `resolve` routes, guarded by its own breaker, one level deep) or the rejection's answer.
 
         `definition` is the tool as listed: its annotations say whether it may be retried (`retry`) or answered
         from its last good result (`fallback.last_known_good`); without it, neither happens.
+
+        `wire`: the caller answers a handshake-era client and takes a `WireResult`, which a plain call (no retry,
+        no fallback, not task-augmented, past the SDK's session) of a plain success gives (`plain_result`).
 
         A call to a server that is not connected (starting, restarting, down) is answered at once and counts against
         no breaker: the server's connection state already says what is wrong, and a breaker opened by a restart
@@ -320,9 +353,9 @@ class Guard:
                 downstream, tool, arguments, progress, refusal, resolve, published, definition
             )
             return answer or refusal
-        outcome = await self._limited(downstream, tool, arguments, progress, published, definition)
+        outcome = await self._limited(downstream, tool, arguments, progress, published, definition, wire)
         kind = outcome.__class__  # no call on the hot path: an answer is by far the most common outcome
-        if kind is types.CallToolResult:
+        if kind is WireResult or kind is types.CallToolResult:
             return outcome  # type: ignore[return-value]
         if isinstance(outcome, Failed):
             return outcome.result
@@ -360,6 +393,7 @@ class Guard:
         progress: ProgressCallback | None,
         published: str,
         definition: types.Tool | None,
+        wire: bool = False,
     ) -> Awaitable[Answer]:
         """The call through its breaker: one attempt, or, when its policy sets `retry` or a fallback, retried and
         answered from a kept result as the policy and the tool's annotations allow. Not a coroutine itself: the
@@ -372,7 +406,7 @@ class Guard:
                 error_result(f"Tool '{tool}' of server '{downstream.name}' has an invalid circuit policy: {exc}")
             )
         if policy.retry is None and policy.fallback is None:  # the plain path: one attempt, nothing kept
-            return self._attempt(downstream, tool, arguments, progress, breaker, policy)
+            return self._attempt(downstream, tool, arguments, progress, breaker, policy, wire=wire)
         return self._surface_call(downstream, tool, arguments, progress, breaker, policy, published, definition)
 
     async def _surface_call(
@@ -514,6 +548,7 @@ class Guard:
         progress: ProgressCallback | None,
         published: str,
         definition: types.Tool | None,
+        wire: bool = False,
     ) -> Answer:
         """`_run` once the call has its rate-limit token and its concurrency slots (tool, then server), or the
         "rate limited" / "busy" answer when it cannot have them within `queue_timeout`. Neither answer is recorded
@@ -531,7 +566,7 @@ class Guard:
         if not limits.gated:
             limits.inflight += 1
             try:
-                return await self._run(downstream, tool, arguments, progress, published, definition)
+                return await self._run(downstream, tool, arguments, progress, published, definition, wire)
             finally:
                 limits.inflight -= 1
         queue_timeout = limits.queue_timeout
@@ -561,7 +596,7 @@ class Guard:
                 limits.inflight += 1
                 began = time.monotonic()
                 try:
-                    outcome = await self._run(downstream, tool, arguments, progress, published, definition)
+                    outcome = await self._run(downstream, tool, arguments, progress, published, definition, wire)
                 finally:
                     limits.inflight -= 1
             finally:
@@ -602,6 +637,8 @@ class Guard:
         breaker: CircuitBreaker,
         policy: ToolPolicy,
         until: float | None = None,
+        *,
+        wire: bool = False,
     ) -> Answer:
         """Forward one call through the breaker's permit, or return the breaker's rejection. A counted failure
         comes back as `Failed` (the answer to give, and its kind); `until` caps the attempt's deadline."""
@@ -610,7 +647,7 @@ class Guard:
             assert isinstance(permit, Rejection)
             return permit
         with traces.attempt(downstream.name, tool, breaker.state.value, permit) as permit:
-            return await self._forward(downstream, tool, arguments, progress, policy, permit, until)
+            return await self._forward(downstream, tool, arguments, progress, policy, permit, until, wire)
 
     async def _forward(
         self,
@@ -621,18 +658,32 @@ class Guard:
         policy: ToolPolicy,
         permit: Permit,
         until: float | None,
-    ) -> types.CallToolResult | types.InputRequiredResult | Failed:
+        wire: bool = False,
+    ) -> types.CallToolResult | types.InputRequiredResult | WireResult | Failed:
         """Send one admitted call under its deadline, classify how it ended and report it on `permit`."""
-        params = types.CallToolRequestParams(name=tool, arguments=arguments, _meta=request_meta.current())
-        request = types.CallToolRequest(params=params)
+        meta = request_meta.current()
         deadline = Deadline(policy.call_timeout, policy.call_limit, progress, until)
         task = tasks.augmented()  # a task-augmented call (tasks.py): its answer is a task, a success
+        direct = downstream.direct_path() if task is None else None
+        params = wire_params(tool, arguments, meta) if direct is not None else None
         try:
             with deadline.scope:
-                if task is None:
-                    result = await downstream.request_or_input(request, types.CallToolResult, deadline.on_progress)
+                if params is not None:
+                    assert direct is not None
+                    raw = await downstream.call_direct(direct, params, deadline.on_progress)
+                    plain = plain_result(raw) if wire else None
+                    if plain is not None:  # a success as the wire has it: nothing to validate, nothing to classify
+                        result: Any = WireResult(plain)
+                    else:
+                        result = types.CallToolResult.model_validate(raw, by_name=False)
                 else:
-                    result = await tasks.send_call(downstream, request, task, deadline.on_progress)  # type: ignore[assignment]
+                    request = types.CallToolRequest(
+                        params=types.CallToolRequestParams(name=tool, arguments=arguments, _meta=meta)
+                    )
+                    if task is None:
+                        result = await downstream.request_or_input(request, types.CallToolResult, deadline.on_progress)
+                    else:
+                        result = await tasks.send_call(downstream, request, task, deadline.on_progress)
             if deadline.scope.cancelled_caught:
                 raise TimeoutError
         except TimeoutError:
@@ -674,6 +725,10 @@ class Guard:
         except BaseException:
             permit.release()  # cancelled by the agent or by shutdown: neither success nor failure
             raise
+        if result.__class__ is WireResult:  # a plain success (`plain_result`)
+            permit.success()
+            self._transport_failed.discard((downstream.name, tool))
+            return result
         if isinstance(result, types.InputRequiredResult):  # a 2026-era server needs input first: it answered
             _record(permit, SUCCESS)
             return result
@@ -682,7 +737,7 @@ class Guard:
         self._note(downstream.name, tool, outcome.kind)
         if outcome.verdict is Verdict.FAILURE:
             return Failed(result, outcome.kind)
-        return result
+        return result  # type: ignore[no-any-return]
 
     def _note(self, server: str, tool: str, kind: str) -> None:
         if kind == "transport":
@@ -735,6 +790,20 @@ def _record(permit: Any, outcome: Outcome) -> None:
         permit.failure(outcome.kind, outcome.error)
     else:
         permit.ignored()
+
+
+def wire_params(tool: str, arguments: dict[str, Any] | None, meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`CallToolRequestParams(name=tool, arguments=arguments, _meta=meta)` dumped as the downstream path dumps it
+    (its fields' order, nothing that is None), built without the model; None when `meta` holds a None, which that
+    dump would drop (rare: the typed path does it). A test holds the two to the same line."""
+    if meta is None:
+        return {"name": tool} if arguments is None else {"name": tool, "arguments": arguments}
+    if None in meta.values():
+        return None
+    params: dict[str, Any] = {"_meta": meta, "name": tool}
+    if arguments is not None:
+        params["arguments"] = arguments
+    return params
 
 
 def error_result(text: str, meta: dict[str, Any] | None = None) -> types.CallToolResult:

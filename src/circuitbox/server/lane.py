@@ -9,6 +9,11 @@ itself, with the id the client gave. The answer is shaped exactly as the SDK wou
 same way, sieved by the same per-version schema); progress and the client's `notifications/cancelled` for these
 calls are handled here too. Everything else, and any call the lane is not sure of, goes to the SDK as before.
 
+On the stdio upstream a call stays in wire form end to end when it can: the reader offers the lane each raw line
+that names `tools/call` (`intercept_line`), whose JSON the lane judges as the SDK's envelope would; the guard hands
+a plain success back as the downstream sent it (`WireResult`, `direct_calls.plain_result`), which is answered
+without being validated, dumped and sieved again. Anything else takes the typed path, and answers the same.
+
 Taken: `tools/call` of a tool in the catalog (not one of circuitbox's own) on a handshake-era connection after
 `notifications/initialized`, with params of only `name`, `arguments` and `_meta`, while traces are off (the SDK's
 span of the upstream request is the trace) and once the one upstream client is known (it answers what the
@@ -32,10 +37,12 @@ from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
 from mcp.shared.message import SessionMessage
 from mcp_types.methods import serialize_server_result
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+from pydantic_core import from_json
 
 from circuitbox.observability import traces
 from circuitbox.server import request_meta
 from circuitbox.server._streams import _ReadStreamWrapper
+from circuitbox.server.direct_calls import WireResult
 
 if TYPE_CHECKING:
     from circuitbox.server._pipes import TappedStream
@@ -44,8 +51,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("circuitbox.lane")
 
 PARAMS = frozenset(("name", "arguments", "_meta"))
+ENVELOPE = frozenset(("jsonrpc", "id", "method", "params"))
 MODERN_META = "io.modelcontextprotocol/protocolVersion"  # a 2026-era request's envelope: the SDK's to serve
 CLOSING_WRITE_LIMIT = 2.0  # for the answers of calls cut short when the client's input ends
+# The versions whose tools/call results are sieved by the schema `direct_calls.plain_result` gives the form of.
+WIRE_VERSIONS = HANDSHAKE_PROTOCOL_VERSIONS
 
 
 def takeable_call(params: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None] | None:
@@ -75,12 +85,15 @@ async def answer_call(
     meta: dict[str, Any] | None,
     version: str,
     progress: Any = None,
+    *,
+    wire: bool = False,
 ) -> types.JSONRPCResponse | types.JSONRPCError:
     """The call through `Proxy.call`, answered as the SDK's server answers its handler's result: dumped the same
-    way and sieved by `version`'s schema, or a raising handler's error."""
+    way and sieved by `version`'s schema, or a raising handler's error. `wire`: `version` is a handshake-era one,
+    whose sieve a plain success (`WireResult`) has been through already."""
     try:
         with request_meta.serving(meta):  # its `_meta` goes on to the downstream, as on the SDK's path
-            result = await proxy.call(name, arguments, progress)
+            result = await proxy.call(name, arguments, progress, wire=wire)
         return call_response(request_id, result, version)
     except Exception as exc:  # as the SDK's dispatcher answers a handler that raised
         error = handler_exception_to_error_data(exc)
@@ -91,11 +104,15 @@ async def answer_call(
 
 
 def call_response(
-    request_id: types.RequestId, result: types.CallToolResult | types.InputRequiredResult, version: str
+    request_id: types.RequestId, result: types.CallToolResult | types.InputRequiredResult | WireResult, version: str
 ) -> types.JSONRPCResponse:
-    """A tools/call result as the SDK's server sends it: dumped the same way, sieved by `version`'s schema."""
-    data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
-    data = serialize_server_result("tools/call", version, data)
+    """A tools/call result as the SDK's server sends it: dumped the same way, sieved by `version`'s schema (a
+    `WireResult` is in that form already)."""
+    if isinstance(result, WireResult):
+        data = result.data
+    else:
+        data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        data = serialize_server_result("tools/call", version, data)
     return types.JSONRPCResponse(jsonrpc="2.0", id=request_id, result=data)
 
 
@@ -118,8 +135,7 @@ class Lane(_ReadStreamWrapper):
         self._version: str | None = None  # negotiated, once the client has initialized
         self._requested: str | None = None
         self._calls: dict[str, _Call] = {}
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._idle: anyio.Event | None = None  # made when the client's input ends with calls still running
         self.taken = 0  # calls answered here (for tests and benchmarks)
 
     async def receive(self) -> Any:
@@ -138,12 +154,35 @@ class Lane(_ReadStreamWrapper):
         server: a call the lane takes is started (or, when its circuit refuses it, answered) here, without the hop
         to the server's task. Whatever it does not take goes on to `receive`, which judges it again."""
         message = item.message
-        return isinstance(message, types.JSONRPCRequest) and message.method == "tools/call" and self._call(message)
+        return (
+            isinstance(message, types.JSONRPCRequest)
+            and message.method == "tools/call"
+            and self._call(message.id, message.params)
+        )
+
+    def intercept_line(self, line: bytes) -> bool:
+        """`intercept` for a raw line, before the reader validates it into a typed message: a `tools/call` request
+        the SDK's envelope would accept as it is (`jsonrpc` "2.0", a string or integer id, an object of params,
+        no other key) that the lane takes. Anything else is validated and offered to `intercept` as before."""
+        if b'"tools/call"' not in line or self._version is None:
+            return False
+        try:
+            data = from_json(line)
+        except ValueError:
+            return False
+        if type(data) is not dict or not ENVELOPE.issuperset(data) or data.get("method") != "tools/call":
+            return False
+        request_id, params = data.get("id"), data.get("params")
+        if data.get("jsonrpc") != "2.0" or type(params) is not dict:
+            return False
+        if not (type(request_id) is str or (type(request_id) is int and -(2**63) <= request_id < 2**63)):
+            return False
+        return self._call(request_id, params)
 
     def _take(self, message: Any) -> bool:
         if isinstance(message, types.JSONRPCRequest):
             if message.method == "tools/call":
-                return self._call(message)
+                return self._call(message.id, message.params)
             if message.method == "initialize":
                 requested = (message.params or {}).get("protocolVersion")
                 self._requested = requested if isinstance(requested, str) else None
@@ -156,22 +195,22 @@ class Lane(_ReadStreamWrapper):
                 self._version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
         return False
 
-    def _call(self, message: types.JSONRPCRequest) -> bool:
-        taken = takeable_call(message.params)
+    def _call(self, request_id: types.RequestId, params: dict[str, Any] | None) -> bool:
+        taken = takeable_call(params)
         if self._version is None or taken is None or traces.active():
             return False
         name, arguments, meta = taken
         proxy = self._proxy
-        if not published(proxy, name) or len(proxy.clients.connections()) != 1:
+        if not published(proxy, name) or proxy.clients.count() != 1:
             return False
         token = meta.get("progressToken") if meta else None
         if token is not None and type(token) not in (str, int):  # the SDK's validation answers that
             return False
-        key = str(message.id)
+        key = str(request_id)
         if key in self._calls:  # a second request with an id still in flight: the SDK's to answer
             return False
         self.taken += 1
-        answer = self._refused(message.id, name)
+        answer = self._refused(request_id, name)
         if answer is not None:
             try:
                 self._write.send_nowait(SessionMessage(answer))
@@ -181,8 +220,7 @@ class Lane(_ReadStreamWrapper):
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return True  # the agent has gone: nobody to answer
         call = self._calls[key] = _Call()
-        self._idle = anyio.Event() if len(self._calls) == 1 else self._idle
-        self._tg.start_soon(self._serve, message.id, key, call, name, arguments, meta, token, answer)
+        self._tg.start_soon(self._serve, request_id, key, call, name, arguments, meta, token, answer)
         return True
 
     def _refused(self, request_id: types.RequestId, name: str) -> types.JSONRPCResponse | None:
@@ -214,13 +252,16 @@ class Lane(_ReadStreamWrapper):
         relay = self._progress_relay(token) if token is not None else None
         try:
             with call.scope:
-                assert self._version is not None
+                version = self._version
+                assert version is not None
                 if answer is None:
-                    answer = await answer_call(self._proxy, request_id, name, arguments, meta, self._version, relay)
+                    answer = await answer_call(
+                        self._proxy, request_id, name, arguments, meta, version, relay, wire=version in WIRE_VERSIONS
+                    )
             if answer is None and not call.by_client:  # cut short because the client's input ended
                 closed = types.ErrorData(code=types.CONNECTION_CLOSED, message="Connection closed")
                 answer = types.JSONRPCError(jsonrpc="2.0", id=request_id, error=closed)
-            if answer is not None:
+            if answer is not None and not self._written(answer):
                 with (
                     anyio.CancelScope(shield=True),
                     anyio.move_on_after(CLOSING_WRITE_LIMIT),
@@ -229,8 +270,19 @@ class Lane(_ReadStreamWrapper):
                     await self._write.send(SessionMessage(answer))
         finally:
             del self._calls[key]
-            if not self._calls:
+            if not self._calls and self._idle is not None:
                 self._idle.set()
+
+    def _written(self, answer: types.JSONRPCResponse | types.JSONRPCError) -> bool:
+        """Whether `answer` went out (or has nobody to go to) at once, without the shielded, bounded wait of a
+        client that is not reading."""
+        try:
+            self._write.send_nowait(SessionMessage(answer))
+        except anyio.WouldBlock:
+            return False
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+        return True
 
     def _progress_relay(self, token: types.ProgressToken) -> Any:
         async def relay(progress: float, total: float | None, message: str | None) -> None:
@@ -249,8 +301,10 @@ class Lane(_ReadStreamWrapper):
         error answers written before the server, seeing the end, closes the write stream."""
         for call in self._calls.values():
             call.scope.cancel()
-        with anyio.move_on_after(CLOSING_WRITE_LIMIT):
-            await self._idle.wait()
+        if self._calls:
+            self._idle = anyio.Event()
+            with anyio.move_on_after(CLOSING_WRITE_LIMIT):
+                await self._idle.wait()
 
 
 @asynccontextmanager
@@ -260,10 +314,10 @@ async def fast_lane(proxy: Proxy, read: Any, write: Any, tap: TappedStream | Non
     async with anyio.create_task_group() as tg:
         lane = Lane(read, write, proxy, tg)
         if tap is not None:
-            tap.intercept = lane.intercept
+            tap.intercept, tap.intercept_line = lane.intercept, lane.intercept_line
         try:
             yield lane
         finally:
             if tap is not None:
-                tap.intercept = None
+                tap.intercept = tap.intercept_line = None
             tg.cancel_scope.cancel()

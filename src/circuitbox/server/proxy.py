@@ -12,7 +12,7 @@ import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import anyio
 import anyio.abc
@@ -41,6 +41,7 @@ from circuitbox.server._sdk_private import client_connection
 from circuitbox.server.bridge import Bridge, ParkedCall
 from circuitbox.server.callers import Callers
 from circuitbox.server.catalog import Catalog, Route, build_catalog
+from circuitbox.server.direct_calls import WireResult
 from circuitbox.server.downstream import Backoff, Connection, Downstream, DownstreamUnavailableError
 from circuitbox.server.guard import Guard, error_result, unavailable_result
 from circuitbox.server.own_tools import check_arguments, own_tools
@@ -694,11 +695,34 @@ class Proxy:
                 except Exception as exc:
                     logger.debug("could not tell server %r its client's roots changed: %s", downstream.name, exc)
 
+    @overload
     async def call(
-        self, name: str, arguments: dict[str, Any] | None, progress: Any = None, *, via: Downstream | None = None
-    ) -> types.CallToolResult | types.InputRequiredResult:
+        self,
+        name: str,
+        arguments: dict[str, Any] | None,
+        progress: Any = None,
+        *,
+        via: Downstream | None = None,
+        wire: Literal[False] = False,
+    ) -> types.CallToolResult | types.InputRequiredResult: ...
+
+    @overload
+    async def call(
+        self, name: str, arguments: dict[str, Any] | None, progress: Any = None, *, via: Downstream | None = None,
+        wire: bool,
+    ) -> types.CallToolResult | types.InputRequiredResult | WireResult: ...  # fmt: skip
+
+    async def call(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None,
+        progress: Any = None,
+        *,
+        via: Downstream | None = None,
+        wire: bool = False,
+    ) -> types.CallToolResult | types.InputRequiredResult | WireResult:
         """Route a published tool name to its downstream once (`via`: the caller's own connection to it); the guard
-        owns the rest (breaker, fallback).
+        owns the rest (breaker, fallback). `wire`: a plain success may come back as it came (`Guard.call`).
 
         Raises:
             MCPError: unknown tool, or the downstream rejected the arguments.
@@ -726,10 +750,17 @@ class Proxy:
         downstream = via if via is not None else self.downstreams[route.server]
         if self.drain.closing:
             return error_result(f"Tool '{name}' was not called: {SHUTTING_DOWN}.")
-        result: types.CallToolResult | types.InputRequiredResult | None = None
+        result: types.CallToolResult | types.InputRequiredResult | WireResult | None = None
         with self.drain.track():
             result = await self.guard.call(
-                downstream, route.name, arguments, progress, published=name, resolve=self._route, definition=definition
+                downstream,
+                route.name,
+                arguments,
+                progress,
+                published=name,
+                resolve=self._route,
+                definition=definition,
+                wire=wire,
             )
         if result is None:  # cut short by shutdown: still an answer
             return error_result(

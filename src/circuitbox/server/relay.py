@@ -44,6 +44,10 @@ class Clients:
     def connections(self) -> list[Any]:
         return list(self._states.keys())
 
+    def count(self) -> int:
+        """How many clients there are (the stdio lane asks on every call: no list of them)."""
+        return len(self._states)
+
     def most_verbose_level(self) -> str | None:
         levels = [s.level for s in self._states.values() if s.level is not None]
         return min(levels, key=LEVELS.index) if levels else None

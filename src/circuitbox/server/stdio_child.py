@@ -10,7 +10,9 @@ circuitbox owns this transport rather than using the SDK's `stdio_client` for wh
 
 The streams it yields are the ones the SDK's `ClientSession` takes: `SessionMessage`s in both directions. Neither
 costs a call a task switch of its own: `ChildInput` writes a request to the child's stdin from the task that sends
-it, and the reader hands each parsed message to `ChildOutput.intercept` (DirectCalls' answers) before the stream.
+it (`send_data`: a request as JSON-RPC has it, with no typed message), and the reader offers each raw line to
+`ChildOutput.intercept_line`, then each parsed message to `ChildOutput.intercept` (DirectCalls' answers and log
+messages), before the stream.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import anyio
 import anyio.abc
 import mcp_types as types
 from mcp.shared.message import SessionMessage
+from pydantic_core import to_json
 
 from circuitbox.server._pipes import _on_asyncio
 from circuitbox.server._streams import _ReadStreamWrapper
@@ -104,6 +107,7 @@ class ChildOutput(_ReadStreamWrapper):
     own task, and keeps those it returns True for off the stream (it must not block)."""
 
     intercept: Callable[[types.JSONRPCMessage], bool] | None = None
+    intercept_line: Callable[[bytes], bool] | None = None  # the same, for a raw line before it is parsed
 
     def offer(self, message: types.JSONRPCMessage) -> bool:
         """Whether `intercept` took `message`. Its failure is logged and the message goes to the stream as usual:
@@ -115,6 +119,17 @@ class ChildOutput(_ReadStreamWrapper):
             return intercept(message)
         except Exception:
             logger.exception("the hook on a stdio child's output failed on a message; the session gets it")
+            return False
+
+    def offer_line(self, line: bytes) -> bool:
+        """Whether `intercept_line` took `line` (then it is never parsed into a typed message); as `offer`."""
+        intercept = self.intercept_line
+        if intercept is None:
+            return False
+        try:
+            return intercept(line)
+        except Exception:
+            logger.exception("the hook on a stdio child's output failed on a line; the session gets it")
             return False
 
 
@@ -139,7 +154,14 @@ class ChildInput:
         anyio.ClosedResourceError: after `aclose`.
         anyio.BrokenResourceError: the child no longer reads its stdin."""
         self._check()
-        data = message.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
+        await self._send_line(message.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
+
+    async def send_data(self, data: dict[str, Any]) -> None:
+        """`send` of a message as JSON-RPC has it (a dict), without a typed message: the line is its JSON."""
+        self._check()
+        await self._send_line(to_json(data) + b"\n")
+
+    async def _send_line(self, data: bytes) -> None:
         try:
             await self._writer.drain()  # at once unless the child is behind
         except ConnectionError as exc:
@@ -235,6 +257,8 @@ async def open_stdio_child(
                 async for line in _lines(process.stdout, name, max_line):
                     if isinstance(line, Oversized):
                         message: types.JSONRPCMessage | None = line.refusal(name, max_line)
+                    elif output.offer_line(line):
+                        continue
                     else:
                         message = _parse(line, name, garbage, redact)
                     if message is None:
