@@ -203,3 +203,12 @@ async def test_the_proxy_s_http_client_sends_plain_http_over_the_lean_transport(
         assert (await client.post(f"http://127.0.0.1:{server.port}/mcp", content=b"{}")).json() == {}
         lean = client._transport._inner
         assert isinstance(lean, LeanHTTPTransport) and lean._idle[("127.0.0.1", server.port)]
+
+
+@pytest.mark.parametrize("header", [{"x-key": "secret\r\nx-other: 1"}, {"x-key": "a\nb"}, {"x key": "v"}])
+async def test_a_header_that_would_break_the_head_is_refused_before_anything_is_sent(header: dict[str, str]) -> None:
+    async with serving(OK) as (server, client):
+        with pytest.raises(httpx2.LocalProtocolError, match="Illegal header"):
+            await client.post("/mcp", content=b"{}", headers=header)
+        assert (await client.post("/mcp", content=b"{}")).json() == {}  # its slot was not lost either
+    assert server.requests[0][1].count(b"x-other") == 0 and len(server.requests) == 1

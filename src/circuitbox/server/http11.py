@@ -19,6 +19,7 @@ httpcore raises them: a failed connect `ConnectError`, a connection lost before 
 
 from __future__ import annotations
 
+import re
 import select
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -35,6 +36,8 @@ KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is kept (httpx's default)
 MAX_HEAD = 64 * 1024  # a response head larger than this is refused (h11's default limit)
 READ_SIZE = 64 * 1024
 _NO_BODY = frozenset({204, 304})
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_VALUE = re.compile(rb"[^\x00\r\n]*")
 
 
 class _Connection:
@@ -72,8 +75,7 @@ class LeanHTTPTransport(httpx2.AsyncBaseTransport):
         timeouts = request.extensions.get("timeout", {})
         url = request.url
         origin = (url.host, url.port or 80)
-        head = b"".join([request.method.encode(), b" ", url.raw_path, b" HTTP/1.1\r\n"])
-        head += b"".join(b"%s: %s\r\n" % (k, v) for k, v in request.headers.raw) + b"\r\n"
+        head = b"".join([request.method.encode(), b" ", url.raw_path, b" HTTP/1.1\r\n", *_header_lines(request)])
         with _mapped(httpx2.PoolTimeout, httpx2.ConnectError), anyio.fail_after(timeouts.get("pool")):
             await self._slots.acquire()
         try:
@@ -258,6 +260,20 @@ class _Body(httpx2.AsyncByteStream):
         if keep is None:
             await _close(self._reader.connection)
         await self._transport._release(self._origin, keep)
+
+
+def _header_lines(request: httpx2.Request) -> list[bytes]:
+    """The request's header lines and the head's end. A name that is no token or a value with a line break (a
+    configured header that would smuggle another one in) is refused as h11 refuses it."""
+    lines = []
+    for name, value in request.headers.raw:
+        if not _TOKEN.fullmatch(name):
+            raise httpx2.LocalProtocolError(f"Illegal header name {name!r}")
+        if not _VALUE.fullmatch(value):
+            raise httpx2.LocalProtocolError(f"Illegal header value {value!r}")
+        lines.append(b"%s: %s\r\n" % (name, value))
+    lines.append(b"\r\n")
+    return lines
 
 
 def _plain_body(request: httpx2.Request) -> bytes | None:
