@@ -15,6 +15,7 @@ from mcp.client.streamable_http import streamable_http_client
 from circuitbox.config.load import ServerConfig
 from circuitbox.config.model import MAX_MESSAGE_BYTES
 from circuitbox.config.secrets import mask
+from circuitbox.server.http11 import LeanHTTPTransport
 from circuitbox.server.http_calls import open_http_link
 from circuitbox.server.stdio_child import open_stdio_child
 
@@ -79,11 +80,12 @@ class _BoundedBodies(httpx2.AsyncBaseTransport):
 
 def http_client(headers: dict[str, str] | None = None, max_body: int = MAX_MESSAGE_BYTES) -> httpx2.AsyncClient:
     """An HTTP client for MCP over HTTP (use it as a context manager); redirects stay off, as the SDK expects; a
-    response body over `max_body` bytes fails its request (`MessageTooLargeError`)."""
+    response body over `max_body` bytes fails its request (`MessageTooLargeError`); plain `http://` requests go over
+    circuitbox's lean HTTP/1.1 transport (http11.py), the rest over httpx's own."""
     return httpx2.AsyncClient(
         headers=headers or None,
         timeout=HTTP_TIMEOUT,
-        transport=_BoundedBodies(httpx2.AsyncHTTPTransport(), max_body),
+        transport=_BoundedBodies(LeanHTTPTransport(httpx2.AsyncHTTPTransport()), max_body),
     )
 
 
