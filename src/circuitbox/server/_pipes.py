@@ -24,7 +24,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
 
-from circuitbox.server._streams import _ReadStreamWrapper
+from circuitbox.server._streams import _ReadStreamWrapper, offer_to
 from circuitbox.server.malformed import judge_oversized, parse_line
 
 logger = logging.getLogger("circuitbox")
@@ -137,25 +137,15 @@ class TappedStream(_ReadStreamWrapper):
 
     def offer_line(self, line: bytes) -> bool:
         """Whether `intercept_line` took `line` (then it is never parsed into a typed message); as `offer`."""
-        intercept = self.intercept_line
-        if intercept is None:
-            return False
-        try:
-            return intercept(line)
-        except Exception:
-            logger.exception("stdio: the fast lane failed on a line; the server answers it")
-            return False
+        return offer_to(
+            self.intercept_line, line, logger, "stdio: the fast lane failed on a line; the server answers it"
+        )
 
     def offer(self, item: SessionMessage | Exception) -> bool:
         """Whether `intercept` took `item`. Its failure is logged and the message goes to the server as usual."""
-        intercept = self.intercept
-        if intercept is None or not isinstance(item, SessionMessage):
+        if not isinstance(item, SessionMessage):
             return False
-        try:
-            return intercept(item)
-        except Exception:
-            logger.exception("stdio: the fast lane failed on a message; the server answers it")
-            return False
+        return offer_to(self.intercept, item, logger, "stdio: the fast lane failed on a message; the server answers it")
 
 
 async def _read_until(

@@ -13,6 +13,7 @@ Each costs one extra method call per message; only failing lines pay for more.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Self
 
 import anyio
@@ -21,6 +22,18 @@ from mcp.shared.message import SessionMessage
 from circuitbox.server.malformed import describe
 
 logger = logging.getLogger("circuitbox")
+
+
+def offer_to(hook: Callable[[Any], bool] | None, item: Any, log: logging.Logger, failure: str) -> bool:
+    """Whether a reader's hook (a lane's `intercept`, `intercept_line`) took `item`. A hook that raises is logged
+    with `failure` and the item goes on as usual: a bug in a hook must not end the reader."""
+    if hook is None:
+        return False
+    try:
+        return hook(item)
+    except Exception:
+        log.exception(failure)
+        return False
 
 
 class _ReadStreamWrapper:

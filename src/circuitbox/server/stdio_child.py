@@ -37,7 +37,7 @@ from mcp.shared.message import SessionMessage
 from pydantic_core import to_json
 
 from circuitbox.server._pipes import _on_asyncio
-from circuitbox.server._streams import _ReadStreamWrapper
+from circuitbox.server._streams import _ReadStreamWrapper, offer_to
 
 logger = logging.getLogger("circuitbox.downstream")
 stderr_logger = logging.getLogger("circuitbox.downstream.stderr")
@@ -112,25 +112,13 @@ class ChildOutput(_ReadStreamWrapper):
     def offer(self, message: types.JSONRPCMessage) -> bool:
         """Whether `intercept` took `message`. Its failure is logged and the message goes to the stream as usual:
         a bug in a hook must not end the child's reader."""
-        intercept = self.intercept
-        if intercept is None:
-            return False
-        try:
-            return intercept(message)
-        except Exception:
-            logger.exception("the hook on a stdio child's output failed on a message; the session gets it")
-            return False
+        failure = "the hook on a stdio child's output failed on a message; the session gets it"
+        return offer_to(self.intercept, message, logger, failure)
 
     def offer_line(self, line: bytes) -> bool:
         """Whether `intercept_line` took `line` (then it is never parsed into a typed message); as `offer`."""
-        intercept = self.intercept_line
-        if intercept is None:
-            return False
-        try:
-            return intercept(line)
-        except Exception:
-            logger.exception("the hook on a stdio child's output failed on a line; the session gets it")
-            return False
+        failure = "the hook on a stdio child's output failed on a line; the session gets it"
+        return offer_to(self.intercept_line, line, logger, failure)
 
 
 class ChildInput:
