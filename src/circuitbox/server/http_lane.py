@@ -5,16 +5,9 @@ message, hands it to the session's message loop and opens an SSE response whose 
 memory streams: about seven tasks a call (the response, sse-starlette's four, the writer, the dispatcher's handler)
 and half of the proxy's CPU under load. For a call of a published downstream tool none of that is needed: the lane
 runs it through `Proxy.call` (catalog, guard, downstream: breaker, limits, deadlines, fallback and metrics all stay)
-in the request's own task and answers it itself, with nothing sent until the answer is known:
-
-- answered within sse-starlette's ping interval (any call that is not slow), as the SDK's transport answers in its
-  JSON-response mode, the same `Response` with the same headers and the answer dumped and sieved as the SDK's server
-  does. The client accepts both kinds (the transport's Accept check ran first), and a JSON body is read to its end
-  by the SDK's client, which keeps its connection: an SSE answer it closes after its event, before the stream's
-  end, so each call cost a new TCP connection on both sides;
-- still running at the first ping, as the SDK's transport answers in its SSE mode, byte for byte: its headers
-  (built by the same `EventSourceResponse`) and the keep-alive comment go out then, one `message` event with the
-  answer at the end, then the end of the stream (a DELETE meanwhile ends it without its answer, as the SDK does).
+in the request's own task and writes the SSE response itself, byte for byte as the SDK writes it (the same headers,
+built by the same `EventSourceResponse`, one `message` event with the answer dumped and sieved as the SDK's server
+does, then the end of the stream; keep-alive comments while a call runs longer than sse-starlette's ping interval).
 
 Nothing is weaker than the SDK's path: the lane sits inside the session manager, after the access guard (Host,
 Origin, token), the malformed-message answers, the body limit, the era routing by protocol-version header and the
@@ -27,7 +20,7 @@ Taken, like the stdio lane (lane.py) and only what it is sure of: a session whos
 era version, declared none of sampling, elicitation and roots (no downstream question can need the call's stream:
 a question routed to it is refused, as on the SDK's path, see callers.py) and reaches the tool's server on the
 shared connection; params of only `name`, `arguments` and `_meta` with no progress token; traces off; the SDK's SSE
-mode (the one circuitbox runs). Everything else goes to the SDK as before, with the body it was sent.
+mode (not its JSON-response mode). Everything else goes to the SDK as before, with the body it was sent.
 """
 
 from __future__ import annotations
@@ -41,18 +34,12 @@ from weakref import WeakKeyDictionary
 import anyio
 import mcp_types as types
 import pydantic_core
-from mcp.server.streamable_http import (
-    CONTENT_TYPE_JSON,
-    CONTENT_TYPE_SSE,
-    MCP_SESSION_ID_HEADER,
-    check_accept_headers,
-)
+from mcp.server.streamable_http import CONTENT_TYPE_SSE, MCP_SESSION_ID_HEADER, check_accept_headers
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 from sse_starlette.event import ServerSentEvent, ensure_bytes
 from starlette.requests import Request
-from starlette.responses import Response
 
 from circuitbox.observability import traces
 from circuitbox.server._sdk_private import client_connection, post_headers_pass, request_in_flight
@@ -138,7 +125,7 @@ class HTTPLane:
             return replay
         self.taken += 1
         with request_in_flight(transport):
-            await self._answer(transport, scope, receive, send, version, *taken)
+            await self._answer(transport, receive, send, version, *taken)
         return None
 
     def _client(self, transport: Any) -> tuple[Any, str] | None:
@@ -189,7 +176,6 @@ class HTTPLane:
     async def _answer(
         self,
         transport: Any,
-        scope: Message,
         receive: Receive,
         send: Send,
         version: str,
@@ -199,10 +185,10 @@ class HTTPLane:
         arguments: dict[str, Any] | None,
         meta: dict[str, Any] | None,
     ) -> None:
-        stream = _Stream(send, self._sse_headers(transport))
+        await send({"type": "http.response.start", "status": 200, "headers": self._sse_headers(transport)})
         answer: types.JSONRPCResponse | types.JSONRPCError | None = None
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_keep_alive, receive, stream, tg.cancel_scope)
+            tg.start_soon(_keep_alive, receive, send, tg.cancel_scope)
             # Known as the server's caller while it runs: a question the server sends meanwhile is refused (the client
             # declared none), and never routed to another client that has a call in flight there.
             with self._proxy.callers.calling(server, caller):
@@ -210,13 +196,8 @@ class HTTPLane:
             tg.cancel_scope.cancel()
         if answer is None:  # the client hung up: nothing more is sent, as sse-starlette sends nothing then
             return
-        data = answer.model_dump_json(by_alias=True, exclude_unset=True)
-        if not stream.started and not transport.is_terminated:
-            headers = {"Content-Type": CONTENT_TYPE_JSON, MCP_SESSION_ID_HEADER: transport.mcp_session_id}
-            await Response(data, headers=headers)(scope, receive, send)  # as the SDK's _create_json_response
-            return
-        await stream.start()
         if not transport.is_terminated:  # a DELETE meanwhile ends the SDK's streams without their answers too
+            data = answer.model_dump_json(by_alias=True, exclude_unset=True)
             event = ensure_bytes({"event": "message", "data": data}, SEPARATOR)
             await send({"type": "http.response.body", "body": event, "more_body": True})
         await send(END)
@@ -235,32 +216,17 @@ class HTTPLane:
         return headers
 
 
-class _Stream:
-    """The SSE answer of a call still running at the first ping: its headers go out once, then."""
-
-    def __init__(self, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
-        self.send = send
-        self._headers = headers
-        self.started = False
-
-    async def start(self) -> None:
-        if not self.started:
-            await self.send({"type": "http.response.start", "status": 200, "headers": self._headers})
-            self.started = True  # once sent: a cancel in the send (backpressure) leaves the JSON answer possible
-
-
-async def _keep_alive(receive: Receive, stream: _Stream, call: anyio.CancelScope) -> None:
-    """While the call runs: a disconnect cancels it; every ping interval a keep-alive comment goes out on the SSE
-    answer (started by the first), as sse-starlette sends them."""
+async def _keep_alive(receive: Receive, send: Send, call: anyio.CancelScope) -> None:
+    """While the call runs: a disconnect cancels it; a keep-alive comment goes out every ping interval, as
+    sse-starlette sends them."""
     while True:
         with anyio.move_on_after(PING_INTERVAL):
             while (await receive())["type"] != "http.disconnect":
                 pass
             call.cancel()
             return
-        await stream.start()
         ping = ServerSentEvent(comment=f"ping - {datetime.now(UTC)}", sep=SEPARATOR)
-        await stream.send({"type": "http.response.body", "body": ensure_bytes(ping, SEPARATOR), "more_body": True})
+        await send({"type": "http.response.body", "body": ensure_bytes(ping, SEPARATOR), "more_body": True})
 
 
 def _replayed(first: Message, receive: Receive) -> Receive:
