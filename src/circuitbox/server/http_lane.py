@@ -43,7 +43,7 @@ from starlette.requests import Request
 
 from circuitbox.observability import traces
 from circuitbox.server._sdk_private import client_connection, post_headers_pass, request_in_flight
-from circuitbox.server.lane import answer_call, published, takeable_call
+from circuitbox.server.lane import WIRE_VERSIONS, Answer, answer_bytes, answer_call, published, takeable_call
 from circuitbox.server.sessions import declares_client_features
 
 if TYPE_CHECKING:
@@ -186,19 +186,20 @@ class HTTPLane:
         meta: dict[str, Any] | None,
     ) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self._sse_headers(transport)})
-        answer: types.JSONRPCResponse | types.JSONRPCError | None = None
+        answer: Answer | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(_keep_alive, receive, send, tg.cancel_scope)
             # Known as the server's caller while it runs: a question the server sends meanwhile is refused (the client
             # declared none), and never routed to another client that has a call in flight there.
             with self._proxy.callers.calling(server, caller):
-                answer = await answer_call(self._proxy, caller.request_id, name, arguments, meta, version)
+                answer = await answer_call(
+                    self._proxy, caller.request_id, name, arguments, meta, version, wire=version in WIRE_VERSIONS
+                )
             tg.cancel_scope.cancel()
         if answer is None:  # the client hung up: nothing more is sent, as sse-starlette sends nothing then
             return
         if not transport.is_terminated:  # a DELETE meanwhile ends the SDK's streams without their answers too
-            data = answer.model_dump_json(by_alias=True, exclude_unset=True)
-            event = ensure_bytes({"event": "message", "data": data}, SEPARATOR)
+            event = ensure_bytes({"event": "message", "data": answer_bytes(answer).decode()}, SEPARATOR)
             await send({"type": "http.response.body", "body": event, "more_body": True})
         await send(END)
 

@@ -37,7 +37,7 @@ from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
 from mcp.shared.message import SessionMessage
 from mcp_types.methods import serialize_server_result
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
-from pydantic_core import from_json
+from pydantic_core import from_json, to_json
 
 from circuitbox.observability import traces
 from circuitbox.server import request_meta
@@ -87,13 +87,16 @@ async def answer_call(
     progress: Any = None,
     *,
     wire: bool = False,
-) -> types.JSONRPCResponse | types.JSONRPCError:
+) -> Answer:
     """The call through `Proxy.call`, answered as the SDK's server answers its handler's result: dumped the same
     way and sieved by `version`'s schema, or a raising handler's error. `wire`: `version` is a handshake-era one,
-    whose sieve a plain success (`WireResult`) has been through already."""
+    whose sieve a plain success (`WireResult`) has been through already; it is answered as a `WireAnswer`."""
     try:
-        with request_meta.serving(meta):  # its `_meta` goes on to the downstream, as on the SDK's path
+        if meta is None and request_meta.current() is None:  # nothing to pass on: no context to set
             result = await proxy.call(name, arguments, progress, wire=wire)
+        else:
+            with request_meta.serving(meta):  # its `_meta` goes on to the downstream, as on the SDK's path
+                result = await proxy.call(name, arguments, progress, wire=wire)
         return call_response(request_id, result, version)
     except Exception as exc:  # as the SDK's dispatcher answers a handler that raised
         error = handler_exception_to_error_data(exc)
@@ -103,16 +106,40 @@ async def answer_call(
         return types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error)
 
 
+class WireAnswer:
+    """The answer to a call whose result is in wire form (`WireResult`): the JSON-RPC response's fields, in the
+    model's order, written as they are (`answer_bytes`, `PipeWriter.send_data_nowait`): the same line the SDK's
+    transport writes for the `JSONRPCResponse`, without one being built and dumped."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, request_id: types.RequestId, result: dict[str, Any]) -> None:
+        self.data = {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+    def message(self) -> types.JSONRPCResponse:
+        """As a typed message, for a write stream that takes only those."""
+        return types.JSONRPCResponse.model_validate(self.data)
+
+
+Answer = types.JSONRPCResponse | types.JSONRPCError | WireAnswer
+
+
+def answer_bytes(answer: Answer) -> bytes:
+    """`answer` as the SDK's transports write a message (before its framing)."""
+    if isinstance(answer, WireAnswer):
+        return to_json(answer.data)
+    return answer.model_dump_json(by_alias=True, exclude_unset=True).encode()
+
+
 def call_response(
     request_id: types.RequestId, result: types.CallToolResult | types.InputRequiredResult | WireResult, version: str
-) -> types.JSONRPCResponse:
+) -> types.JSONRPCResponse | WireAnswer:
     """A tools/call result as the SDK's server sends it: dumped the same way, sieved by `version`'s schema (a
     `WireResult` is in that form already)."""
     if isinstance(result, WireResult):
-        data = result.data
-    else:
-        data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
-        data = serialize_server_result("tools/call", version, data)
+        return WireAnswer(request_id, result.data)
+    data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+    data = serialize_server_result("tools/call", version, data)
     return types.JSONRPCResponse(jsonrpc="2.0", id=request_id, result=data)
 
 
@@ -130,6 +157,7 @@ class Lane(_ReadStreamWrapper):
     def __init__(self, inner: Any, write: Any, proxy: Proxy, tg: anyio.abc.TaskGroup) -> None:
         super().__init__(inner)
         self._write = write
+        self._send_data_nowait = getattr(write, "send_data_nowait", None)  # `PipeWriter`'s, for a `WireAnswer`
         self._proxy = proxy
         self._tg = tg
         self._version: str | None = None  # negotiated, once the client has initialized
@@ -246,7 +274,7 @@ class Lane(_ReadStreamWrapper):
         arguments: Any,
         meta: dict[str, Any] | None,
         token: Any,
-        answer: types.JSONRPCResponse | types.JSONRPCError | None = None,
+        answer: Answer | None = None,
     ) -> None:
         """The call, answered; `answer`: already answered (a fast-fail the pipe could not take at once)."""
         relay = self._progress_relay(token) if token is not None else None
@@ -267,17 +295,25 @@ class Lane(_ReadStreamWrapper):
                     anyio.move_on_after(CLOSING_WRITE_LIMIT),
                     suppress(anyio.BrokenResourceError, anyio.ClosedResourceError),
                 ):
-                    await self._write.send(SessionMessage(answer))
+                    await self._write.send(
+                        SessionMessage(answer.message() if isinstance(answer, WireAnswer) else answer)
+                    )
         finally:
             del self._calls[key]
             if not self._calls and self._idle is not None:
                 self._idle.set()
 
-    def _written(self, answer: types.JSONRPCResponse | types.JSONRPCError) -> bool:
+    def _written(self, answer: Answer) -> bool:
         """Whether `answer` went out (or has nobody to go to) at once, without the shielded, bounded wait of a
         client that is not reading."""
         try:
-            self._write.send_nowait(SessionMessage(answer))
+            if isinstance(answer, WireAnswer):
+                if self._send_data_nowait is not None:
+                    self._send_data_nowait(answer.data)
+                else:  # the SDK's fallback transport (not a pipe): its memory stream takes typed messages
+                    self._write.send_nowait(SessionMessage(answer.message()))
+            else:
+                self._write.send_nowait(SessionMessage(answer))
         except anyio.WouldBlock:
             return False
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
