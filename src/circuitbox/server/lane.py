@@ -25,6 +25,7 @@ and `answer_call`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -41,6 +42,7 @@ from pydantic_core import from_json, to_json
 
 from circuitbox.observability import traces
 from circuitbox.server import request_meta
+from circuitbox.server._pipes import _on_asyncio
 from circuitbox.server._streams import _ReadStreamWrapper
 from circuitbox.server.direct_calls import WireResult
 
@@ -165,6 +167,11 @@ class Lane(_ReadStreamWrapper):
         self._calls: dict[str, _Call] = {}
         self._idle: anyio.Event | None = None  # made when the client's input ends with calls still running
         self.taken = 0  # calls answered here (for tests and benchmarks)
+        # On asyncio a call runs as a plain task of the loop: anyio's task group costs a call more than the rest of
+        # the lane's own work (its handle, its name, its done callback). The lane keeps them and, when it ends,
+        # cancels and awaits them itself (`_finish`), as the task group would.
+        self._loop = asyncio.get_running_loop() if _on_asyncio() else None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def receive(self) -> Any:
         while True:
@@ -248,8 +255,26 @@ class Lane(_ReadStreamWrapper):
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return True  # the agent has gone: nobody to answer
         call = self._calls[key] = _Call()
-        self._tg.start_soon(self._serve, request_id, key, call, name, arguments, meta, token, answer)
+        if self._loop is None:
+            self._tg.start_soon(self._serve, request_id, key, call, name, arguments, meta, token, answer)
+            return True
+        task = self._loop.create_task(self._serve(request_id, key, call, name, arguments, meta, token, answer))
+        self._tasks.add(task)
+        task.add_done_callback(self._served)
         return True
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:  # a bug: the call's answer is lost
+            logger.error("tools/call: the fast lane failed", exc_info=exc)
+
+    async def _finish(self) -> None:
+        """The lane ends: its calls still running are cut short and answered as when the client's input ends
+        ("Connection closed"), and those running as plain tasks are awaited, as the task group awaits its own."""
+        with anyio.CancelScope(shield=True):
+            await self._close()
+            if self._tasks:
+                await asyncio.wait(list(self._tasks))
 
     def _refused(self, request_id: types.RequestId, name: str) -> types.JSONRPCResponse | None:
         """The fast-fail answer when the tool's circuit refuses the call at once (`Proxy.reject_now`), else None."""
@@ -356,4 +381,7 @@ async def fast_lane(proxy: Proxy, read: Any, write: Any, tap: TappedStream | Non
         finally:
             if tap is not None:
                 tap.intercept = tap.intercept_line = None
+            await (
+                lane._finish()
+            )  # first: a call cut short by its own scope still answers (the group's cancel would not)
             tg.cancel_scope.cancel()
