@@ -398,10 +398,21 @@ async def fast_fail_here(calls: int) -> dict[str, float]:
     def timed_parse(line: bytes) -> Any:
         began = time.perf_counter()
         item = parse_line(line)
-        read_at[getattr(item.message, "id", None)] = began
+        read_at.setdefault(getattr(item.message, "id", None), began)  # a line the lane declined: read before
         return item
 
     _pipes.parse_line = timed_parse  # type: ignore[assignment]
+    tapped = getattr(_pipes, "TappedStream", None)
+    offer_line = getattr(tapped, "offer_line", None)
+    if tapped is not None and offer_line is not None:  # the wire form: the lane sees the raw line before any parse
+
+        def timed_offer(self: Any, line: bytes) -> bool:
+            began = time.perf_counter()
+            taken = offer_line(self, line)
+            read_at[json.loads(line).get("id")] = began
+            return bool(taken)
+
+        tapped.offer_line = timed_offer
 
     async def pipe_pair() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         read_fd, write_fd = os.pipe()
