@@ -381,7 +381,6 @@ async def fast_lane(proxy: Proxy, read: Any, write: Any, tap: TappedStream | Non
         finally:
             if tap is not None:
                 tap.intercept = tap.intercept_line = None
-            await (
-                lane._finish()
-            )  # first: a call cut short by its own scope still answers (the group's cancel would not)
+            # First: a call cut short by its own scope still answers; the group's cancel would end it unanswered.
+            await lane._finish()
             tg.cancel_scope.cancel()
